@@ -1,0 +1,206 @@
+"""The one module that imports NumPy or CuPy by name.
+
+Everything else asks for ``xp = get_array_module(*arrays)`` and writes ``xp.exp(x)``, so the
+same code runs on the CPU (NumPy) and on an NVIDIA GPU (CuPy). CuPy is optional and imported
+lazily: ``import minivit`` works without it. The few operations that differ between the two
+libraries (scatter-add, strided windows, erf, random numbers) are wrapped here once.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+GPU_INSTALL_HINT = (
+    "install the GPU extra that matches your CUDA driver: "
+    "pip install 'minivit[gpu]' (CUDA 12) or pip install 'minivit[gpu-cuda13]' (CUDA 13)"
+)
+
+_cupy = None
+_cupy_error: str | None = None
+
+
+def _import_cupy():
+    """Import CuPy once; remember why it failed so errors can say so."""
+    global _cupy, _cupy_error
+    if _cupy is None and _cupy_error is None:
+        try:
+            import cupy  # noqa: PLC0415 (lazy on purpose: CuPy is optional)
+
+            _cupy = cupy
+        except Exception as exc:  # ImportError, or a broken CUDA install
+            _cupy_error = f"{type(exc).__name__}: {exc}"
+    return _cupy
+
+
+def is_cupy_available() -> bool:
+    """True when CuPy imports and sees at least one GPU."""
+    cp = _import_cupy()
+    if cp is None:
+        return False
+    try:
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def cuda_unavailable_reason() -> str:
+    """A one-line explanation of why ``device="cuda"`` cannot be used here."""
+    cp = _import_cupy()
+    if cp is None:
+        return f"CuPy is not installed ({_cupy_error}); {GPU_INSTALL_HINT}"
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return f"CuPy is installed but no NVIDIA GPU is usable ({type(exc).__name__}: {exc})"
+    if n == 0:
+        return "CuPy is installed but no NVIDIA GPU was found"
+    return ""
+
+
+def check_device(device: str) -> str:
+    """Validate a device name; raise a clear error for an unknown or unusable one."""
+    if not isinstance(device, str) or device.split(":")[0] not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
+    device = device.split(":")[0]
+    if device == "cuda" and not is_cupy_available():
+        raise RuntimeError(f"device 'cuda' is not available: {cuda_unavailable_reason()}")
+    return device
+
+
+def get_array_module(*arrays):
+    """``numpy`` or ``cupy``, whichever owns the given arrays (numpy when none is CuPy)."""
+    if _cupy is not None:
+        for a in arrays:
+            if isinstance(a, _cupy.ndarray):
+                return _cupy
+    return np
+
+
+def device_of(array) -> str:
+    return "cuda" if _cupy is not None and isinstance(array, _cupy.ndarray) else "cpu"
+
+
+def to_device(array, device: str):
+    """Move an array to ``"cpu"`` or ``"cuda"`` (a no-op when it is already there)."""
+    device = check_device(device)
+    if device == device_of(array):
+        return array
+    if device == "cuda":
+        return _cupy.asarray(array)
+    return _cupy.asnumpy(array)
+
+
+def as_numpy(array) -> np.ndarray:
+    """Always a NumPy array (copies from the GPU when needed)."""
+    if device_of(array) == "cuda":
+        return _cupy.asnumpy(array)
+    return np.asarray(array)
+
+
+def is_array(obj) -> bool:
+    return isinstance(obj, np.ndarray) or (_cupy is not None and isinstance(obj, _cupy.ndarray))
+
+
+def scatter_add(target, indices, values) -> None:
+    """``target[indices] += values`` where repeated indices accumulate (unbuffered add)."""
+    if device_of(target) == "cuda":
+        import cupyx  # noqa: PLC0415
+
+        cupyx.scatter_add(target, indices, values)
+    else:
+        np.add.at(target, indices, values)
+
+
+def as_strided(x, shape, strides):
+    """A strided view of ``x`` (no copy). Used by im2col and pooling."""
+    if device_of(x) == "cuda":
+        return _cupy.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
+    return np.lib.stride_tricks.as_strided(x, shape=shape, strides=strides, writeable=False)
+
+
+# --- erf ---------------------------------------------------------------------------------
+# NumPy has no erf. In float64 we follow CPython's math.erf (a power series near 0, a
+# continued fraction for erfc further out), accurate to a few ulps; in float32 a rational
+# approximation (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7) is as accurate as the dtype.
+
+def _erf_float64(x: np.ndarray) -> np.ndarray:
+    ax = np.abs(x)
+    out = np.empty_like(x)
+    small = ax < 1.5
+    if small.any():  # erf(x) = 2x/sqrt(pi) exp(-x^2) sum_k (2x^2)^k / (1*3*...*(2k+1))
+        xs = ax[small]
+        x2 = xs * xs
+        acc = np.zeros_like(xs)
+        fk = 25 + 0.5
+        for _ in range(25):
+            acc = 2.0 + x2 * acc / fk
+            fk -= 1.0
+        out[small] = acc * xs * np.exp(-x2) / math.sqrt(math.pi)
+    big = ~small
+    if big.any():  # erfc(x) by its continued fraction, evaluated forward (CPython's m_erfc_contfrac)
+        xb = np.minimum(ax[big], 30.0)  # erfc(30) underflows to 0 anyway
+        x2 = xb * xb
+        a = 0.0
+        da = 0.5
+        p, p_last = np.ones_like(xb), np.zeros_like(xb)
+        q, q_last = da + x2, np.ones_like(xb)
+        for _ in range(50):
+            a += da
+            da += 2.0
+            b = da + x2
+            p, p_last = b * p - a * p_last, p
+            q, q_last = b * q - a * q_last, q
+        erfc = p / q * xb * np.exp(-x2) / math.sqrt(math.pi)
+        out[big] = 1.0 - erfc
+    return np.copysign(out, x)
+
+
+def _erf_float32(x):
+    xp = get_array_module(x)
+    ax = xp.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * ax)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    y = 1.0 - poly * xp.exp(-ax * ax)
+    return xp.copysign(y, x).astype(x.dtype, copy=False)
+
+
+def erf(x):
+    """Elementwise error function, to the precision of ``x``'s dtype."""
+    if device_of(x) == "cuda":
+        import cupyx.scipy.special  # noqa: PLC0415
+
+        return cupyx.scipy.special.erf(x)
+    if x.dtype == np.float64:
+        return _erf_float64(x)
+    return _erf_float32(x)
+
+
+# --- random numbers ----------------------------------------------------------------------
+# One generator per device, seeded by ``minivit.manual_seed``; its state goes in checkpoints.
+
+_np_rng = np.random.default_rng(0)
+
+
+def manual_seed(seed: int) -> None:
+    """Seed minivit's random generators (CPU, and the GPU when CuPy is loaded)."""
+    global _np_rng
+    _np_rng = np.random.default_rng(seed)
+    if _cupy is not None:
+        _cupy.random.seed(seed)
+
+
+def rng(device: str = "cpu"):
+    """The generator for ``device``: a NumPy ``Generator`` or ``cupy.random``."""
+    if device == "cuda":
+        return _cupy.random
+    return _np_rng
+
+
+def get_rng_state() -> dict:
+    return {"numpy": _np_rng.bit_generator.state}
+
+
+def set_rng_state(state: dict) -> None:
+    _np_rng.bit_generator.state = state["numpy"]

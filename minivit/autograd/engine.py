@@ -1,0 +1,117 @@
+"""Reverse-mode differentiation: the iterative backward pass.
+
+Functions are visited newest first, from a heap keyed by generation (a function's generation is
+that of its newest input), so every function runs once, after all the gradients of its outputs
+have arrived. There is no recursion: a 10,000-deep chain is as easy as a 3-deep one. Gradients
+of a tensor used several times (a diamond) are added up out of place before they flow on.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+
+from . import backend
+
+
+def sum_to(grad, shape: tuple):
+    """Undo broadcasting: sum ``grad`` down to ``shape`` (the one place this happens)."""
+    if grad.shape == tuple(shape):
+        return grad
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        i + lead for i, n in enumerate(shape) if n == 1 and grad.shape[i + lead] != 1)
+    out = grad.sum(axis=axes, keepdims=True)
+    if lead:
+        out = out.reshape(out.shape[lead:])
+    return out
+
+
+def _check_grad(fn, tensor, grad):
+    """Reduce a broadcast gradient, then insist on the tensor's own shape and dtype."""
+    if grad.shape != tensor.shape:
+        try:
+            grad = sum_to(grad, tensor.shape)
+        except ValueError:
+            pass
+        if grad.shape != tensor.shape:
+            raise RuntimeError(f"op '{fn.op_name()}' returned a gradient of shape {grad.shape} "
+                               f"for an input of shape {tensor.shape}")
+    if grad.dtype != tensor.dtype:
+        raise RuntimeError(f"op '{fn.op_name()}' returned a {grad.dtype} gradient "
+                           f"for a {tensor.dtype} input")
+    return grad
+
+
+def backward(root, grad=None, retain_graph: bool = False) -> None:
+    """Accumulate d(root)/d(leaf) into ``leaf.grad`` for every leaf that requires grad."""
+    from .tensor import Tensor  # noqa: PLC0415
+
+    if not root.requires_grad:
+        raise RuntimeError("backward() on a tensor that does not require grad "
+                           "(no input had requires_grad=True, or it was made under no_grad)")
+    xp = backend.get_array_module(root.data)
+    if grad is None:
+        if root.data.size != 1:
+            raise RuntimeError(f"backward() without a gradient needs a scalar output; this one "
+                               f"has shape {root.shape}: pass grad= of that shape, or reduce it "
+                               f"first (e.g. loss.sum())")
+        grad = xp.ones_like(root.data)
+    else:
+        grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=root.dtype)
+        if grad.shape != root.shape:
+            raise ValueError(f"backward(): grad has shape {grad.shape}, expected {root.shape}")
+        grad = grad.astype(root.dtype, copy=False)
+
+    if root.creator is None:  # backward on a leaf: its gradient is the seed itself
+        _accumulate_leaf(root, grad)
+        return
+
+    pending = {id(root): (root, grad)}  # gradients not yet passed on, by tensor
+    heap, seen, order = [], set(), itertools.count()
+
+    def push(fn):
+        if id(fn) not in seen:
+            seen.add(id(fn))
+            heapq.heappush(heap, (-fn.generation, next(order), fn))
+
+    push(root.creator)
+    while heap:
+        fn = heapq.heappop(heap)[2]
+        if fn._freed:
+            raise RuntimeError(fn.freed_message())
+        grads_out = []
+        for ref, (shape, dtype, out_xp) in zip(fn.outputs, fn.output_meta):
+            out = ref()
+            entry = pending.pop(id(out), None) if out is not None else None
+            if entry is not None and out.retains_grad:
+                out.grad = Tensor(entry[1])
+            grads_out.append(out_xp.zeros(shape, dtype) if entry is None else entry[1])
+        grads_in = fn.backward(*grads_out)
+        if not isinstance(grads_in, tuple):
+            grads_in = (grads_in,)
+        if len(grads_in) != len(fn.inputs):
+            raise RuntimeError(f"op '{fn.op_name()}' returned {len(grads_in)} gradients "
+                               f"for {len(fn.inputs)} inputs")
+        inputs = fn.inputs
+        if not retain_graph:
+            fn.release()
+        for t, g in zip(inputs, grads_in):
+            if g is None or not t.requires_grad:
+                continue
+            g = _check_grad(fn, t, g)
+            if t.creator is None:
+                _accumulate_leaf(t, g)
+            elif id(t) in pending:
+                pending[id(t)] = (t, pending[id(t)][1] + g)  # out of place: never alias
+            else:
+                pending[id(t)] = (t, g)
+                push(t.creator)
+
+
+def _accumulate_leaf(t, g) -> None:
+    from .tensor import Tensor  # noqa: PLC0415
+
+    if t.grad is None:
+        t.grad = Tensor(g.copy())  # a copy: g may be shared with another input's gradient
+    else:
+        t.grad = Tensor(t.grad.data + g)

@@ -1,0 +1,128 @@
+"""``Function``: the one way to add a differentiable op.
+
+An op is a subclass with two methods on raw arrays, side by side::
+
+    class Exp(Function):
+        def forward(ctx, x):
+            y = xp(x).exp(x)
+            ctx.save_for_backward(y)
+            return y
+
+        def backward(ctx, grad):
+            (y,) = ctx.saved_tensors
+            return grad * y            # d exp(x)/dx = exp(x)
+
+    def exp(x): return Exp.apply(x)
+
+``ctx`` is the graph node itself. ``forward`` may take keyword attributes (axis, shape, ...)
+that are not differentiated; it returns one array or a tuple of arrays. ``backward`` gets one
+gradient per output (zeros where an output received none) and returns one gradient per input
+(``None`` for inputs that need none). Gradients of broadcast inputs are summed back to the
+input's shape by the engine, never by the op (see ``engine.sum_to``).
+"""
+from __future__ import annotations
+
+import weakref
+
+from . import backend
+from .grad_mode import is_grad_enabled
+
+
+class Function:
+    """A node of the graph: the op that made some tensors, and what its backward needs."""
+
+    name: str | None = None  # the op's name in error messages; defaults to the class name
+
+    def __init__(self):
+        self.inputs: tuple = ()
+        self.outputs: tuple = ()  # weak references: the graph holds no cycles
+        self.output_meta: tuple = ()  # (shape, dtype, xp) of each output, for zero gradients
+        self.generation = 0
+        self.needs_input_grad: tuple[bool, ...] = ()
+        self._saved: tuple = ()
+        self._freed = False
+
+    # --- what forward keeps for backward -------------------------------------------------
+    def save_for_backward(self, *arrays) -> None:
+        self._saved = arrays
+
+    @property
+    def saved_tensors(self) -> tuple:
+        if self._freed:
+            raise RuntimeError(self.freed_message())
+        return self._saved
+
+    def release(self) -> None:
+        """Drop the saved arrays and the links to the inputs (after backward)."""
+        self._saved = ()
+        self.inputs = ()
+        self._freed = True
+
+    def freed_message(self) -> str:
+        return (f"trying to backward through the graph a second time: the saved arrays of op "
+                f"'{self.op_name()}' were freed after the first backward; call "
+                f".backward(retain_graph=True) the first time if you need to backward twice")
+
+    @classmethod
+    def op_name(cls) -> str:
+        return cls.name or cls.__name__.lower()
+
+    # --- the op itself (subclasses) ------------------------------------------------------
+    def forward(self, *arrays, **attrs):
+        raise NotImplementedError
+
+    def backward(self, *grads):
+        raise NotImplementedError
+
+    # --- recording -----------------------------------------------------------------------
+    @classmethod
+    def apply(cls, *inputs, **attrs):
+        """Run the op on Tensors (or constants) and, when grad is on, record it in the graph."""
+        from .tensor import Tensor  # noqa: PLC0415 (tensor.py imports the ops, which import us)
+
+        tensors = _as_tensors(cls, inputs, Tensor)
+        ctx = cls()
+        try:
+            raw = ctx.forward(*[t.data for t in tensors], **attrs)
+        except ValueError as exc:
+            shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+            raise ValueError(f"{cls.op_name()}: {exc} (input shapes {shapes})") from None
+        many = isinstance(raw, tuple)
+        arrays = raw if many else (raw,)
+        record = is_grad_enabled() and any(t.requires_grad for t in tensors)
+        outputs = tuple(Tensor._from_op(a, record) for a in arrays)
+        if record:
+            ctx.inputs = tensors
+            ctx.needs_input_grad = tuple(t.requires_grad for t in tensors)
+            ctx.generation = max(t.generation for t in tensors)
+            ctx.output_meta = tuple((a.shape, a.dtype, backend.get_array_module(a)) for a in arrays)
+            ctx.outputs = tuple(weakref.ref(t) for t in outputs)
+            for t in outputs:
+                t.creator = ctx
+                t.generation = ctx.generation + 1
+        return outputs if many else outputs[0]
+
+
+def _as_tensors(cls, inputs, Tensor) -> tuple:
+    """Wrap constants as Tensors of the op's dtype; check devices and floating dtypes agree."""
+    ref = next((t for t in inputs if isinstance(t, Tensor) and t.dtype.kind == "f"), None)
+    if ref is None:
+        ref = next((t for t in inputs if isinstance(t, Tensor)), None)
+    out = []
+    for x in inputs:
+        if not isinstance(x, Tensor):
+            # A Python scalar or array is a constant of the tensor's dtype: x * 2.0 stays float32.
+            dtype = ref.dtype if ref is not None else None
+            xp = backend.get_array_module(ref.data) if ref is not None else None
+            x = Tensor(x if xp is None else xp.asarray(x, dtype=dtype), dtype=dtype,
+                       device=ref.device if ref is not None else "cpu")
+        out.append(x)
+    devices = {t.device for t in out}
+    if len(devices) > 1:
+        raise RuntimeError(f"{cls.op_name()}: tensors on different devices {sorted(devices)}; "
+                           f"move them to one device with .to('cpu') or .to('cuda')")
+    floats = {str(t.dtype) for t in out if t.dtype.kind == "f"}
+    if len(floats) > 1:
+        raise TypeError(f"{cls.op_name()}: tensors of different float dtypes {sorted(floats)}; "
+                        f"convert one with .float() or .double() (minivit never promotes silently)")
+    return tuple(out)

@@ -1,0 +1,171 @@
+"""Reductions and the softmax family.
+
+A reduction's backward spreads the gradient back over the reduced axes: it first restores the
+reduced axes as size 1 (``keepdims`` shape), then broadcasts.
+"""
+from __future__ import annotations
+
+from .. import backend
+from ..function import Function
+
+xp_of = backend.get_array_module
+
+
+def normalize_axis(axis, ndim: int) -> tuple[int, ...]:
+    """``None`` -> all axes; an int or a tuple -> a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < (ndim or 1):
+            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
+        out.append(a % ndim if ndim else 0)
+    return tuple(sorted(set(out)))
+
+
+def _keep(g, x_shape, axes, keepdims):
+    """The incoming gradient reshaped with the reduced axes kept as size 1."""
+    if keepdims:
+        return g
+    shape = [1 if i in axes else n for i, n in enumerate(x_shape)]
+    return g.reshape(shape)
+
+
+class Sum(Function):
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.axes, ctx.keepdims, ctx.shape = normalize_axis(axis, x.ndim), keepdims, x.shape
+        return x.sum(axis=ctx.axes, keepdims=keepdims)
+
+    def backward(ctx, g):
+        g = _keep(g, ctx.shape, ctx.axes, ctx.keepdims)
+        return xp_of(g).broadcast_to(g, ctx.shape)
+
+
+class Mean(Function):
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.axes, ctx.keepdims, ctx.shape = normalize_axis(axis, x.ndim), keepdims, x.shape
+        ctx.count = 1
+        for a in ctx.axes:
+            ctx.count *= x.shape[a]
+        return x.mean(axis=ctx.axes, keepdims=keepdims)
+
+    def backward(ctx, g):
+        g = _keep(g, ctx.shape, ctx.axes, ctx.keepdims) * (1.0 / ctx.count)
+        return xp_of(g).broadcast_to(g, ctx.shape)
+
+
+class Max(Function):
+    """Max over axes; tied maxima split the gradient evenly."""
+
+    reduce = "max"
+
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.axes, ctx.keepdims = normalize_axis(axis, x.ndim), keepdims
+        if x.size == 0:
+            raise ValueError(f"{ctx.op_name()} of an empty tensor")
+        y = getattr(x, ctx.reduce)(axis=ctx.axes, keepdims=True)
+        ctx.save_for_backward(x, y)
+        return y if keepdims else y.reshape([n for i, n in enumerate(y.shape) if i not in ctx.axes])
+
+    def backward(ctx, g):
+        x, y = ctx.saved_tensors
+        mask = x == y
+        count = mask.sum(axis=ctx.axes, keepdims=True)
+        return _keep(g, x.shape, ctx.axes, ctx.keepdims) * mask / count.astype(g.dtype)
+
+
+class Min(Max):
+    reduce = "min"
+
+
+class Var(Function):
+    """Variance ``sum((x - mean)^2) / (N - ddof)``; d/dx = 2 (x - mean) / (N - ddof)."""
+
+    def forward(ctx, x, axis=None, ddof=0, keepdims=False):
+        ctx.axes, ctx.keepdims = normalize_axis(axis, x.ndim), keepdims
+        n = 1
+        for a in ctx.axes:
+            n *= x.shape[a]
+        ctx.denom = n - ddof
+        if ctx.denom <= 0:
+            raise ValueError(f"var: {n} elements with ddof={ddof} leave no degrees of freedom")
+        d = x - x.mean(axis=ctx.axes, keepdims=True)
+        ctx.save_for_backward(d)
+        return (d * d).sum(axis=ctx.axes, keepdims=keepdims) / ctx.denom
+
+    def backward(ctx, g):
+        (d,) = ctx.saved_tensors
+        return _keep(g, d.shape, ctx.axes, ctx.keepdims) * d * (2.0 / ctx.denom)
+
+
+class LogSumExp(Function):
+    """log sum exp(x), computed as m + log sum exp(x - m); d/dx = softmax(x)."""
+
+    def forward(ctx, x, axis=None, keepdims=False):
+        xp = xp_of(x)
+        ctx.axes, ctx.keepdims = normalize_axis(axis, x.ndim), keepdims
+        m = x.max(axis=ctx.axes, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)
+        s = xp.log(xp.exp(x - m).sum(axis=ctx.axes, keepdims=True)) + m
+        ctx.save_for_backward(x, s)
+        return s if keepdims else s.reshape([n for i, n in enumerate(s.shape) if i not in ctx.axes])
+
+    def backward(ctx, g):
+        x, s = ctx.saved_tensors
+        return _keep(g, x.shape, ctx.axes, ctx.keepdims) * xp_of(x).exp(x - s)
+
+
+class Softmax(Function):
+    """y = exp(x - max) / sum exp(x - max); dx = y * (g - sum(g * y))."""
+
+    def forward(ctx, x, axis=-1):
+        xp = xp_of(x)
+        e = xp.exp(x - x.max(axis=axis, keepdims=True))
+        y = e / e.sum(axis=axis, keepdims=True)
+        ctx.axis = axis
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return y * (g - (g * y).sum(axis=ctx.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    """y = x - logsumexp(x); dx = g - softmax(x) * sum(g)."""
+
+    def forward(ctx, x, axis=-1):
+        xp = xp_of(x)
+        z = x - x.max(axis=axis, keepdims=True)
+        y = z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+        ctx.axis = axis
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g - xp_of(y).exp(y) * g.sum(axis=ctx.axis, keepdims=True)
+
+
+# --- the functional names -------------------------------------------------------------------
+
+def sum(x, axis=None, keepdims=False): return Sum.apply(x, axis=axis, keepdims=keepdims)  # noqa: A001
+def mean(x, axis=None, keepdims=False): return Mean.apply(x, axis=axis, keepdims=keepdims)
+def max(x, axis=None, keepdims=False): return Max.apply(x, axis=axis, keepdims=keepdims)  # noqa: A001
+def min(x, axis=None, keepdims=False): return Min.apply(x, axis=axis, keepdims=keepdims)  # noqa: A001
+def logsumexp(x, axis=None, keepdims=False): return LogSumExp.apply(x, axis=axis, keepdims=keepdims)
+def softmax(x, axis=-1): return Softmax.apply(x, axis=axis)
+def log_softmax(x, axis=-1): return LogSoftmax.apply(x, axis=axis)
+
+
+def var(x, axis=None, ddof=0, keepdims=False):
+    """Variance as NumPy defines it (``ddof=0``: biased; ``ddof=1``: unbiased)."""
+    return Var.apply(x, axis=axis, ddof=ddof, keepdims=keepdims)
+
+
+def std(x, axis=None, ddof=0, keepdims=False):
+    """Standard deviation: ``sqrt(var(x))``."""
+    from .elementwise import sqrt  # noqa: PLC0415
+
+    return sqrt(var(x, axis=axis, ddof=ddof, keepdims=keepdims))

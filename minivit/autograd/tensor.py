@@ -1,0 +1,341 @@
+"""``Tensor``: an array (NumPy or CuPy), its gradient, and the op that made it."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .grad_mode import is_grad_enabled
+
+
+class Tensor:
+    """A node value of the graph.
+
+    ``data`` is the raw array; ``grad`` is a Tensor (or None) filled by ``backward``;
+    ``creator`` is the ``Function`` that produced it (None for leaves, e.g. parameters).
+    """
+
+    __array_priority__ = 1000  # ndarray (op) Tensor -> Tensor's reflected operator
+    __hash__ = object.__hash__  # hashable by identity, although == is elementwise
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None, device: str | None = None):
+        if isinstance(data, Tensor):
+            data = data.data
+        if device is not None:
+            device = backend.check_device(device)
+        if backend.is_array(data):
+            if dtype is not None and data.dtype != np.dtype(dtype):
+                data = data.astype(dtype)
+            if device is not None:
+                data = backend.to_device(data, device)
+        else:
+            arr = np.asarray(data, dtype=dtype)
+            if dtype is None and arr.dtype == np.float64:
+                arr = arr.astype(np.float32)  # Python floats make float32 tensors
+            data = arr if device in (None, "cpu") else backend.to_device(arr, device)
+        self.data = data
+        self.grad: Tensor | None = None
+        self.creator = None
+        self.generation = 0
+        self.retains_grad = False
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _from_op(cls, array, requires_grad: bool) -> "Tensor":
+        t = cls.__new__(cls)
+        t.data, t.grad, t.creator, t.generation = array, None, None, 0
+        t.retains_grad = False
+        t.requires_grad = requires_grad and array.dtype.kind == "f"
+        return t
+
+    # --- autograd ------------------------------------------------------------------------
+    def requires_grad_(self, flag: bool = True) -> "Tensor":
+        if flag and self.data.dtype.kind not in "fc":
+            raise TypeError(f"only floating-point tensors can require gradients; this one is "
+                            f"{self.data.dtype} (convert it with .float() first)")
+        self.requires_grad = flag
+        return self
+
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        """Fill ``.grad`` of every leaf this tensor depends on (see ``engine.backward``)."""
+        from .engine import backward  # noqa: PLC0415
+
+        backward(self, grad, retain_graph)
+
+    def retain_grad(self) -> None:
+        """Keep this non-leaf tensor's gradient in ``.grad`` after backward."""
+        self.retains_grad = True
+
+    def detach(self) -> "Tensor":
+        """The same data, cut from the graph."""
+        return Tensor._from_op(self.data, False)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.creator is None
+
+    # --- array facts ---------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def device(self) -> str:
+        return backend.device_of(self.data)
+
+    def numel(self) -> int:
+        return self.size
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def numpy(self) -> np.ndarray:
+        """The data as a NumPy array (copied from the GPU if needed; shares memory on the CPU)."""
+        return backend.as_numpy(self.data)
+
+    def item(self) -> float:
+        if self.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
+        return self.numpy().reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def __repr__(self) -> str:
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        extra = ""
+        if self.dtype != np.float32:
+            extra += f", dtype={self.dtype}"
+        if self.device != "cpu":
+            extra += f", device='{self.device}'"
+        if self.requires_grad:
+            extra += ", requires_grad=True"
+        return f"tensor({body}{extra})"
+
+    # --- conversions ---------------------------------------------------------------------
+    def to(self, target) -> "Tensor":
+        """``to("cpu" | "cuda")`` moves the tensor; ``to(np.float64)`` or ``to("float64")``
+        changes its dtype. Both are differentiable."""
+        if isinstance(target, str) and target.split(":")[0] in backend.DEVICES:
+            device = backend.check_device(target)
+            if device == self.device:
+                return self
+            return ops.ToDevice.apply(self, device=device)
+        return self.astype(target)
+
+    def cpu(self) -> "Tensor":
+        return self.to("cpu")
+
+    def cuda(self) -> "Tensor":
+        return self.to("cuda")
+
+    def astype(self, dtype) -> "Tensor":
+        dtype = np.dtype(dtype)
+        if dtype == self.dtype:
+            return self
+        if self.requires_grad and dtype.kind == "f":
+            return ops.Cast.apply(self, dtype=dtype)
+        return Tensor._from_op(self.data.astype(dtype), False)
+
+    def float(self) -> "Tensor":
+        return self.astype(np.float32)
+
+    def double(self) -> "Tensor":
+        return self.astype(np.float64)
+
+    def long(self) -> "Tensor":
+        return self.astype(np.int64)
+
+    def contiguous(self) -> "Tensor":
+        return self
+
+    # --- operators -----------------------------------------------------------------------
+    def __add__(self, o): return ops.add(self, o)
+    def __radd__(self, o): return ops.add(o, self)
+    def __sub__(self, o): return ops.sub(self, o)
+    def __rsub__(self, o): return ops.sub(o, self)
+    def __mul__(self, o): return ops.mul(self, o)
+    def __rmul__(self, o): return ops.mul(o, self)
+    def __truediv__(self, o): return ops.div(self, o)
+    def __rtruediv__(self, o): return ops.div(o, self)
+    def __neg__(self): return ops.neg(self)
+    def __pow__(self, o): return ops.pow(self, o)
+    def __rpow__(self, o): return ops.Pow.apply(o, self)
+    def __matmul__(self, o): return ops.matmul(self, o)
+    def __rmatmul__(self, o): return ops.matmul(o, self)
+    def __getitem__(self, index): return ops.getitem(self, index)
+
+    def _compare(self, other, fn) -> "Tensor":
+        other = other.data if isinstance(other, Tensor) else other
+        return Tensor._from_op(fn(self.data, other), False)
+
+    def __eq__(self, o): return self._compare(o, lambda a, b: a == b)  # type: ignore[override]
+    def __ne__(self, o): return self._compare(o, lambda a, b: a != b)  # type: ignore[override]
+    def __lt__(self, o): return self._compare(o, lambda a, b: a < b)
+    def __le__(self, o): return self._compare(o, lambda a, b: a <= b)
+    def __gt__(self, o): return self._compare(o, lambda a, b: a > b)
+    def __ge__(self, o): return self._compare(o, lambda a, b: a >= b)
+
+    def __bool__(self) -> bool:
+        if self.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous; "
+                             f"use .any() or .all()")
+        return bool(self.item())
+
+    def any(self) -> bool:
+        return bool(self.data.any())
+
+    def all(self) -> bool:
+        return bool(self.data.all())
+
+    def argmax(self, axis=None, dim=None) -> "Tensor":
+        return Tensor._from_op(self.data.argmax(axis=_axis(axis, dim)), False)
+
+    # --- methods (PyTorch names; ``dim``/``keepdim`` are accepted for ``axis``/``keepdims``) -
+    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.sum(self, _axis(axis, dim), keepdims or bool(keepdim))
+
+    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.mean(self, _axis(axis, dim), keepdims or bool(keepdim))
+
+    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.max(self, _axis(axis, dim), keepdims or bool(keepdim))
+
+    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.min(self, _axis(axis, dim), keepdims or bool(keepdim))
+
+    def var(self, axis=None, ddof=0, keepdims=False, *, dim=None, keepdim=None):
+        return ops.var(self, _axis(axis, dim), ddof, keepdims or bool(keepdim))
+
+    def std(self, axis=None, ddof=0, keepdims=False, *, dim=None, keepdim=None):
+        return ops.std(self, _axis(axis, dim), ddof, keepdims or bool(keepdim))
+
+    def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.logsumexp(self, _axis(axis, dim), keepdims or bool(keepdim))
+
+    def softmax(self, axis=-1, *, dim=None):
+        return ops.softmax(self, _axis(axis, dim))
+
+    def log_softmax(self, axis=-1, *, dim=None):
+        return ops.log_softmax(self, _axis(axis, dim))
+
+    def reshape(self, *shape): return ops.reshape(self, *shape)
+    view = reshape
+    def permute(self, *axes): return ops.permute(self, *axes)
+    def transpose(self, dim0: int, dim1: int): return ops.swapaxes(self, dim0, dim1)
+    def swapaxes(self, a: int, b: int): return ops.swapaxes(self, a, b)
+    def flatten(self, start_dim=0, end_dim=-1): return ops.flatten(self, start_dim, end_dim)
+    def squeeze(self, axis=None, *, dim=None): return ops.squeeze(self, _axis(axis, dim))
+    def unsqueeze(self, axis: int): return ops.unsqueeze(self, axis)
+    def broadcast_to(self, shape): return ops.broadcast_to(self, shape)
+
+    def expand(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        lead = len(shape) - self.ndim
+        full = [n if n != -1 else self.shape[i - lead] for i, n in enumerate(shape)]
+        return ops.broadcast_to(self, tuple(full))
+
+    @property
+    def T(self):
+        return ops.permute(self, tuple(reversed(range(self.ndim))))
+
+    @property
+    def mT(self):
+        return ops.swapaxes(self, -1, -2)
+
+    def matmul(self, o): return ops.matmul(self, o)
+    def exp(self): return ops.exp(self)
+    def log(self): return ops.log(self)
+    def sqrt(self): return ops.sqrt(self)
+    def abs(self): return ops.abs(self)
+    def tanh(self): return ops.tanh(self)
+    def sigmoid(self): return ops.sigmoid(self)
+    def relu(self): return ops.relu(self)
+    def clip(self, lo=None, hi=None): return ops.clip(self, lo, hi)
+    clamp = clip
+    def pow(self, p): return ops.pow(self, p)
+
+
+def _axis(axis, dim):
+    return dim if dim is not None else axis
+
+
+# --- creation ---------------------------------------------------------------------------------
+
+def tensor(data, requires_grad: bool = False, dtype=None, device: str = "cpu") -> Tensor:
+    """A new leaf tensor: ``minivit.tensor([[1., 2.]], requires_grad=True)``.
+
+    Python floats give float32, ints int64; NumPy arrays keep their dtype unless ``dtype`` says.
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    if backend.is_array(data):
+        data = data.copy()
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
+
+
+def _shape(shape) -> tuple:
+    return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+
+
+def _xp(device: str):
+    device = backend.check_device(device)
+    return np if device == "cpu" else backend._import_cupy()
+
+
+def zeros(*shape, dtype=np.float32, device="cpu", requires_grad=False) -> Tensor:
+    return Tensor(_xp(device).zeros(_shape(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def ones(*shape, dtype=np.float32, device="cpu", requires_grad=False) -> Tensor:
+    return Tensor(_xp(device).ones(_shape(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def full(shape, value, dtype=np.float32, device="cpu", requires_grad=False) -> Tensor:
+    return Tensor(_xp(device).full(_shape((shape,)), value, dtype=dtype), requires_grad=requires_grad)
+
+
+def randn(*shape, dtype=np.float32, device="cpu", requires_grad=False) -> Tensor:
+    """Standard normal samples from minivit's generator (``minivit.manual_seed``)."""
+    device = backend.check_device(device)
+    data = backend.rng(device).standard_normal(_shape(shape)).astype(dtype)
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def rand(*shape, dtype=np.float32, device="cpu", requires_grad=False) -> Tensor:
+    device = backend.check_device(device)
+    data = backend.rng(device).random(_shape(shape)).astype(dtype)
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def arange(start, stop=None, step=1, dtype=None, device="cpu") -> Tensor:
+    data = _xp(device).arange(start, stop, step) if stop is not None else _xp(device).arange(start)
+    if dtype is None and data.dtype == np.float64:
+        dtype = np.float32
+    return Tensor(data, dtype=dtype)
+
+
+def zeros_like(t: Tensor, dtype=None) -> Tensor:
+    return Tensor(backend.get_array_module(t.data).zeros_like(t.data, dtype=dtype))
+
+
+def ones_like(t: Tensor, dtype=None) -> Tensor:
+    return Tensor(backend.get_array_module(t.data).ones_like(t.data, dtype=dtype))
+
+
+from . import ops  # noqa: E402  (the ops import Function, which imports this module lazily)
