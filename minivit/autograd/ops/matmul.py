@@ -4,6 +4,7 @@ from __future__ import annotations
 import string
 
 from .. import backend
+from ..flops import add_flops
 from ..function import Function
 
 xp_of = backend.get_array_module
@@ -24,7 +25,9 @@ class MatMul(Function):
                              f"{a.shape[-1]} (last dim of the first) != "
                              f"{b.shape[-2 if b.ndim > 1 else 0]} (first matrix dim of the second)")
         ctx.save_for_backward(a, b)
-        return xp_of(a).matmul(a, b)
+        out = xp_of(a).matmul(a, b)
+        add_flops(2 * out.size * a.shape[-1])
+        return out
 
     def backward(ctx, g):
         a, b = ctx.saved_tensors
@@ -98,6 +101,11 @@ class Einsum(Function):
                                  f"diagonal) are not supported")
         ctx.terms, ctx.out = terms, out
         ctx.save_for_backward(*ops)
+        sizes = {c: n for t, o in zip(terms, ops) for c, n in zip(t, o.shape)}
+        count = 2
+        for n in sizes.values():
+            count *= n
+        add_flops(count)  # every index combination is one multiply-add
         return xp_of(*ops).einsum(",".join(terms) + "->" + out, *ops)
 
     def backward(ctx, g):
