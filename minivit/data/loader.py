@@ -1,0 +1,215 @@
+"""A DataLoader for in-memory uint8 image arrays: shuffle, batch, augment, prefetch.
+
+    >>> train = CIFARLoader(ds.x_train, ds.y_train, batch_size=128, augment="standard")
+    >>> for epoch in range(epochs):
+    ...     for xb, yb in train:        # xb float32 (B, 3, 32, 32), yb int64 (B,)
+    ...         ...
+
+Randomness is a pure function of ``(seed, epoch, batch index)``: the shuffle of an epoch comes
+from ``default_rng([seed, epoch, 0])`` and batch ``b``'s augmentation and mixing from
+``default_rng([seed, epoch, 1, b])``. So batches do not depend on prefetching, on what ran
+before, or on the process: ``state_dict()`` (epoch and position) is all a checkpoint needs to
+reproduce the rest of the run exactly.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .transforms import (CIFAR10_MEAN, CIFAR10_STD, Transform, cutmix, make_augment, mixup,
+                         one_hot, to_float_nchw)
+
+__all__ = ["CIFARLoader"]
+
+Batch = tuple[np.ndarray, np.ndarray]
+
+
+class _Prefetcher:
+    """Run an iterator in a daemon thread, ``depth`` items ahead of the consumer."""
+
+    def __init__(self, source: Iterator[Batch], depth: int = 2) -> None:
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True,
+                                        name="minivit-prefetch")
+        self._thread.start()
+
+    def _put(self, message: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(message, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def _run(self, source: Iterator[Batch]) -> None:
+        try:
+            for item in source:
+                if not self._put(("item", item)):
+                    return
+            self._put(("done", None))
+        except BaseException as e:  # handed to the consumer, raised there
+            self._put(("error", e))
+
+    def __iter__(self) -> Iterator[Batch]:
+        try:
+            while True:
+                kind, value = self._queue.get()
+                if kind == "done":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the producer thread and wait for it (it finishes at most one batch)."""
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=10)
+
+
+class CIFARLoader:
+    """Iterate over ``(x, y)`` batches of a uint8 image array.
+
+    Args:
+        x: uint8 images ``(N, H, W, C)``.
+        y: integer labels ``(N,)``.
+        batch_size: images per batch.
+        shuffle: a new random order every epoch.
+        drop_last: drop the last incomplete batch.
+        seed: seeds shuffling, augmentation and mixing (see the module docstring).
+        augment: ``False`` (default), ``"standard"`` / ``True`` (random crop with 4-pixel zero
+            padding + horizontal flip), ``"randaugment"`` (that + RandAugment(2, 9)), or a
+            callable ``f(x_uint8_nhwc, rng) -> x_uint8_nhwc``.
+        mean, std: per-channel normalisation on the [0, 1] scale (None: none).
+        mixup, cutmix: Beta alphas; 0 disables. With both, each batch uses one of the two
+            (each with probability 1/2). When either is on, ``y`` is soft targets
+            ``(B, num_classes)`` in ``dtype``; otherwise int64 labels.
+        num_classes: width of the soft targets.
+        prefetch: build the next batch in a background thread while the current one is used.
+        dtype: float dtype of the images (and soft targets).
+
+    Yields:
+        ``x``: ``(B, C, H, W)`` C-contiguous ``dtype``; ``y``: int64 ``(B,)`` or soft targets.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int = 128,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        augment: bool | str | Transform | None = False,
+        mean: Sequence[float] | None = CIFAR10_MEAN,
+        std: Sequence[float] | None = CIFAR10_STD,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        num_classes: int = 10,
+        prefetch: bool = True,
+        dtype: np.dtype | type = np.float32,
+    ) -> None:
+        x, y = np.asarray(x), np.asarray(y)
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise TypeError(f"x must be uint8 (N, H, W, C), got {x.dtype} {x.shape}")
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"y must be integer labels of shape ({len(x)},), got {y.dtype} "
+                            f"{y.shape}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if mixup < 0 or cutmix < 0:
+            raise ValueError("mixup and cutmix are Beta alphas: use 0 to disable, > 0 to enable")
+        self.x, self.y = x, y.astype(np.int64, copy=False)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed = seed
+        self.augment = make_augment(augment)
+        self.mean, self.std = mean, std
+        self.mixup, self.cutmix = float(mixup), float(cutmix)
+        self.num_classes, self.prefetch, self.dtype = num_classes, prefetch, np.dtype(dtype)
+        self.epoch = 0
+        self._position = 0  # batches handed out in the current epoch
+        self._resume = 0  # where the next iteration starts (set by load_state_dict)
+
+    def __len__(self) -> int:
+        n, b = len(self.x), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __repr__(self) -> str:
+        return (f"CIFARLoader(n={len(self.x)}, batch_size={self.batch_size}, "
+                f"shuffle={self.shuffle}, augment={self.augment!r}, epoch={self.epoch})")
+
+    # -- state -----------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration produce epoch ``epoch`` from its first batch."""
+        self.epoch, self._position, self._resume = int(epoch), 0, 0
+
+    def state_dict(self) -> dict[str, int]:
+        """``{'seed', 'epoch', 'batch'}``: ``batch`` batches of ``epoch`` were handed out."""
+        return {"seed": self.seed, "epoch": self.epoch, "batch": self._position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the next iteration continues epoch ``state['epoch']`` at batch
+        ``state['batch']`` with exactly the batches an uninterrupted run would have made."""
+        self.seed = int(state["seed"])
+        self.epoch, self._position = int(state["epoch"]), int(state["batch"])
+        if self._position >= len(self):
+            self.epoch, self._position = self.epoch + 1, 0
+        self._resume = self._position
+
+    # -- batches ---------------------------------------------------------------------------
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample order of ``epoch``."""
+        if not self.shuffle:
+            return np.arange(len(self.x))
+        return np.random.default_rng([self.seed, epoch, 0]).permutation(len(self.x))
+
+    def make_batch(self, epoch: int, index: int, order: np.ndarray | None = None) -> Batch:
+        """Batch ``index`` of ``epoch``, computed directly (no iteration state involved)."""
+        order = self.order(epoch) if order is None else order
+        idx = order[index * self.batch_size:(index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, epoch, 1, index])
+        x = self.x[idx]
+        if self.augment is not None:
+            x = self.augment(x, rng)
+        xf = to_float_nchw(x, self.mean, self.std, self.dtype)
+        y: np.ndarray = self.y[idx]
+        if self.mixup > 0 or self.cutmix > 0:
+            targets = one_hot(y, self.num_classes, self.dtype)
+            use_cutmix = self.cutmix > 0 and (self.mixup == 0 or rng.random() < 0.5)
+            if use_cutmix:
+                xf, y = cutmix(xf, targets, self.cutmix, rng)
+            else:
+                xf, y = mixup(xf, targets, self.mixup, rng)
+        return xf, y
+
+    def _batches(self, epoch: int, start: int) -> Iterator[Batch]:
+        order = self.order(epoch)
+        for index in range(start, len(self)):
+            yield self.make_batch(epoch, index, order)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, start = self.epoch, self._resume
+        self._resume, self._position = 0, start
+        source = self._batches(epoch, start)
+        prefetcher = _Prefetcher(source) if self.prefetch else None
+        batches = iter(prefetcher) if prefetcher is not None else source
+        try:
+            for batch in batches:
+                self._position += 1
+                yield batch
+            self.epoch, self._position = epoch + 1, 0
+        finally:
+            if prefetcher is not None:
+                prefetcher.close()
