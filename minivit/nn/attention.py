@@ -1,0 +1,52 @@
+"""Multi-head self-attention, laid out as timm's ``Attention`` (``vision_transformer.py``).
+
+    qkv = x W_qkv^T + b     (B, N, 3C), columns ordered (3, heads, head_dim)
+    q, k, v                 (B, heads, N, head_dim) each
+    out = proj(concat_heads(softmax(q k^T / sqrt(head_dim) + bias) v))
+"""
+from __future__ import annotations
+
+from ..autograd import ops
+from . import functional as F
+from .layers import Dropout, Linear
+from .module import Module
+
+
+class MultiheadSelfAttention(Module):
+    """Self-attention over tokens (B, N, dim); children ``qkv`` (dim -> 3 dim) and ``proj``.
+
+    ``forward(x, attn_bias=None)``: ``attn_bias`` is added to the scores before the softmax
+    (float, broadcastable to (B, heads, N, N): relative position bias) or masks them (bool,
+    True = attend).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"MultiheadSelfAttention: dim {dim} is not divisible by "
+                             f"num_heads {num_heads}")
+        self.dim, self.num_heads = dim, num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = Dropout(attn_drop)
+        self.proj = Linear(dim, dim)
+        self.proj_drop = Dropout(proj_drop)
+
+    def forward(self, x, attn_bias=None):
+        if x.ndim != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"MultiheadSelfAttention(dim={self.dim}): expected input "
+                             f"(B, N, {self.dim}), got {tuple(x.shape)}")
+        B, N, C = x.shape
+        H, d = self.num_heads, self.head_dim
+        qkv = self.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)   # (3, B, H, N, d)
+        q, k, v = (t.reshape(B, H, N, d) for t in ops.split(qkv, 3, axis=0))
+        p = self.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=p,
+                                             scale=self.scale)              # (B, H, N, d)
+        out = out.permute(0, 2, 1, 3).reshape(B, N, C)
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}"

@@ -1,0 +1,43 @@
+"""``minivit.nn.functional`` (``import minivit.nn.functional as F``): PyTorch's names and
+argument order. Convolution and pooling live in ``conv.py`` and ``pooling.py``."""
+from __future__ import annotations
+
+import importlib.util
+
+from .activation import gelu, log_softmax, relu, sigmoid, silu, softmax, tanh
+from .attention import scaled_dot_product_attention
+from .dropout import drop_path, dropout
+from .linear import linear
+from .loss import cross_entropy, mse_loss, nll_loss
+from .norm import batch_norm, layer_norm
+
+
+def _lazy(module: str, name: str):
+    """A stand-in for ``module.name`` that imports it at the first call (while that file is
+    still being written, importing ``minivit.nn`` must not fail)."""
+
+    def call(*args, **kwargs):
+        mod = importlib.import_module(f"{__name__}.{module}")
+        return getattr(mod, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"See minivit.nn.functional.{module}.{name}."
+    return call
+
+
+if importlib.util.find_spec(f"{__name__}.conv") is not None:
+    from .conv import conv2d
+else:  # pragma: no cover
+    conv2d = _lazy("conv", "conv2d")
+
+if importlib.util.find_spec(f"{__name__}.pooling") is not None:
+    from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+else:  # pragma: no cover
+    max_pool2d = _lazy("pooling", "max_pool2d")
+    avg_pool2d = _lazy("pooling", "avg_pool2d")
+    adaptive_avg_pool2d = _lazy("pooling", "adaptive_avg_pool2d")
+
+__all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "layer_norm",
+           "batch_norm", "gelu", "relu", "silu", "sigmoid", "tanh", "softmax", "log_softmax",
+           "dropout", "drop_path", "scaled_dot_product_attention", "cross_entropy", "nll_loss",
+           "mse_loss"]

@@ -1,0 +1,123 @@
+"""Cross entropy: log-softmax and negative log-likelihood fused into one Function.
+
+With z the logits, q the target distribution of each row (one-hot for class indices,
+smoothed as PyTorch: q = (1 - eps) q + eps / C) and w_i the weight of row i:
+
+    loss_i = -sum_c q_ic log softmax(z_i)_c
+    dloss_i/dz_i = softmax(z_i) * sum_c q_ic - q_i      (= softmax - q when q sums to 1)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...autograd import backend
+from ...autograd.function import Function
+from ...autograd.tensor import Tensor
+
+xp_of = backend.get_array_module
+
+
+class CrossEntropy(Function):
+    name = "cross_entropy"
+
+    def forward(ctx, z, q=None, row_weight=None, reduction="mean"):
+        xp = xp_of(z)
+        zc = z - z.max(axis=1, keepdims=True)
+        e = xp.exp(zc)
+        se = e.sum(axis=1, keepdims=True)
+        logp = zc - xp.log(se)
+        loss = -(q * logp).sum(axis=1)  # (B,)
+        if row_weight is not None:
+            loss = loss * row_weight
+        ctx.reduction = reduction
+        ctx.denom = float(row_weight.sum()) if row_weight is not None else z.shape[0]
+        ctx.save_for_backward(e / se, q, row_weight)
+        if reduction == "none":
+            return loss
+        total = loss.sum()
+        return total / ctx.denom if reduction == "mean" else total
+
+    def backward(ctx, g):
+        p, q, row_weight = ctx.saved_tensors
+        dz = p * q.sum(axis=1, keepdims=True) - q
+        if row_weight is not None:
+            dz = dz * row_weight[:, None]
+        if ctx.reduction == "none":
+            return dz * g[:, None]
+        if ctx.reduction == "mean":
+            g = g / ctx.denom if ctx.denom > 0 else g * 0
+        return dz * g
+
+
+def cross_entropy(input, target, label_smoothing: float = 0.0, reduction: str = "mean", *,
+                  ignore_index: int = -100):
+    """Cross entropy of logits ``input`` (B, C) against ``target``: class indices (B,) (an
+    integer Tensor, array or list) or class probabilities (B, C) (mixup / cutmix targets).
+
+    ``label_smoothing`` eps mixes the target with the uniform distribution:
+    q = (1 - eps) q + eps / C (for indices and probabilities alike, as PyTorch).
+    ``reduction``: "mean" (over the rows whose index is not ``ignore_index``), "sum", "none".
+
+    ``F.cross_entropy(logits, minivit.tensor([3, 0]))``
+    """
+    name = "cross_entropy"
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if input.ndim != 2:
+        raise ValueError(f"{name}: expected logits of shape (B, C), got {tuple(input.shape)}")
+    B, C = input.shape
+    xp = xp_of(input.data)
+    t = target.data if isinstance(target, Tensor) else target
+    t = xp.asarray(t) if backend.is_array(t) else xp.asarray(np.asarray(t))
+    dtype = input.dtype
+    row_weight = None
+    if t.dtype.kind in "iub":
+        if t.shape != (B,):
+            raise ValueError(f"{name}: class-index targets must have shape ({B},) for logits "
+                             f"{tuple(input.shape)}, got {tuple(t.shape)}")
+        valid = t != ignore_index
+        bad = valid & ((t < 0) | (t >= C))
+        if bool(bad.any()):
+            value = int(t[bad][0])
+            raise ValueError(f"{name}: target class {value} is out of range for {C} classes "
+                             f"(valid: 0 .. {C - 1})")
+        q = xp.zeros((B, C), dtype=dtype)
+        idx = xp.where(valid, t, 0).astype(np.int64)
+        q[xp.arange(B), idx] = 1.0
+        if not bool(valid.all()):
+            row_weight = valid.astype(dtype)
+    elif t.dtype.kind == "f":
+        if t.shape != (B, C):
+            raise ValueError(f"{name}: probability targets must have the logits' shape "
+                             f"{tuple(input.shape)}, got {tuple(t.shape)}")
+        q = t.astype(dtype, copy=False)
+    else:
+        raise TypeError(f"{name}: target must hold integer class indices or float "
+                        f"probabilities, got dtype {t.dtype}")
+    if label_smoothing > 0.0:
+        q = q * (1.0 - label_smoothing) + label_smoothing / C
+    return CrossEntropy.apply(input, q=q, row_weight=row_weight, reduction=reduction)
+
+
+def nll_loss(input, target, reduction: str = "mean"):
+    """Negative log-likelihood of log-probabilities ``input`` (B, C) at class indices (B,)."""
+    t = target.data if isinstance(target, Tensor) else np.asarray(target)
+    B, C = input.shape
+    if t.shape != (B,) or bool(((t < 0) | (t >= C)).any()):
+        raise ValueError(f"nll_loss: targets must be {B} class indices in [0, {C}), got "
+                         f"shape {tuple(t.shape)}")
+    picked = -input[xp_of(input.data).arange(B), t]
+    if reduction == "none":
+        return picked
+    return picked.mean() if reduction == "mean" else picked.sum()
+
+
+def mse_loss(input, target, reduction: str = "mean"):
+    """Mean squared error ``(input - target)^2`` with "mean", "sum" or "none" reduction."""
+    d = input - target
+    sq = d * d
+    if reduction == "none":
+        return sq
+    return sq.mean() if reduction == "mean" else sq.sum()
