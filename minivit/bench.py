@@ -1,0 +1,154 @@
+"""``minivit bench``: throughput, memory and utilisation of the CIFAR models.
+
+For each model: forward images/s (eval, no grad), training-step images/s (forward, loss,
+backward, AdamW step), peak memory (RSS on the CPU, CuPy pool bytes on the GPU), the model's
+forward FLOPs per image as counted by the engine, and utilisation: the training step's
+achieved FLOP/s (3x forward FLOPs) over the float32 matmul FLOP/s that this same process
+measures first (a 1024x1024x1024 product). Figures are medians of ``--steps`` timed steps
+after warm-up, with min and max.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import minivit
+from .autograd import backend
+from .autograd.flops import count_flops
+
+CIFAR_MODELS = ["vit_cifar", "mlp_mixer_cifar", "maxvit_cifar", "botnet_cifar", "ceit_cifar"]
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        backend._import_cupy().cuda.Device().synchronize()
+
+
+def _timed(fn, steps: int, warmup: int, device: str) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def matmul_gflops(device: str = "cpu", n: int = 1024, steps: int = 10) -> float:
+    """float32 GFLOP/s of one n x n x n matrix product (median)."""
+    xp = np if device == "cpu" else backend._import_cupy()
+    a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    b = xp.asarray(np.random.default_rng(1).standard_normal((n, n), dtype=np.float32))
+    times = _timed(lambda: a @ b, steps, 3, device)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def _reset_peak_rss() -> None:
+    try:  # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_model(name: str, batch: int = 128, device: str = "cpu", steps: int = 10,
+                matmul: float | None = None) -> dict:
+    """Measure one model; returns the JSON row of ``minivit bench --json``."""
+    from . import optim
+    from .models import create_model
+    from .nn import functional as F
+
+    minivit.manual_seed(0)
+    model = create_model(name, num_classes=10).to(device)
+    rng = np.random.default_rng(0)
+    x = minivit.tensor(rng.standard_normal((batch, 3, 32, 32), dtype=np.float32), device=device)
+    y = minivit.tensor(rng.integers(0, 10, batch), device=device)
+    opt = optim.AdamW(optim.param_groups_weight_decay(model, 0.05), lr=1e-4, weight_decay=0.05)
+
+    def forward():
+        with minivit.no_grad():
+            model(x)
+
+    def train_step():
+        loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model.eval()
+    with count_flops() as c, minivit.no_grad():
+        model(x)
+    flops_per_img = c.total / batch
+    fwd = _timed(forward, steps, 2, device)
+    model.train()
+    pool = backend._import_cupy().get_default_memory_pool() if device == "cuda" else None
+    _reset_peak_rss()
+    train = _timed(train_step, steps, 2, device)
+    peak = (pool.total_bytes() / 2 ** 20) if pool is not None else _peak_rss_mb()
+    train_ips = batch / statistics.median(train)
+    row = {
+        "model": name, "batch": batch, "device": device,
+        "fwd_imgs_per_s": batch / statistics.median(fwd),
+        "train_imgs_per_s": train_ips,
+        "peak_mem_mb": peak,
+        "gflops_per_img": flops_per_img / 1e9,
+        "matmul_gflops": matmul,
+        "utilisation": (3 * flops_per_img * train_ips / 1e9) / matmul if matmul else None,
+        "train_step_s": {"median": statistics.median(train), "min": min(train), "max": max(train)},
+        "fwd_step_s": {"median": statistics.median(fwd), "min": min(fwd), "max": max(fwd)},
+    }
+    return row
+
+
+def main(args) -> int:
+    device = backend.check_device(args.device)
+    names = args.model or CIFAR_MODELS
+    from .models import list_models
+
+    unknown = [n for n in names if n not in list_models()]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(list_models())}")
+    mm = matmul_gflops(device)
+    print(f"float32 matmul 1024^3 on {device}: {mm:.1f} GFLOP/s "
+          f"(batch {args.batch}, median of {args.steps} steps after warm-up)")
+    head = (f"{'model':18s} {'fwd img/s':>10s} {'train img/s':>12s} {'step s (min-max)':>18s} "
+            f"{'peak MB':>8s} {'GFLOP/img':>10s} {'util':>6s}")
+    print(head)
+    rows = []
+    for name in names:
+        r = bench_model(name, args.batch, device, args.steps, mm)
+        rows.append(r)
+        s = r["train_step_s"]
+        print(f"{name:18s} {r['fwd_imgs_per_s']:10.1f} {r['train_imgs_per_s']:12.1f} "
+              f"{s['median']:7.3f} ({s['min']:.2f}-{s['max']:.2f}) {r['peak_mem_mb']:8.0f} "
+              f"{r['gflops_per_img']:10.3f} {100 * r['utilisation']:5.1f}%")
+        sys.stdout.flush()
+    if args.json:
+        from .checkpoint import atomic_write
+
+        keys = ["model", "batch", "device", "fwd_imgs_per_s", "train_imgs_per_s", "peak_mem_mb",
+                "gflops_per_img", "matmul_gflops", "utilisation"]
+        out = [{k: r[k] for k in keys} for r in rows]
+        atomic_write(args.json, lambda f: f.write(json.dumps(out, indent=2).encode()))
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,93 @@
+"""Checkpoints: one ``.npz`` file, loaded with ``allow_pickle=False``, written atomically.
+
+A checkpoint is a nested dict (model state, optimizer state, schedule, epoch, RNG states...).
+Array leaves are stored as ``.npz`` members under their slash-joined path
+(``model/blocks.0.attn.qkv.weight``); everything else (numbers, strings, lists) goes into one
+JSON document stored as the member ``__meta__``. Nothing is unpickled on load, so a
+checkpoint from an untrusted source cannot run code.
+
+The file is written to a temporary name in the same folder, flushed to disk, then renamed
+over the old one (``os.replace`` is atomic), so a crash or a kill during a save leaves the
+previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .autograd import backend
+
+_META = "__meta__"
+_ARRAY = "__array__"  # marks where an array was taken out of the JSON document
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or not what was expected."""
+
+
+def _split(tree, prefix: str, arrays: dict):
+    """Move array leaves of ``tree`` into ``arrays``; return the JSON-able rest."""
+    if isinstance(tree, dict):
+        return {str(k): _split(v, f"{prefix}/{k}" if prefix else str(k), arrays)
+                for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_split(v, f"{prefix}/{i}", arrays) for i, v in enumerate(tree)]
+    if backend.is_array(tree) or isinstance(tree, np.generic):
+        arrays[prefix] = backend.as_numpy(tree)
+        return {_ARRAY: prefix}
+    return tree
+
+
+def _join(tree, arrays):
+    if isinstance(tree, dict):
+        if set(tree) == {_ARRAY}:
+            return arrays[tree[_ARRAY]]
+        return {k: _join(v, arrays) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_join(v, arrays) for v in tree]
+    return tree
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, tree: dict) -> None:
+    """Save a nested dict of arrays and plain values to ``path`` (``.npz``), atomically."""
+    arrays: dict[str, np.ndarray] = {}
+    meta = _split(tree, "", arrays)
+    payload = dict(arrays)
+    payload[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **payload))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load what ``save_checkpoint`` wrote (arrays come back as NumPy arrays)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable minivit checkpoint ({exc})") from None
+    if _META not in arrays:
+        raise CheckpointError(f"{path}: not a minivit checkpoint (no {_META} entry)")
+    meta = json.loads(arrays.pop(_META).tobytes().decode())
+    return _join(meta, arrays)

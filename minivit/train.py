@@ -1,0 +1,300 @@
+"""Training on CIFAR: the recipe, the ``fit`` loop, evaluation, checkpoints and exact resume.
+
+    from minivit.train import TrainConfig, fit
+    fit(TrainConfig(model="vit_cifar", dataset="cifar10-subset", epochs=3, out="runs/vit"))
+
+A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per epoch), and the
+checkpoints ``last.npz`` and ``best.npz`` (model, optimizer, schedule, epoch, RNG states).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import minivit
+from . import nn, optim
+from .autograd import backend
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .data import CIFARLoader, load_dataset
+from .models import create_model, list_models
+from .nn import functional as F
+from .progress import Progress
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or cannot go on (bad setting, NaN loss, unusable folder)."""
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run. The defaults are the standard CIFAR recipe of BENCHMARKS.md:
+    AdamW (lr 1e-3 at batch 128, wd 0.05, none on norms/biases/tokens), 1 warmup epoch then
+    cosine to 0 per step, label smoothing 0.1, random crop (pad 4) and horizontal flip."""
+
+    model: str = "vit_cifar"
+    dataset: str = "cifar10-subset"
+    data: str | None = None  # a folder or archive; None: bundled subset or the cache folder
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    augment: str = "standard"  # "none", "standard" (crop + flip), "randaugment"
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    clip_grad: float | None = None
+    model_args: dict = field(default_factory=dict)  # overrides of the model configuration
+    seed: int = 0
+    device: str = "cpu"
+    out: str | None = None
+    train_limit: int | None = None  # use only the first N training images (quick runs, tests)
+    test_limit: int | None = None
+    eval_batch_size: int = 256
+    progress: bool = True
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise TrainingError(f"config has unknown keys {sorted(unknown)}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+# --- pieces of a run -----------------------------------------------------------------------
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    if cfg.model not in list_models():
+        raise TrainingError(f"unknown model {cfg.model!r}; known models: "
+                            f"{', '.join(list_models())}")
+    return create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> optim.Optimizer:
+    groups = optim.param_groups_weight_decay(model, cfg.weight_decay)
+    return optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def build_schedule(opt: optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    return optim.lr_scheduler.WarmupCosineLR(
+        opt, warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
+        total_steps=cfg.epochs * steps_per_epoch, min_lr=cfg.min_lr)
+
+
+def _loaders(cfg: TrainConfig):
+    ds = load_dataset(cfg.dataset, cfg.data, progress=cfg.progress)
+    x_tr, y_tr, x_te, y_te = ds.x_train, ds.y_train, ds.x_test, ds.y_test
+    if cfg.train_limit:
+        x_tr, y_tr = x_tr[:cfg.train_limit], y_tr[:cfg.train_limit]
+    if cfg.test_limit:
+        x_te, y_te = x_te[:cfg.test_limit], y_te[:cfg.test_limit]
+    augment = None if cfg.augment in (None, "none") else cfg.augment
+    train = CIFARLoader(x_tr, y_tr, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
+                        seed=cfg.seed, augment=augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
+                        num_classes=ds.num_classes)
+    test = CIFARLoader(x_te, y_te, batch_size=cfg.eval_batch_size, shuffle=False,
+                       augment=None, num_classes=ds.num_classes)
+    return ds, train, test
+
+
+def _to_device(array: np.ndarray, device: str) -> minivit.Tensor:
+    return minivit.Tensor(array if device == "cpu" else backend.to_device(array, device))
+
+
+def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | None = None,
+             progress: bool = False) -> dict:
+    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) on a loader."""
+    was_training = model.training
+    model.eval()
+    n, loss_sum, correct = 0, 0.0, 0
+    k = num_classes or loader.num_classes
+    confusion = np.zeros((k, k), dtype=np.int64)
+    with minivit.no_grad(), Progress(total=len(loader.x), desc="eval", unit="img",
+                                      disable=not progress) as bar:
+        for xb, yb in loader:
+            logits = model(_to_device(xb, device))
+            loss = F.cross_entropy(logits, _to_device(yb, device))
+            pred = backend.as_numpy(logits.data).argmax(axis=1)
+            loss_sum += float(loss.item()) * len(yb)
+            correct += int((pred == yb).sum())
+            np.add.at(confusion, (yb, pred), 1)
+            n += len(yb)
+            bar.update(len(yb))
+    model.train(was_training)
+    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "confusion": confusion}
+
+
+# --- the run folder ------------------------------------------------------------------------
+
+def _prepare_out(out: str | None, resume: bool) -> Path | None:
+    if out is None:
+        return None
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise TrainingError(f"cannot write to run folder {path}: {exc.strerror or exc}; "
+                            f"choose another --out") from None
+    if not resume and (path / "config.json").exists():
+        raise TrainingError(f"run folder {path} already holds a run; continue it with "
+                            f"--resume {path}, or choose another --out (nothing was changed)")
+    return path
+
+
+def _checkpoint_tree(model, opt, sched, loader, epoch, best_acc, cfg) -> dict:
+    return {
+        "format": "minivit-checkpoint-1",
+        "model_name": cfg.model,
+        "config": cfg.to_json(),
+        "epoch": epoch,  # epochs completed
+        "best_acc": best_acc,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "schedule": sched.state_dict(),
+        "loader": loader.state_dict(),
+        "rng": backend.get_rng_state(),
+    }
+
+
+def load_run_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
+                        model_name: str | None = None) -> dict:
+    """Load ``last.npz`` of a run folder, or a checkpoint file; check it fits the model."""
+    path = Path(path)
+    file = path / "last.npz" if path.is_dir() else path
+    ckpt = load_checkpoint(file)
+    if ckpt.get("format") != "minivit-checkpoint-1":
+        raise CheckpointError(f"{file}: not a minivit training checkpoint")
+    if model_name is not None and ckpt["model_name"] != model_name:
+        raise CheckpointError(f"{file} is a checkpoint of model {ckpt['model_name']!r}, "
+                              f"not {model_name!r}")
+    if model is not None:
+        try:
+            model.load_state_dict(ckpt["model"], strict=True)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{file} does not fit model {model_name or ''}: {exc}") from None
+    return ckpt
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop metric lines of epochs after the checkpoint (a run killed mid-save)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines()
+             if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
+    atomic_write(path, lambda f: f.write("".join(ln + "\n" for ln in lines).encode()))
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+def fit(cfg: TrainConfig, resume: str | None = None, log=print) -> dict:
+    """Train ``cfg.model`` on ``cfg.dataset``; return the final metrics.
+
+    ``resume`` is a run folder: the run continues exactly where its ``last.npz`` left off
+    (on the CPU the weights end bit-for-bit where an uninterrupted run would).
+    """
+    if resume is not None:
+        run = Path(resume)
+        if not (run / "config.json").is_file():
+            raise TrainingError(f"--resume {run}: no config.json there (not a run folder)")
+        saved = TrainConfig.from_json(json.loads((run / "config.json").read_text()))
+        saved.epochs, saved.progress = cfg.epochs if cfg.epochs else saved.epochs, cfg.progress
+        cfg, cfg.out = saved, str(run)
+    device = backend.check_device(cfg.device)
+    out = _prepare_out(cfg.out, resume is not None)
+    minivit.manual_seed(cfg.seed)
+    ds, train_loader, test_loader = _loaders(cfg)
+    model = build_model(cfg, ds.num_classes).to(device)
+    opt = build_optimizer(model, cfg)
+    sched = build_schedule(opt, cfg, len(train_loader))
+    start_epoch, best_acc = 0, -1.0
+    if resume is not None:
+        ckpt = load_run_checkpoint(Path(resume), model, cfg.model)
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["schedule"])
+        train_loader.load_state_dict(ckpt["loader"])
+        backend.set_rng_state(ckpt["rng"])
+        start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt["best_acc"])
+        _truncate_metrics(out / "metrics.jsonl", start_epoch)
+        log(f"resumed {out} after epoch {start_epoch}")
+    if out is not None and resume is None:
+        atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_json(), indent=2).encode()))
+
+    n_params = sum(p.size for p in model.parameters())
+    log(f"{cfg.model}: {n_params:,} parameters; {cfg.dataset}: {len(train_loader.x)} train / "
+        f"{len(test_loader.x)} test images; {cfg.epochs} epochs on {device}")
+    metrics: dict = {}
+    step = start_epoch * len(train_loader)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        loss_sum = correct = seen = 0.0
+        with Progress(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                      unit="img", disable=not cfg.progress) as bar:
+            for xb, yb in train_loader:
+                logits = model(_to_device(xb, device))
+                loss = F.cross_entropy(logits, _to_device(yb, device),
+                                       label_smoothing=cfg.label_smoothing)
+                loss_value = float(loss.item())
+                if not math.isfinite(loss_value):
+                    raise TrainingError(
+                        f"loss became {loss_value} at step {step} (epoch {epoch + 1}); stopped. "
+                        f"The last good checkpoint is kept"
+                        f"{' in ' + str(out / 'last.npz') if out else ''}; try a lower --lr")
+                opt.zero_grad()
+                loss.backward()
+                if cfg.clip_grad:
+                    optim.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                opt.step()
+                sched.step()
+                step += 1
+                labels = yb if yb.ndim == 1 else yb.argmax(axis=1)
+                pred = backend.as_numpy(logits.data).argmax(axis=1)
+                loss_sum += loss_value * len(labels)
+                correct += int((pred == labels).sum())
+                seen += len(labels)
+                bar.update(len(labels))
+                bar.set_postfix(loss=loss_sum / seen, acc=correct / seen,
+                                img_s=seen / max(time.perf_counter() - t0, 1e-9))
+        train_time = time.perf_counter() - t0
+        ev = evaluate(model, test_loader, device)
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                   "test_loss": ev["loss"], "test_acc": ev["acc"],
+                   "lr": float(sched.get_last_lr()[0]), "epoch_time_s": train_time,
+                   "train_imgs_per_s": seen / train_time, "time_s": time.perf_counter() - t0}
+        log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {metrics['train_loss']:.4f}  "
+            f"train acc {100 * metrics['train_acc']:.2f}%  test loss {ev['loss']:.4f}  "
+            f"test acc {100 * ev['acc']:.2f}%  lr {metrics['lr']:.2e}  "
+            f"time {train_time:.1f}s ({metrics['train_imgs_per_s']:.0f} img/s)")
+        if out is not None:
+            best = ev["acc"] > best_acc
+            best_acc = max(best_acc, ev["acc"])
+            tree = _checkpoint_tree(model, opt, sched, train_loader, epoch + 1, best_acc, cfg)
+            save_checkpoint(out / "last.npz", tree)
+            if best:
+                save_checkpoint(out / "best.npz", tree)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+    metrics["model"] = model
+    return metrics
