@@ -121,8 +121,9 @@ def _as_tensors(cls, inputs, Tensor) -> tuple:
     if len(devices) > 1:
         raise RuntimeError(f"{cls.op_name()}: tensors on different devices {sorted(devices)}; "
                            f"move them to one device with .to('cpu') or .to('cuda')")
-    floats = {str(t.dtype) for t in out if t.dtype.kind == "f"}
+    floats = {t.dtype for t in out if t.dtype.kind == "f"}  # (str(dtype) is slow: errors only)
     if len(floats) > 1:
-        raise TypeError(f"{cls.op_name()}: tensors of different float dtypes {sorted(floats)}; "
+        names = sorted(str(d) for d in floats)
+        raise TypeError(f"{cls.op_name()}: tensors of different float dtypes {names}; "
                         f"convert one with .float() or .double() (minivit never promotes silently)")
     return tuple(out)
