@@ -1,0 +1,193 @@
+"""LayerNorm and BatchNorm: forwards against their definitions, running statistics (momentum,
+unbiased variance), and fused backwards against finite differences."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minivit
+import minivit.nn.functional as F
+from minivit import nn
+from harness import arrays, check_grad
+
+
+def layer_norm_ref(x, k, w=None, b=None, eps=1e-5):
+    axes = tuple(range(x.ndim - k, x.ndim))
+    mu = x.mean(axis=axes, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+    y = (x - mu) / np.sqrt(var + eps)
+    return y * (1 if w is None else w) + (0 if b is None else b)
+
+
+def batch_norm_ref(x, mean, var, w, b, eps=1e-5):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * w.reshape(shape) \
+        + b.reshape(shape)
+
+
+def batch_stats(x):
+    axes = (0,) + tuple(range(2, x.ndim))
+    return x.mean(axis=axes), x.var(axis=axes), x.var(axis=axes, ddof=1)
+
+
+# --- layer norm ------------------------------------------------------------------------------
+
+@settings(max_examples=20)
+@given(st.data(), st.lists(st.integers(1, 3), max_size=2), st.integers(2, 5),
+       st.sampled_from([1, 2]), st.booleans(), st.booleans())
+def test_layer_norm_grad_and_forward(data, lead, d, k, affine, with_bias):
+    shape = tuple(lead) + (2,) * (k - 1) + (d,)
+    nshape = shape[len(shape) - k:]
+    x = data.draw(arrays(shape))
+    # keep the normalised groups away from zero variance (finite differences blow up there)
+    x = x + np.arange(int(np.prod(nshape))).reshape(nshape) * 0.5
+    w = data.draw(arrays(nshape))
+    b = data.draw(arrays(nshape))
+    got = F.layer_norm(minivit.tensor(x), nshape, minivit.tensor(w) if affine else None,
+                       minivit.tensor(b) if with_bias else None)
+    ref = layer_norm_ref(x, k, w if affine else None, b if with_bias else None)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-10)
+    args = [x] + ([w] if affine else []) + ([b] if with_bias else [])
+
+    def fn(x, *wb):
+        wb = list(wb)
+        ww = wb.pop(0) if affine else None
+        bb = wb.pop(0) if with_bias else None
+        return F.layer_norm(x, nshape, ww, bb)
+
+    check_grad(fn, *args)
+
+
+def test_layer_norm_float32_and_eps():
+    x = minivit.randn(4, 8) * 100 + 3
+    y = F.layer_norm(x, 8, eps=1e-6)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.numpy(), layer_norm_ref(x.numpy().astype(np.float64), 1, eps=1e-6),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_shape_errors():
+    with pytest.raises(ValueError, match=r"normalized_shape \(5,\).*\(2, 4\)"):
+        F.layer_norm(minivit.randn(2, 4), 5)
+    with pytest.raises(ValueError, match=r"weight has shape \(3,\), expected \(4,\)"):
+        F.layer_norm(minivit.randn(2, 4), 4, minivit.ones(3))
+
+
+def test_layer_norm_layer():
+    ln = nn.LayerNorm(6, eps=1e-6)
+    assert np.all(ln.weight.numpy() == 1) and np.all(ln.bias.numpy() == 0)
+    x = minivit.randn(2, 3, 6)
+    np.testing.assert_allclose(ln(x).numpy(), layer_norm_ref(x.numpy(), 1, eps=1e-6), atol=1e-5)
+    assert repr(ln) == "LayerNorm((6,), eps=1e-06, elementwise_affine=True)"
+
+
+# --- batch norm ------------------------------------------------------------------------------
+
+SHAPES = st.sampled_from([(4, 3), (3, 2, 4), (2, 3, 2, 2), (3, 1, 2, 3)])
+
+
+@settings(max_examples=15)
+@given(st.data(), SHAPES, st.booleans())
+def test_batch_norm_train_grad_and_forward(data, shape, affine):
+    C = shape[1]
+    x = data.draw(arrays(shape))
+    x = x + np.linspace(0, 1, x.size).reshape(shape)  # no channel of constant values
+    w = data.draw(arrays((C,)))
+    b = data.draw(arrays((C,)))
+    mean, var, _ = batch_stats(x)
+    got = F.batch_norm(minivit.tensor(x), None, None, minivit.tensor(w), minivit.tensor(b),
+                       training=True)
+    np.testing.assert_allclose(got.numpy(), batch_norm_ref(x, mean, var, w, b), rtol=1e-10,
+                               atol=1e-10)
+    if affine:
+        check_grad(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), x, w, b)
+    else:
+        check_grad(lambda x: F.batch_norm(x, None, None, training=True), x)
+
+
+@settings(max_examples=15)
+@given(st.data(), SHAPES)
+def test_batch_norm_eval_grad_and_forward(data, shape):
+    C = shape[1]
+    x, w, b = data.draw(arrays(shape)), data.draw(arrays((C,))), data.draw(arrays((C,)))
+    rm = data.draw(arrays((C,)))
+    rv = data.draw(arrays((C,), 0.2, 3.0))
+    got = F.batch_norm(minivit.tensor(x), minivit.tensor(rm), minivit.tensor(rv),
+                       minivit.tensor(w), minivit.tensor(b), training=False)
+    np.testing.assert_allclose(got.numpy(), batch_norm_ref(x, rm, rv, w, b), rtol=1e-10,
+                               atol=1e-10)
+    check_grad(lambda x, w, b: F.batch_norm(x, minivit.tensor(rm), minivit.tensor(rv), w, b),
+               x, w, b)
+
+
+def test_batch_norm_running_stats_momentum_and_unbiased_variance():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 4, 4)) * 2 + 1
+    rm, rv = minivit.zeros(3, dtype=np.float64), minivit.ones(3, dtype=np.float64)
+    rm_arr = rm.data
+    F.batch_norm(minivit.tensor(x), rm, rv, training=True, momentum=0.3)
+    mean, _, var_unbiased = batch_stats(x)
+    np.testing.assert_allclose(rm.numpy(), 0.7 * 0 + 0.3 * mean, rtol=1e-12)
+    np.testing.assert_allclose(rv.numpy(), 0.7 * 1 + 0.3 * var_unbiased, rtol=1e-12)
+    assert rm.data is rm_arr  # updated in place
+    before = rm.numpy().copy()
+    F.batch_norm(minivit.tensor(x), rm, rv, training=False)
+    np.testing.assert_array_equal(rm.numpy(), before)  # eval leaves them alone
+
+
+def test_batch_norm_layer_train_and_eval():
+    bn = nn.BatchNorm2d(3, momentum=0.1)
+    x = minivit.randn(4, 3, 2, 2) * 3 + 2
+    xa = x.numpy().astype(np.float64)
+    mean, var, var_u = batch_stats(xa)
+    y = bn(x)
+    np.testing.assert_allclose(y.numpy(), batch_norm_ref(xa, mean, var, np.ones(3), np.zeros(3)),
+                               atol=1e-5)
+    np.testing.assert_allclose(bn.running_mean.numpy(), 0.1 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.running_var.numpy(), 0.9 + 0.1 * var_u, rtol=1e-5)
+    assert bn.num_batches_tracked.numpy() == 1 and bn.num_batches_tracked.dtype == np.int64
+    bn.eval()
+    y = bn(x)
+    ref = batch_norm_ref(xa, bn.running_mean.numpy(), bn.running_var.numpy(), np.ones(3),
+                         np.zeros(3))
+    np.testing.assert_allclose(y.numpy(), ref, atol=1e-5)
+    assert bn.num_batches_tracked.numpy() == 1
+
+
+def test_batch_norm_cumulative_average_when_momentum_is_none():
+    bn = nn.BatchNorm1d(2, momentum=None)
+    xs = [minivit.randn(5, 2) + i for i in range(3)]
+    for x in xs:
+        bn(x)
+    means = [x.numpy().mean(axis=0) for x in xs]
+    np.testing.assert_allclose(bn.running_mean.numpy(), np.mean(means, axis=0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 5)])
+def test_batch_norm1d_shapes_and_layer_grad(shape):
+    bn = nn.BatchNorm1d(4).double()
+    rng = np.random.default_rng(1)
+    nn.init.normal_(bn.weight)
+    nn.init.normal_(bn.bias)
+    x = minivit.tensor(rng.standard_normal(shape), requires_grad=True)
+    assert minivit.gradcheck(bn, x, params=list(bn.parameters()))
+    bn.eval()
+    assert minivit.gradcheck(bn, x, params=list(bn.parameters()))
+
+
+def test_batch_norm_errors():
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(3.*4-D input with 3 channels.*\(2, 5, 4, 4\)"):
+        nn.BatchNorm2d(3)(minivit.randn(2, 5, 4, 4))
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(3.*got \(2, 3, 4, 4\)"):
+        nn.BatchNorm1d(3)(minivit.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nn.BatchNorm1d(3)(minivit.randn(1, 3))
+    with pytest.raises(ValueError, match=r"running_mean has shape \(2,\).*3 channels"):
+        F.batch_norm(minivit.randn(2, 3), minivit.zeros(2), minivit.ones(2))
+
+
+def test_batch_norm_without_running_stats_uses_batch_stats_in_eval():
+    bn = nn.BatchNorm1d(3, track_running_stats=False).eval()
+    assert "running_mean" not in bn.state_dict()
+    x = minivit.randn(8, 3) * 5 + 1
+    np.testing.assert_allclose(bn(x).numpy().mean(axis=0), 0, atol=1e-5)
