@@ -1,0 +1,376 @@
+"""BoTNet: "Bottleneck Transformers for Visual Recognition" (Srinivas et al., 2021).
+
+A ResNet whose last bottleneck blocks replace the 3x3 convolution by global multi-head
+self-attention (MHSA) with 2-D relative position logits (paper Fig. 4, Sec. 3 and Fig. 1).
+Parameter names, shapes, initialisation and forward math follow timm's ``byobnet.py`` /
+``bottleneck_attn.py`` (``botnet26t_256``), so a timm state dict loads with ``strict=True``.
+
+Reading order: conv-BN-ReLU unit, stem, relative position logits, MHSA, the two residual
+blocks, the model, then the named configurations.
+
+    model = create_model("botnet_cifar", num_classes=10)
+    logits = model(minivit.randn(8, 3, 32, 32))          # (8, 10)
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+import minivit
+import minivit.nn.functional as F
+from minivit import nn
+
+from .registry import register_model
+
+__all__ = ["BoTNet", "BottleneckAttn", "PosEmbedRel", "botnet26t_256", "botnet_cifar"]
+
+
+def make_divisible(v: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+    """Round ``v`` to a multiple of ``divisor`` (never more than 10% down), timm's rule."""
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < round_limit * v else new_v
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class ConvNormAct(nn.Module):
+    """Conv (no bias) -> BatchNorm -> ReLU (optional): the ResNet unit, timm ``ConvNormAct``.
+
+    Padding ``((stride - 1) + (kernel - 1)) // 2`` as timm (3 for 7x7/2, 1 for 3x3, 0 for 1x1).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
+                 apply_act: bool = True, bn_eps: float = 1e-5):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding = ((stride - 1) + (kernel_size - 1)) // 2
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride,
+                              padding=self.padding, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs, eps=bn_eps)
+        self.apply_act = apply_act
+
+    def out_size(self, size: int) -> int:
+        return _conv_out(size, self.kernel_size, self.stride, self.padding)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return F.relu(x) if self.apply_act else x
+
+
+class Stem(nn.Module):
+    """Stride-2 convolutions (+ 3x3/2 max pool): ``tiered`` = 3x3 convs to (3c/8, c/2, c) as
+    in timm's ResNet-T, ``7x7`` = the ResNet stem (paper Sec. 4: BoT50 keeps ResNet-50's stem).
+    Children ``conv1..convN`` (+ ``pool``), as timm's byobnet ``Stem``."""
+
+    def __init__(self, in_chs: int, out_chs: Sequence[int], kernel_size: int, pool: bool):
+        super().__init__()
+        self.num_convs = len(out_chs)
+        prev = in_chs
+        for i, ch in enumerate(out_chs):
+            # with no pool the last conv of a 2-conv+ stack carries the second stride (timm)
+            stride = 2 if i == 0 or (not pool and i == len(out_chs) - 1 and i > 0) else 1
+            setattr(self, f"conv{i + 1}", ConvNormAct(prev, ch, kernel_size, stride=stride))
+            prev = ch
+        self.pool = pool
+
+    def out_size(self, size: int) -> int:
+        for i in range(self.num_convs):
+            size = getattr(self, f"conv{i + 1}").out_size(size)
+        return _conv_out(size, 3, 2, 1) if self.pool else size
+
+    def forward(self, x):
+        for i in range(self.num_convs):
+            x = getattr(self, f"conv{i + 1}")(x)
+        if self.pool:
+            x = F.max_pool2d(x, 3, stride=2, padding=1)
+        return x
+
+
+class PosEmbedRel(nn.Module):
+    """2-D relative position logits (paper Fig. 4 and Sec. 3; Bello et al. 2019, Eq. 4).
+
+    For a query at (qy, qx) and a key at (ky, kx) the logit gains
+    ``q . height_rel[ky - qy + H - 1] + q . width_rel[kx - qx + W - 1]``: content-dependent
+    (q . r), one table per axis of width ``dim_head``, shared by all heads. Index
+    ``key - query + L - 1`` as timm's ``rel_logits_1d`` (the official ``rel_to_abs``).
+
+    Implemented as a gather of the small tables, ``R[i, j] = rel[j - i + L - 1]`` of shape
+    (L, L, d), then one batched matmul per axis; the gather's backward is a scatter-add into
+    the (2L - 1) rows.
+    """
+
+    def __init__(self, feat_size: tuple[int, int], dim_head: int, scale: float):
+        super().__init__()
+        self.height, self.width = feat_size
+        self.dim_head = dim_head
+        self.height_rel = nn.Parameter(np.zeros((2 * self.height - 1, dim_head), np.float32))
+        self.width_rel = nn.Parameter(np.zeros((2 * self.width - 1, dim_head), np.float32))
+        nn.init.trunc_normal_(self.height_rel, std=scale)
+        nn.init.trunc_normal_(self.width_rel, std=scale)
+        for name, n in (("height_index", self.height), ("width_index", self.width)):
+            i = np.arange(n)
+            self.register_buffer(name, (i[None, :] - i[:, None] + n - 1).astype(np.int64),
+                                 persistent=False)
+
+    def forward(self, q):
+        """q: (N, H*W, d) with positions row-major -> logits (N, H*W, H*W)."""
+        n, hw, d = q.shape
+        h, w = self.height, self.width
+        q = q.reshape(n, h, w, d)
+        # width term: lw[n, y, i, j] = q[n, y, i] . width_rel[j - i + W - 1]
+        r_w = self.width_rel[self.width_index.data]                      # (W, W, d)
+        qw = q.permute(2, 0, 1, 3).reshape(w, n * h, d)                  # (W_i, N*H, d)
+        lw = (qw @ r_w.transpose(1, 2)).reshape(w, n, h, w).permute(1, 2, 0, 3)  # (N, H, Wq, Wk)
+        # height term: lh[n, i, x, j] = q[n, i, x] . height_rel[j - i + H - 1]
+        r_h = self.height_rel[self.height_index.data]                    # (H, H, d)
+        qh = q.permute(1, 0, 2, 3).reshape(h, n * w, d)                  # (H_i, N*W, d)
+        lh = (qh @ r_h.transpose(1, 2)).reshape(h, n, w, h).permute(1, 0, 2, 3)  # (N, Hq, Wq, Hk)
+        logits = lh.reshape(n, h, w, h, 1) + lw.reshape(n, h, w, 1, w)   # (N, Hq, Wq, Hk, Wk)
+        return logits.reshape(n, hw, hw)
+
+
+class BottleneckAttn(nn.Module):
+    """Global MHSA over an H x W map with relative logits (paper Fig. 4), timm ``BottleneckAttn``.
+
+    ``qkv`` is a 1x1 conv (no bias) whose output channels are ``[q | k | v]``, each head-major.
+    ``softmax(q.k * d^-0.5 + q.r)`` (timm default; ``scale_pos_embed=True`` scales ``q.r`` too,
+    as the official code). With ``stride=2`` attention runs at the input resolution and a
+    2x2 average pool follows (paper Sec. 3: "we use 2x2 average pooling with stride 2").
+    """
+
+    def __init__(self, dim: int, dim_out: int, feat_size: tuple[int, int], stride: int = 1,
+                 num_heads: int = 4, qk_ratio: float = 1.0, scale_pos_embed: bool = False):
+        super().__init__()
+        if dim_out % num_heads:
+            raise ValueError(f"attention width {dim_out} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.dim_head_qk = make_divisible(dim_out * qk_ratio, divisor=8) // num_heads
+        self.dim_head_v = dim_out // num_heads
+        self.dim_out_qk = num_heads * self.dim_head_qk
+        self.dim_out_v = num_heads * self.dim_head_v
+        self.scale = self.dim_head_qk ** -0.5
+        self.scale_pos_embed = scale_pos_embed
+        self.stride = stride
+        self.qkv = nn.Conv2d(dim, 2 * self.dim_out_qk + self.dim_out_v, 1, bias=False)
+        nn.init.trunc_normal_(self.qkv.weight, std=dim ** -0.5)  # fan-in
+        self.pos_embed = PosEmbedRel(feat_size, self.dim_head_qk, self.scale)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        if (h, w) != (self.pos_embed.height, self.pos_embed.width):
+            raise ValueError(f"BottleneckAttn was built for a {self.pos_embed.height}x"
+                             f"{self.pos_embed.width} feature map, got {h}x{w}")
+        heads, dqk, dv = self.num_heads, self.dim_head_qk, self.dim_head_v
+        qkv = self.qkv(x).reshape(b, 2 * self.dim_out_qk + self.dim_out_v, h * w)
+        q, k, v = minivit.split(qkv, [self.dim_out_qk, 2 * self.dim_out_qk], axis=1)
+        q = q.reshape(b, heads, dqk, h * w).transpose(-1, -2)              # (B, heads, HW, dqk)
+        k = k.reshape(b, heads, dqk, h * w).transpose(-1, -2)
+        v = v.reshape(b, heads, dv, h * w).transpose(-1, -2)
+        rel = self.pos_embed(q.reshape(b * heads, h * w, dqk)).reshape(b, heads, h * w, h * w)
+        if self.scale_pos_embed:
+            rel = rel * self.scale
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=rel, scale=self.scale)
+        out = out.transpose(-1, -2).reshape(b, self.dim_out_v, h, w)       # (B, heads*dv, H, W)
+        if self.stride == 2:
+            out = F.avg_pool2d(out, 2, stride=2)
+        return out
+
+
+class BottleneckBlock(nn.Module):
+    """ResNet bottleneck (He et al. 2016, Fig. 5): 1x1 -> 3x3 (stride) -> 1x1, + shortcut, ReLU.
+
+    Shortcut: 1x1 conv (stride) + BN when width or stride change, else identity.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, bottle_ratio: float,
+                 drop_path: float = 0.0, **_):
+        super().__init__()
+        mid = make_divisible(out_chs * bottle_ratio)
+        if in_chs != out_chs or stride != 1:
+            self.shortcut = ConvNormAct(in_chs, out_chs, 1, stride=stride, apply_act=False)
+        else:
+            self.shortcut = nn.Identity()
+        self.conv1_1x1 = ConvNormAct(in_chs, mid, 1)
+        self.conv2_kxk = ConvNormAct(mid, mid, 3, stride=stride)
+        self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, apply_act=False)
+        self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        y = self.conv3_1x1(self.conv2_kxk(self.conv1_1x1(x)))
+        return F.relu(self.drop_path(y) + self.shortcut(x))
+
+
+class SelfAttnBlock(nn.Module):
+    """BoT block (paper Fig. 3 right): 1x1 -> MHSA (+ 2x2 avg pool if stride 2) -> BN, ReLU
+    -> 1x1 -> BN, + shortcut, ReLU. timm ``SelfAttnBlock`` with ``post_attn`` BN+ReLU.
+
+    ``feat_size`` is the map size the attention sees: the block's *input* size.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, bottle_ratio: float,
+                 feat_size: tuple[int, int], num_heads: int = 4, scale_pos_embed: bool = False,
+                 drop_path: float = 0.0):
+        super().__init__()
+        mid = make_divisible(out_chs * bottle_ratio)
+        if in_chs != out_chs or stride != 1:
+            self.shortcut = ConvNormAct(in_chs, out_chs, 1, stride=stride, apply_act=False)
+        else:
+            self.shortcut = nn.Identity()
+        self.conv1_1x1 = ConvNormAct(in_chs, mid, 1)
+        self.self_attn = BottleneckAttn(mid, mid, feat_size, stride=stride, num_heads=num_heads,
+                                        scale_pos_embed=scale_pos_embed)
+        self.post_attn = nn.BatchNorm2d(mid)
+        self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, apply_act=False)
+        self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        y = F.relu(self.post_attn(self.self_attn(self.conv1_1x1(x))))
+        y = self.conv3_1x1(y)
+        return F.relu(self.drop_path(y) + self.shortcut(x))
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool -> (dropout) -> Linear; timm ``ClassifierHead`` (key ``head.fc``)."""
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.drop_rate = drop_rate
+        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x):
+        x = x.mean(axis=(2, 3))
+        x = F.dropout(x, self.drop_rate, self.training) if self.drop_rate > 0 else x
+        return self.fc(x)
+
+
+class BoTNet(nn.Module):
+    """ResNet backbone with BoT blocks: stem -> stages of bottleneck / self-attention blocks ->
+    global average pool -> fc (paper Sec. 3-4; timm ``ByobNet`` for ``botnet26t``).
+
+    ``block_types[s]`` is ``"bottle"``, ``"self_attn"`` or a per-block tuple of them. The
+    model has a fixed input size (the relative tables are sized for it): a wrong size raises at
+    construction (a stride-2 attention block on an odd map) or at the first forward.
+    """
+
+    def __init__(self, num_classes: int = 1000, img_size: int = 256, in_chans: int = 3,
+                 stem_type: str = "tiered", stem_chs: int = 64, stem_pool: bool = True,
+                 widths: Sequence[int] = (256, 512, 1024, 2048), depths: Sequence[int] = (2, 2, 2, 2),
+                 strides: Sequence[int] = (1, 2, 2, 2),
+                 block_types: Sequence = ("bottle", "bottle", ("bottle", "self_attn"), "self_attn"),
+                 bottle_ratio: float = 0.25, num_heads: int = 4, scale_pos_embed: bool = False,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, zero_init_last: bool = True):
+        super().__init__()
+        if not (len(widths) == len(depths) == len(strides) == len(block_types)):
+            raise ValueError("widths, depths, strides and block_types need one entry per stage, got "
+                             f"{len(widths)}, {len(depths)}, {len(strides)}, {len(block_types)}")
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+
+        if stem_type == "tiered":
+            stem_out = (3 * stem_chs // 8, stem_chs // 2, stem_chs)
+            self.stem = Stem(in_chans, stem_out, 3, stem_pool)
+        elif stem_type == "7x7":
+            self.stem = (Stem(in_chans, (stem_chs,), 7, True) if stem_pool
+                         else ConvNormAct(in_chans, stem_chs, 7, stride=2))
+        else:
+            raise ValueError(f"unknown stem_type {stem_type!r} (expected 'tiered' or '7x7')")
+        feat = tuple(self.stem.out_size(s) for s in self.img_size)
+
+        total = sum(depths)
+        dpr = np.linspace(0.0, drop_path_rate, total) if total > 1 else np.full(total, drop_path_rate)
+        stages, prev, k = [], stem_chs, 0
+        for s, (width, depth, stride, types) in enumerate(zip(widths, depths, strides, block_types)):
+            types = (types,) * depth if isinstance(types, str) else tuple(types)
+            if len(types) != depth:
+                raise ValueError(f"stage {s}: {len(types)} block types for depth {depth}")
+            blocks = []
+            for i, t in enumerate(types):
+                block_stride = stride if i == 0 else 1
+                if t == "self_attn":
+                    if block_stride == 2 and any(f % 2 for f in feat):
+                        raise ValueError(
+                            f"img_size {self.img_size} gives a {feat[0]}x{feat[1]} map at stage {s}, "
+                            f"which a stride-2 attention block cannot halve; use an input size "
+                            f"divisible by the network stride")
+                    blocks.append(SelfAttnBlock(prev, width, block_stride, bottle_ratio, feat,
+                                                num_heads, scale_pos_embed, float(dpr[k])))
+                elif t == "bottle":
+                    blocks.append(BottleneckBlock(prev, width, block_stride, bottle_ratio,
+                                                  drop_path=float(dpr[k])))
+                else:
+                    raise ValueError(f"unknown block type {t!r} (expected 'bottle' or 'self_attn')")
+                feat = tuple(_conv_out(f, 3, block_stride, 1) for f in feat)
+                prev, k = width, k + 1
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.feat_size = feat
+        self.num_features = prev
+        self.head = ClassifierHead(prev, num_classes, drop_rate)
+        self._init_weights(zero_init_last)
+
+    def _init_weights(self, zero_init_last: bool) -> None:
+        """timm byobnet: conv N(0, sqrt(2/fan_out)), Linear N(0, 0.01), BN (1, 0), the last BN
+        of each residual branch gamma = 0; attention qkv trunc-normal with std fan_in^-0.5."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                k = m.weight.shape
+                fan_out = k[0] * k[2] * k[3]
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, BottleneckAttn):
+                nn.init.trunc_normal_(m.qkv.weight, std=m.qkv.weight.shape[1] ** -0.5)
+            if zero_init_last and isinstance(m, (BottleneckBlock, SelfAttnBlock)):
+                nn.init.zeros_(m.conv3_1x1.bn.weight)
+
+    def forward_features(self, x):
+        if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.img_size:
+            raise ValueError(f"{type(self).__name__} expects input of shape (B, {self.in_chans}, "
+                             f"{self.img_size[0]}, {self.img_size[1]}), got {tuple(x.shape)}")
+        return self.stages(self.stem(x))
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+
+# --- named configurations -------------------------------------------------------------------
+
+def _build(cfg: dict, num_classes: int, overrides: dict) -> BoTNet:
+    unknown = set(overrides) - set(cfg) - {"drop_rate", "drop_path_rate", "zero_init_last",
+                                           "scale_pos_embed"}
+    if unknown:
+        raise TypeError(f"unknown BoTNet config entries: {', '.join(sorted(unknown))}; "
+                        f"known: {', '.join(sorted(cfg))}")
+    return BoTNet(num_classes=num_classes, **{**cfg, **overrides})
+
+
+BOTNET26T_256 = dict(
+    img_size=256, in_chans=3, stem_type="tiered", stem_chs=64, stem_pool=True,
+    widths=(256, 512, 1024, 2048), depths=(2, 2, 2, 2), strides=(1, 2, 2, 2),
+    block_types=("bottle", "bottle", ("bottle", "self_attn"), "self_attn"),
+    bottle_ratio=0.25, num_heads=4)
+
+BOTNET_CIFAR = dict(
+    img_size=32, in_chans=3, stem_type="7x7", stem_chs=64, stem_pool=False,
+    widths=(128, 256, 512), depths=(2, 2, 2), strides=(1, 2, 1),
+    block_types=("bottle", "bottle", "self_attn"), bottle_ratio=0.25, num_heads=4)
+
+
+@register_model
+def botnet26t_256(num_classes: int = 1000, **overrides) -> BoTNet:
+    """timm's botnet26t_256: tiered stem, bottlenecks (2, 2, 2, 2) with widths 256..2048; an
+    MHSA block at the end of stage 3 and both blocks of stage 4 (12,488,672 params at 1000)."""
+    return _build(BOTNET26T_256, num_classes, overrides)
+
+
+@register_model
+def botnet_cifar(num_classes: int = 1000, **overrides) -> BoTNet:
+    """CIFAR BoTNet (BENCHMARKS.md): 7x7/2 stem to 16x16, widths (128, 256, 512), depths 2,
+    strides (1, 2, 1); the last stage is two 4-head MHSA blocks at 8x8."""
+    return _build(BOTNET_CIFAR, num_classes, overrides)
