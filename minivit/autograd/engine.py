@@ -28,6 +28,8 @@ def sum_to(grad, shape: tuple):
 
 def _check_grad(fn, tensor, grad):
     """Reduce a broadcast gradient, then insist on the tensor's own shape and dtype."""
+    if not backend.is_array(grad):  # a NumPy scalar (0-d arithmetic returns those) or a number
+        grad = backend.get_array_module(tensor.data).asarray(grad)
     if grad.shape != tensor.shape:
         try:
             grad = sum_to(grad, tensor.shape)

@@ -20,6 +20,8 @@ class Tensor:
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str | None = None):
         if isinstance(data, Tensor):
             data = data.data
+        if isinstance(data, np.generic):  # a NumPy scalar keeps its dtype, like an array
+            data = np.asarray(data)
         if device is not None:
             device = backend.check_device(device)
         if backend.is_array(data):
@@ -43,6 +45,8 @@ class Tensor:
 
     @classmethod
     def _from_op(cls, array, requires_grad: bool) -> "Tensor":
+        if isinstance(array, np.generic):  # NumPy ops on 0-d arrays return scalars
+            array = np.asarray(array)
         t = cls.__new__(cls)
         t.data, t.grad, t.creator, t.generation = array, None, None, 0
         t.retains_grad = False
