@@ -266,7 +266,11 @@ class Module:
         if isinstance(target, str) and target.split(":")[0] in backend.DEVICES:
             device = backend.check_device(target)
             return self._apply_arrays(lambda a: backend.to_device(a, device))
-        dtype = np.dtype(target)
+        try:
+            dtype = np.dtype(target)
+        except TypeError:
+            raise ValueError(f"Module.to: unknown device or dtype {target!r}; expected 'cpu', "
+                             f"'cuda' or a float dtype") from None
         if dtype.kind != "f":
             raise TypeError(f"Module.to: only floating dtypes are allowed, got {dtype}")
         return self._apply_arrays(lambda a: a.astype(dtype, copy=False), floats_only=True)
@@ -291,15 +295,18 @@ class Module:
         return self
 
     # --- state dict ------------------------------------------------------------------------
-    def _state_items(self) -> Iterator[tuple[str, Tensor]]:
-        """(dotted name, tensor) of every parameter and persistent buffer, duplicates included."""
-        for mprefix, m in self.named_modules():
-            for name, p in m._parameters.items():
-                if p is not None:
-                    yield (f"{mprefix}.{name}" if mprefix else name), p
-            for name, b in m._buffers.items():
-                if b is not None and name not in m._non_persistent:
-                    yield (f"{mprefix}.{name}" if mprefix else name), b
+    def _state_items(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        """(dotted name, tensor) of every parameter and persistent buffer; a module shared
+        under two names is listed under both (as PyTorch's state_dict)."""
+        for name, p in self._parameters.items():
+            if p is not None:
+                yield prefix + name, p
+        for name, b in self._buffers.items():
+            if b is not None and name not in self._non_persistent:
+                yield prefix + name, b
+        for name, m in self._modules.items():
+            if m is not None:
+                yield from m._state_items(f"{prefix}{name}.")
 
     def state_dict(self) -> OrderedDict:
         """Parameters and persistent buffers as NumPy arrays (copies), by dotted name."""
