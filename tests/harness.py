@@ -29,6 +29,7 @@ def check_grad(fn, *arrays, device="cpu", directional=False, atol=1e-5, rtol=1e-
     check = gradcheck_directional if directional else gradcheck
     assert check(fn, *tensors, atol=atol, rtol=rtol, seed=seed)
     for t, a in zip(tensors, originals):
+        assert t.shape == a.shape and t.dtype == a.dtype, "the input's shape or dtype changed"
         np.testing.assert_array_equal(t.numpy(), a, err_msg="the op mutated its input")
     out = fn(*tensors)
     outs = out if isinstance(out, (tuple, list)) else (out,)
@@ -45,7 +46,8 @@ def check_grad(fn, *arrays, device="cpu", directional=False, atol=1e-5, rtol=1e-
     # the graph must be freed once the outputs are dropped
     creators = [weakref.ref(o.creator) for o in outs if o.creator is not None]
     del out, outs, total
-    gc.collect()
+    if not all(c() is None for c in creators):  # fast path: no cycles, refcounting frees it
+        gc.collect()
     assert all(c() is None for c in creators), "graph still alive after the output was dropped"
     return tensors
 
@@ -84,3 +86,35 @@ def upstream(shape, seed=0):
 
 __all__ = ["check_grad", "shapes", "broadcastable_pair", "arrays", "distinct_arrays",
            "upstream", "backend"]
+
+
+# --- more strategies (engine op tests) -------------------------------------------------------
+
+def axes(ndim, allow_none=True):
+    """An ``axis`` argument for a reduction over ``ndim`` dims: None, an int (maybe negative),
+    or a tuple of distinct axes."""
+    options = []
+    if allow_none:
+        options.append(st.none())
+    if ndim > 0:
+        options.append(st.integers(-ndim, ndim - 1))
+        options.append(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim,
+                                unique=True).map(tuple))
+    return st.one_of(*options) if options else st.none()
+
+
+def offset_arrays(shape, lo=-3.0, hi=3.0, phase=0.0):
+    """Arrays whose elements sit in ``[k + phase, k + phase + 0.4]`` for integers k: two draws
+    with phases 0 and 0.5 differ by at least 0.1 everywhere (ties impossible, for max/min)."""
+    def place(x):
+        k = np.floor(x)
+        return k + phase + 0.4 * (x - k)
+    return arrays(shape, lo, hi).map(place)
+
+
+def reduced_count(shape, axis) -> int:
+    """How many elements a reduction over ``axis`` combines."""
+    if axis is None:
+        return int(np.prod(shape)) if shape else 1
+    ax = (axis,) if isinstance(axis, int) else axis
+    return int(np.prod([shape[a] for a in ax])) if ax else 1
