@@ -23,7 +23,8 @@ class Reshape(Function):
 
 class Permute(Function):
     def forward(ctx, x, axes=()):
-        if sorted(a % max(x.ndim, 1) for a in axes) != list(range(x.ndim)):
+        if any(not -x.ndim <= a < x.ndim for a in axes) or \
+                sorted(a % x.ndim for a in axes) != list(range(x.ndim)):
             raise ValueError(f"permute: {tuple(axes)} is not a permutation of the {x.ndim} "
                              f"dimensions of shape {x.shape}")
         ctx.axes = tuple(a % x.ndim for a in axes)
@@ -163,9 +164,13 @@ def _cumsum(sizes):
 
 
 def _normalize_pad(pad_width, ndim):
+    """NumPy's reading: an int, one (before, after) pair for every axis, or a pair per axis."""
     if isinstance(pad_width, int):
         return [(pad_width, pad_width)] * ndim
-    pw = [tuple(p) if not isinstance(p, int) else (p, p) for p in pad_width]
+    pw = list(pad_width)
+    if len(pw) == 2 and all(isinstance(p, int) for p in pw):
+        pw = [tuple(pw)]  # (before, after), the same for every axis
+    pw = [(p, p) if isinstance(p, int) else tuple(p) for p in pw]
     if len(pw) == 1:
         pw = pw * ndim
     if len(pw) != ndim or any(len(p) != 2 or min(p) < 0 for p in pw):
@@ -186,9 +191,17 @@ def permute(x, *axes):
     return Permute.apply(x, axes=tuple(axes))
 
 
+def _dim(op: str, a: int, ndim: int) -> int:
+    """A non-negative axis, or an error naming the op (no silent wrap-around)."""
+    if not -ndim <= a < ndim:
+        raise ValueError(f"{op}: dimension {a} is out of range for a tensor with {ndim} "
+                         f"dimensions (expected {-ndim} to {ndim - 1})")
+    return a % ndim
+
+
 def swapaxes(x, a: int, b: int):
     axes = list(range(x.ndim))
-    a, b = a % x.ndim, b % x.ndim
+    a, b = _dim("swapaxes", a, x.ndim), _dim("swapaxes", b, x.ndim)
     axes[a], axes[b] = axes[b], axes[a]
     return Permute.apply(x, axes=tuple(axes))
 
@@ -203,7 +216,7 @@ def broadcast_to(x, shape):
 def flatten(x, start_dim: int = 0, end_dim: int = -1):
     if x.ndim == 0:
         return reshape(x, (1,))
-    s, e = start_dim % x.ndim, end_dim % x.ndim
+    s, e = _dim("flatten", start_dim, x.ndim), _dim("flatten", end_dim, x.ndim)
     n = 1
     for d in x.shape[s:e + 1]:
         n *= d
@@ -221,7 +234,7 @@ def squeeze(x, axis=None):
 
 
 def unsqueeze(x, axis: int):
-    a = axis % (x.ndim + 1)
+    a = _dim("unsqueeze", axis, x.ndim + 1)
     return reshape(x, x.shape[:a] + (1,) + x.shape[a:])
 
 
