@@ -18,6 +18,8 @@ def sum_to(grad, shape: tuple):
     if grad.shape == tuple(shape):
         return grad
     lead = grad.ndim - len(shape)
+    if lead < 0:
+        raise ValueError(f"cannot sum a gradient of shape {grad.shape} to shape {tuple(shape)}")
     axes = tuple(range(lead)) + tuple(
         i + lead for i, n in enumerate(shape) if n == 1 and grad.shape[i + lead] != 1)
     out = grad.sum(axis=axes, keepdims=True)
