@@ -302,7 +302,8 @@ def minimum(a, b): return Minimum.apply(a, b)
 def pow(a, b):  # noqa: A001
     """``a ** b``; a Python-number exponent is an attribute, a tensor exponent is differentiated."""
     if isinstance(b, (int, float)):
-        return PowScalar.apply(a, p=b)
+        # float(): a NumPy float64 scalar (a float subclass) would make a float32 x float64
+        return PowScalar.apply(a, p=float(b) if isinstance(b, float) else b)
     return Pow.apply(a, b)
 
 
