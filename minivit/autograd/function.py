@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import weakref
 
+import numpy as np
+
 from . import backend
 from .grad_mode import is_grad_enabled
 
@@ -108,14 +110,20 @@ def _as_tensors(cls, inputs, Tensor) -> tuple:
     ref = next((t for t in inputs if isinstance(t, Tensor) and t.dtype.kind == "f"), None)
     if ref is None:
         ref = next((t for t in inputs if isinstance(t, Tensor)), None)
+    dtype = ref.dtype if ref is not None else None
+    if (dtype is None or dtype.kind != "f") and any(isinstance(x, float) for x in inputs):
+        dtype = np.dtype(np.float32)  # int_tensor * 0.5 is float32, never truncated to int
     out = []
     for x in inputs:
         if not isinstance(x, Tensor):
             # A Python scalar or array is a constant of the tensor's dtype: x * 2.0 stays float32.
-            dtype = ref.dtype if ref is not None else None
             xp = backend.get_array_module(ref.data) if ref is not None else None
             x = Tensor(x if xp is None else xp.asarray(x, dtype=dtype), dtype=dtype,
                        device=ref.device if ref is not None else "cpu")
+        elif dtype is not None and dtype.kind == "f" and x.dtype.kind in "biu":
+            # an integer/boolean tensor in a float op is a constant of the float dtype
+            # (NumPy would promote float32 with int64 to float64)
+            x = Tensor._from_op(x.data.astype(dtype), False)
         out.append(x)
     devices = {t.device for t in out}
     if len(devices) > 1:
