@@ -88,7 +88,10 @@ class Function:
             raw = ctx.forward(*[t.data for t in tensors], **attrs)
         except ValueError as exc:
             shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
-            raise ValueError(f"{cls.op_name()}: {exc} (input shapes {shapes})") from None
+            msg = str(exc)
+            if not msg.startswith(f"{cls.op_name()}:"):  # the op may have named itself already
+                msg = f"{cls.op_name()}: {msg}"
+            raise ValueError(f"{msg} (input shapes {shapes})") from None
         many = isinstance(raw, tuple)
         arrays = raw if many else (raw,)
         record = is_grad_enabled() and any(t.requires_grad for t in tensors)
