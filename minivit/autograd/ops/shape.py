@@ -61,9 +61,8 @@ def _array_index(index, xp):
     for it in items:
         if isinstance(it, Tensor):
             it = it.data
-        if isinstance(it, list):
-            it = xp.asarray(it)
-        if backend.is_array(it):
+        if isinstance(it, list) or backend.is_array(it):
+            it = xp.asarray(it)  # on x's device (a NumPy index for a CuPy x, for scatter_add)
             advanced = True
             if it.dtype == bool:
                 out.extend(xp.nonzero(it))
