@@ -181,26 +181,38 @@ class Erf(Function):
 
 
 class GELU(Function):
-    """GELU(x) = x Φ(x) (exact, with erf) or its tanh approximation (Hendrycks & Gimpel)."""
+    """GELU(x) = x Φ(x) (exact, with erf) or its tanh approximation (Hendrycks & Gimpel).
+
+    exact:  y = x Φ(x),            dy/dx = Φ(x) + x φ(x)
+    tanh:   y = x (1 + t) / 2,     t = tanh(√(2/π) (x + 0.044715 x³)),
+            dy/dx = (1 + t) / 2 + x (1 - t²) √(2/π) (1 + 3·0.044715 x²) / 2
+    Forward keeps Φ(x) (or t) for backward, so erf/tanh run once per element.
+    """
 
     def forward(ctx, x, approximate="none"):
         xp = xp_of(x)
         ctx.approximate = approximate
-        ctx.save_for_backward(x)
         if approximate == "tanh":
-            return 0.5 * x * (1 + xp.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
-        return 0.5 * x * (1 + backend.erf(x * (1 / math.sqrt(2))))
+            t = xp.tanh(SQRT_2_OVER_PI * x * (1 + 0.044715 * (x * x)))  # x*x*x: pow is slow
+            ctx.save_for_backward(x, t)
+            return 0.5 * x * (1 + t)
+        cdf = backend.erf(x * (1 / math.sqrt(2)))
+        cdf += 1
+        cdf *= 0.5  # Φ(x)
+        ctx.save_for_backward(x, cdf)
+        return x * cdf
 
     def backward(ctx, g):
-        (x,) = ctx.saved_tensors
+        x, saved = ctx.saved_tensors
         xp = xp_of(x)
+        x2 = x * x
         if ctx.approximate == "tanh":
-            t = xp.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
-            dt = (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-            return g * (0.5 * (1 + t) + 0.5 * x * dt)
-        cdf = 0.5 * (1 + backend.erf(x * (1 / math.sqrt(2))))  # Φ(x)
-        pdf = INV_SQRT_2PI * xp.exp(-0.5 * x * x)  # φ(x)
-        return g * (cdf + x * pdf)
+            t = saved
+            dt = (1 - t * t) * (SQRT_2_OVER_PI * 0.5) * (1 + (3 * 0.044715) * x2)
+            return g * (0.5 * (1 + t) + x * dt)
+        pdf = xp.exp(-0.5 * x2)
+        pdf *= INV_SQRT_2PI  # φ(x)
+        return g * (saved + x * pdf)
 
 
 class Maximum(Function):
