@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from ...autograd import backend
+from ...autograd.flops import add_flops
 from ...autograd.function import Function
 from ...autograd.tensor import Tensor
 from .. import _random
@@ -28,6 +29,7 @@ class ScaledDotProductAttention(Function):
     def forward(ctx, q, k, v, *bias, scale=1.0, keep=None, dropout_p=0.0):
         xp = xp_of(q)
         s = xp.matmul(q, xp.swapaxes(k, -1, -2))
+        add_flops(2 * s.size * q.shape[-1] + 2 * s.size * v.shape[-1])  # q k^T and P v
         s *= scale
         if bias:
             s = s + bias[0]

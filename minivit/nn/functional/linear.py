@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ...autograd import backend
+from ...autograd.flops import add_flops
 from ...autograd.function import Function
 
 xp_of = backend.get_array_module
@@ -21,6 +22,7 @@ class Linear(Function):
                              f"expected ({w.shape[0]},)")
         x2 = x.reshape(-1, w.shape[1])
         y = x2 @ w.T
+        add_flops(2 * y.size * w.shape[1])
         if b is not None:
             y += b
         ctx.save_for_backward(x2, w)
