@@ -101,7 +101,10 @@ class Einsum(Function):
                                  f"diagonal) are not supported")
         ctx.terms, ctx.out = terms, out
         ctx.save_for_backward(*ops)
-        sizes = {c: n for t, o in zip(terms, ops) for c, n in zip(t, o.shape)}
+        sizes = {}
+        for t, o in zip(terms, ops):
+            for c, n in zip(t, o.shape):
+                sizes[c] = max(sizes.get(c, 1), n)  # a size-1 '...' dim may broadcast
         count = 2
         for n in sizes.values():
             count *= n
