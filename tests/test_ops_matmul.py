@@ -130,3 +130,17 @@ def test_einsum_errors_name_the_problem():
         minivit.einsum("ijk->i", x)
     with pytest.raises(ValueError, match=r"repeated subscripts"):
         minivit.einsum("ii->i", minivit.tensor(np.ones((2, 2))))
+
+
+def test_flop_counts():
+    from minivit.autograd.flops import count_flops
+
+    a = minivit.tensor(np.ones((4, 2, 3)))
+    b = minivit.tensor(np.ones((1, 3, 5)))
+    with count_flops() as c:
+        a @ b
+    assert c.total == 2 * 4 * 2 * 5 * 3
+    for x, y in ((a, b), (b.swapaxes(1, 2), a.swapaxes(1, 2))):  # broadcast '...' either side counts in full
+        with count_flops() as c:
+            minivit.einsum("...ij,...jk", x, y)
+        assert c.total == 2 * 4 * x.shape[1] * y.shape[2] * 3, c.total
