@@ -105,6 +105,19 @@ def test_einsum(subscripts, shapes, device):
     check_grad(lambda *ts: minivit.einsum(subscripts, *ts), *xs, device=device)
 
 
+@pytest.mark.parametrize("subscripts", sorted({s for s, _ in EINSUM if "..." not in s}))
+@given(data=st.data())
+def test_einsum_grad_property(subscripts, data, device):
+    """The table's subscripts with every letter's size drawn (1 included) and drawn values."""
+    letters = sorted(set(subscripts) - set(",->"))
+    size = {c: data.draw(st.integers(1, 3), label=c) for c in letters}
+    terms = subscripts.split("->")[0].split(",")
+    xs = [data.draw(arrays(tuple(size[c] for c in t))) for t in terms]
+    np.testing.assert_allclose(minivit.einsum(subscripts, *map(minivit.tensor, xs)).numpy(),
+                               np.einsum(subscripts, *xs), rtol=1e-12, atol=1e-12)
+    check_grad(lambda *ts: minivit.einsum(subscripts, *ts), *xs, device=device)
+
+
 def test_einsum_same_tensor_twice():
     """x used as both operands: the two gradients add up (d/dx sum x_i x_i = 2x)."""
     x = np.random.default_rng(2).standard_normal(4)
