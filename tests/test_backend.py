@@ -106,7 +106,7 @@ def test_manual_seed_and_rng_state():
     assert minivit.randn(2, 3).dtype == np.float32 and minivit.rand(4).dtype == np.float32
 
 
-# --- tensors on a device ---------------------------------------------------------------------------
+# --- tensors on a device ----------------------------------------------------------------------
 
 def test_creation_on_device(device):
     for t in (minivit.zeros(2, 3, device=device), minivit.ones((2, 3), device=device),

@@ -18,7 +18,7 @@ def leaf(values, dtype=np.float64, device="cpu"):
     return minivit.tensor(np.asarray(values, dtype=dtype), device=device, requires_grad=True)
 
 
-# --- graph shapes --------------------------------------------------------------------------------
+# --- graph shapes -----------------------------------------------------------------------------
 
 def test_diamond(device):
     """x feeds two branches that meet again: both contributions arrive before x's creator runs."""
@@ -126,7 +126,7 @@ def test_detach_cuts_the_graph():
     np.testing.assert_array_equal(x.grad.numpy(), [2, 4])
 
 
-# --- accumulation, retain_graph --------------------------------------------------------------------
+# --- accumulation, retain_graph ---------------------------------------------------------------
 
 def test_gradients_accumulate_across_backward_calls(device):
     x = leaf([1.0, 2.0], device=device)
@@ -160,7 +160,7 @@ def test_gradients_never_alias():
     np.testing.assert_array_equal(b.grad.numpy(), [1, 1])
 
 
-# --- no_grad -----------------------------------------------------------------------------------------
+# --- no_grad ----------------------------------------------------------------------------------
 
 def test_no_grad_context_manager_records_nothing():
     x = leaf([1.0, 2.0])
@@ -203,7 +203,7 @@ def test_no_grad_keeps_nothing_alive():
     assert ref() is None
 
 
-# --- memory: the graph dies with the loss ----------------------------------------------------------
+# --- memory: the graph dies with the loss -----------------------------------------------------
 
 def _live(kind):
     return sum(1 for o in gc.get_objects() if isinstance(o, kind))
@@ -242,7 +242,7 @@ def test_no_live_tensors_or_functions_after_the_loss_is_dropped(call_backward):
     assert _live(Tensor) == tensors + (1 if call_backward else 0)  # + w.grad
 
 
-# --- the dtype policy ----------------------------------------------------------------------------
+# --- the dtype policy -------------------------------------------------------------------------
 
 def test_float32_stays_float32_with_python_scalars(device):
     x = minivit.tensor(np.array([0.5, 1.5, 2.0], np.float32), device=device, requires_grad=True)
