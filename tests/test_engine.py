@@ -7,11 +7,13 @@ import weakref
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import minivit
 from minivit import Function, Tensor
 from minivit.autograd import sum_to
-from harness import check_grad
+from harness import arrays, check_grad, shapes
 
 
 def leaf(values, dtype=np.float64, device="cpu"):
@@ -124,6 +126,41 @@ def test_detach_cuts_the_graph():
     assert d.creator is None and not d.requires_grad
     (x * d).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [2, 4])
+
+
+# ops that take any shape to some shape, to chain at random
+CHAIN = [
+    lambda t: t.tanh(), lambda t: 2.0 - t * 1.5, lambda t: minivit.gelu(t),
+    lambda t: t.exp() * 0.1, lambda t: t.softmax(dim=-1), lambda t: t.T,
+    lambda t: t.reshape(-1), lambda t: minivit.roll(t, 1), lambda t: t.unsqueeze(0),
+    lambda t: t.squeeze(), lambda t: minivit.stack([t, t.sigmoid()]),
+    lambda t: minivit.maximum(t, t * 0.5 + 0.0713),  # kinks at odd values, not at 0
+    lambda t: minivit.where(t.detach() > 0.3141, t, t * t),
+    lambda t: (t @ t.mT) if t.ndim >= 2 else t * t,
+    lambda t: t.sum(axis=-1, keepdims=True) * t if t.ndim else t,
+    lambda t: minivit.cat([t, t[..., :1]], axis=-1) if t.ndim else t,
+    lambda t: minivit.pad(t, 1, value=0.3)[..., 1:] if t.ndim else t,
+]
+
+
+@given(data=st.data())
+def test_random_compositions(data):
+    """Chains of ops where every value is reused: gradients against finite differences in
+    float64, and float32 in, float32 out (values and gradients)."""
+    x = data.draw(arrays(data.draw(shapes(max_dims=3, max_side=3)), -2, 2))
+    seq = data.draw(st.lists(st.integers(0, len(CHAIN) - 1), min_size=2, max_size=5))
+
+    def f(x):
+        y = x
+        for i in seq:
+            y = CHAIN[i](y)
+        return y.sum() + (y * y).mean() + x.sum()
+
+    check_grad(f, x)
+    x32 = minivit.tensor(x.astype(np.float32), requires_grad=True)
+    y = f(x32)
+    y.backward()
+    assert y.dtype == np.float32 and x32.grad.dtype == np.float32
 
 
 # --- accumulation, retain_graph ---------------------------------------------------------------
