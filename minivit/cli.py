@@ -34,10 +34,16 @@ def _add_train(sub):
     p.add_argument("--cutmix", type=float, default=0.0, help="Beta alpha; 0 = off")
     p.add_argument("--clip-grad", type=float, default=None)
     p.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an entry of the model's configuration, e.g. --model-arg "
+                        "depth=2 (repeatable; values are Python literals, else strings)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="run folder (config, metrics, checkpoints)")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue a run folder")
+    p.add_argument("--stop-after-epochs", type=int, default=None, metavar="N",
+                   help="stop once N epochs are done (the schedule still spans --epochs); "
+                        "continue later with --resume")
     p.add_argument("--train-limit", type=int, default=None, help="use the first N train images")
     p.add_argument("--test-limit", type=int, default=None, help="use the first N test images")
     p.add_argument("--no-progress", action="store_true")
@@ -46,7 +52,9 @@ def _add_train(sub):
 def _train(args) -> int:
     from .train import TrainConfig, fit
 
-    model_args = {} if args.drop_path is None else {"drop_path_rate": args.drop_path}
+    model_args = dict(_parse_model_arg(a) for a in args.model_arg)
+    if args.drop_path is not None:
+        model_args["drop_path_rate"] = args.drop_path
     cfg = TrainConfig(
         model=args.model, dataset=args.dataset, data=args.data,
         epochs=args.epochs if args.epochs is not None else 10, batch_size=args.batch_size,
@@ -58,10 +66,24 @@ def _train(args) -> int:
         progress=not args.no_progress)
     if args.resume is not None and args.epochs is None:
         cfg.epochs = 0  # keep the saved number of epochs
-    m = fit(cfg, resume=args.resume)
+    m = fit(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
     if "test_acc" in m:
         print(f"final test accuracy {100 * m['test_acc']:.2f}%")
     return 0
+
+
+def _parse_model_arg(text: str) -> tuple[str, object]:
+    """``"depth=2"`` -> ``("depth", 2)``; a value that is no Python literal stays a string."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--model-arg {text!r}: expected KEY=VALUE, e.g. --model-arg depth=2")
+    try:
+        parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        parsed = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    return key.strip(), parsed
 
 
 def _eval(args) -> int:

@@ -207,11 +207,15 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
 
 # --- the loop --------------------------------------------------------------------------------
 
-def fit(cfg: TrainConfig, resume: str | None = None, log=print) -> dict:
+def fit(cfg: TrainConfig, resume: str | None = None, log=print,
+        stop_after_epochs: int | None = None) -> dict:
     """Train ``cfg.model`` on ``cfg.dataset``; return the final metrics.
 
     ``resume`` is a run folder: the run continues exactly where its ``last.npz`` left off
     (on the CPU the weights end bit-for-bit where an uninterrupted run would).
+    ``stop_after_epochs``: stop once this many epochs are done (counted from the start of the
+    run), as if interrupted; the schedule still spans ``cfg.epochs``, so a later ``resume``
+    finishes the very run an uninterrupted ``fit`` would have made.
     """
     if resume is not None:
         run = Path(resume)
@@ -296,5 +300,9 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print) -> dict:
                 save_checkpoint(out / "best.npz", tree)
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+        if stop_after_epochs is not None and stop_after_epochs <= epoch + 1 < cfg.epochs:
+            log(f"stopped after epoch {epoch + 1} of {cfg.epochs} as asked"
+                f"{'; continue with --resume ' + str(out) if out else ''}")
+            break
     metrics["model"] = model
     return metrics
