@@ -193,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (TrainingError, DatasetError, CheckpointError, FileNotFoundError, RuntimeError,
+    except (TrainingError, DatasetError, CheckpointError, OSError, RuntimeError,
             ValueError) as exc:
         if os.environ.get("MINIVIT_DEBUG"):
             raise
-        print(f"minivit {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"minivit {args.command}: error: {message}", file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
         print(f"minivit {args.command}: interrupted (checkpoints written so far are kept)",

@@ -85,7 +85,10 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if cfg.model not in list_models():
         raise TrainingError(f"unknown model {cfg.model!r}; known models: "
                             f"{', '.join(list_models())}")
-    return create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
+    try:
+        return create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
+    except TypeError as exc:  # an unknown configuration entry
+        raise TrainingError(f"model_args {cfg.model_args} do not fit {cfg.model}: {exc}") from None
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> optim.Optimizer:
@@ -192,7 +195,11 @@ def load_run_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
         try:
             model.load_state_dict(ckpt["model"], strict=True)
         except (KeyError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{file} does not fit model {model_name or ''}: {exc}") from None
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            detail = "; ".join(lines[1:] or lines)  # one line: the CLI prints it as is
+            detail = detail if len(detail) <= 300 else detail[:297] + "..."
+            raise CheckpointError(f"{file} does not fit model {model_name or ''} (another model "
+                                  f"or configuration?): {detail}") from None
     return ckpt
 
 
