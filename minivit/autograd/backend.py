@@ -31,6 +31,11 @@ def _import_cupy():
             _cupy = cupy
         except Exception as exc:  # ImportError, or a broken CUDA install
             _cupy_error = f"{type(exc).__name__}: {exc}"
+        if _cupy is not None and _seed is not None:  # manual_seed ran before CuPy was loaded
+            try:
+                _cupy.random.seed(_seed)
+            except Exception:  # no usable GPU: there is no GPU generator to seed
+                pass
     return _cupy
 
 
@@ -199,12 +204,14 @@ def erf(x):
 # One generator per device, seeded by ``minivit.manual_seed``; its state goes in checkpoints.
 
 _np_rng = np.random.default_rng(0)
+_seed: int | None = None  # the last manual_seed, for a CuPy imported after it
 
 
 def manual_seed(seed: int) -> None:
-    """Seed minivit's random generators (CPU, and the GPU when CuPy is loaded)."""
-    global _np_rng
+    """Seed minivit's random generators (CPU, and the GPU now or when CuPy is first loaded)."""
+    global _np_rng, _seed
     _np_rng = np.random.default_rng(seed)
+    _seed = seed
     if _cupy is not None:
         _cupy.random.seed(seed)
 
