@@ -154,3 +154,22 @@ def test_dtype_conversions():
     assert x.long().dtype == np.int64 and x.long().tolist() == [1, 2]
     assert x.astype(np.float32) is x
     assert not x.long().requires_grad
+
+
+def test_manual_seed_before_cupy_is_loaded_seeds_the_gpu(monkeypatch):
+    """CuPy is imported lazily: a manual_seed that ran before must still reach its generator."""
+    import types
+
+    seeds = []
+    fake = types.ModuleType("cupy")
+    fake.ndarray = type("ndarray", (), {})
+    fake.random = types.SimpleNamespace(seed=seeds.append)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    minivit.manual_seed(1234)
+    assert seeds == []
+    assert backend._import_cupy() is fake
+    assert seeds == [1234]
+    minivit.manual_seed(5)  # once loaded, it is seeded directly
+    assert seeds == [1234, 5]
