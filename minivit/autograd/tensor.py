@@ -251,6 +251,9 @@ class Tensor:
     def expand(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         lead = len(shape) - self.ndim
+        if -1 in shape[:max(lead, 0)]:  # shape[i - lead] would wrap around to another dim
+            raise ValueError(f"expand: -1 (keep the size) is not allowed in a new leading "
+                             f"dimension; expanding shape {self.shape} to {tuple(shape)}")
         full = [n if n != -1 else self.shape[i - lead] for i, n in enumerate(shape)]
         return ops.broadcast_to(self, tuple(full))
 

@@ -265,6 +265,8 @@ def split(x, indices_or_sections, axis: int = 0):
 
 def chunk(x, chunks: int, axis: int = 0):
     """PyTorch's chunk: ``chunks`` pieces of size ceil(n / chunks) (the last may be smaller)."""
+    if not isinstance(chunks, int) or chunks < 1:
+        raise ValueError(f"chunk: chunks must be a positive integer, got {chunks!r}")
     n = x.shape[axis]
     size = -(-n // chunks)
     cuts = list(range(size, n, size))
