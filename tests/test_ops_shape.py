@@ -284,3 +284,7 @@ def test_shape_errors():
         t[5]
     with pytest.raises(ValueError, match=r"concatenate: need at least one tensor"):
         minivit.cat([])
+    with pytest.raises(ValueError, match=r"expand: -1 .* new leading dimension"):
+        t.expand(-1, 2, 3)
+    with pytest.raises(ValueError, match=r"chunk: chunks must be a positive integer, got 0"):
+        minivit.chunk(t, 0)
