@@ -29,10 +29,11 @@ def _check_p(name: str, p: float) -> float:
     return float(p)
 
 
-def dropout(x, p: float = 0.5, training: bool = True):
+def dropout(x, p: float = 0.5, training: bool = True, inplace: bool = False):
     """Zero each element with probability ``p`` and scale the rest by 1/(1-p) (training only).
 
     ``F.dropout(x, 0.1, model.training)``; identity when ``training`` is False or p == 0.
+    ``inplace`` is accepted for PyTorch compatibility and ignored (a new tensor is returned).
     """
     p = _check_p("dropout", p)
     if not training or p == 0.0:

@@ -103,12 +103,14 @@ def cross_entropy(input, target, label_smoothing: float = 0.0, reduction: str = 
 
 def nll_loss(input, target, reduction: str = "mean"):
     """Negative log-likelihood of log-probabilities ``input`` (B, C) at class indices (B,)."""
-    t = target.data if isinstance(target, Tensor) else np.asarray(target)
+    xp = xp_of(input.data)
+    t = target.data if isinstance(target, Tensor) else target
+    t = xp.asarray(t if backend.is_array(t) else np.asarray(t))
     B, C = input.shape
-    if t.shape != (B,) or bool(((t < 0) | (t >= C)).any()):
-        raise ValueError(f"nll_loss: targets must be {B} class indices in [0, {C}), got "
-                         f"shape {tuple(t.shape)}")
-    picked = -input[xp_of(input.data).arange(B), t]
+    if t.shape != (B,) or t.dtype.kind not in "iu" or bool(((t < 0) | (t >= C)).any()):
+        raise ValueError(f"nll_loss: targets must be {B} integer class indices in [0, {C}), "
+                         f"got shape {tuple(t.shape)}")
+    picked = -input[xp.arange(B), t]
     if reduction == "none":
         return picked
     return picked.mean() if reduction == "mean" else picked.sum()
