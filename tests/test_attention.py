@@ -35,7 +35,8 @@ def test_sdpa_grad_and_forward(data, batch, heads, nq, nk, d, mask_kind):
     k = data.draw(arrays((batch, heads, nk, d)))
     v = data.draw(arrays((batch, heads, nk, d + 1)))
     if mask_kind == "none":
-        np.testing.assert_allclose(F.scaled_dot_product_attention(*map(minivit.tensor, (q, k, v))).numpy(),
+        got = F.scaled_dot_product_attention(*map(minivit.tensor, (q, k, v)))
+        np.testing.assert_allclose(got.numpy(),
                                    sdpa_ref(q, k, v), rtol=1e-10, atol=1e-12)
         check_grad(F.scaled_dot_product_attention, q, k, v)
         return
@@ -81,7 +82,8 @@ def test_sdpa_is_numerically_safe():
 
 def test_sdpa_mask_must_broadcast_to_the_scores():
     q, k, v = minivit.randn(2, 3, 4, 5), minivit.randn(2, 3, 6, 5), minivit.randn(2, 3, 6, 5)
-    with pytest.raises(ValueError, match=r"attn_mask of shape \(4, 4\).*scores of shape \(2, 3, 4, 6\)"):
+    with pytest.raises(ValueError,
+                       match=r"attn_mask of shape \(4, 4\).*scores of shape \(2, 3, 4, 6\)"):
         F.scaled_dot_product_attention(q, k, v, attn_mask=minivit.zeros(4, 4))
     with pytest.raises(ValueError, match=r"attn_mask of shape \(5, 1, 4, 6\)"):
         F.scaled_dot_product_attention(q, k, v, attn_mask=np.zeros((5, 1, 4, 6), np.float32))

@@ -47,7 +47,8 @@ def conv_ref(x, w, b, stride, padding, groups):
         g = o // og
         for i in range(Ho):
             for j in range(Wo):
-                patch = xp[:, g * Cg:(g + 1) * Cg, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                y, x0 = i * stride, j * stride
+                patch = xp[:, g * Cg:(g + 1) * Cg, y:y + kh, x0:x0 + kw]
                 out[:, o, i, j] = (patch * w[o]).sum(axis=(1, 2, 3))
     return out + (0 if b is None else b[None, :, None, None])
 

@@ -92,7 +92,8 @@ def test_state_dict_contents():
     assert list(sd) == NAMES[:11] + ["bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
                                      "bn.num_batches_tracked", "head.weight", "head.bias"]
     assert all(isinstance(v, np.ndarray) for v in sd.values())
-    assert sd["bn.num_batches_tracked"].shape == () and sd["bn.num_batches_tracked"].dtype == np.int64
+    nbt = sd["bn.num_batches_tracked"]
+    assert nbt.shape == () and nbt.dtype == np.int64
     assert "blocks.0.index" not in sd  # non-persistent buffer
     sd["head.bias"][...] = 123  # a copy: editing it leaves the model alone
     assert not np.any(net.head.bias.numpy() == 123)
@@ -274,7 +275,8 @@ def test_repr_is_nested_like_pytorch():
       (drop): Dropout(p=0.5)
     )"""
     assert text.startswith(expected), text
-    assert text.endswith("""  (bn): BatchNorm1d(4, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    bn = "BatchNorm1d(4, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+    assert text.endswith(f"""  (bn): {bn}
   (head): Linear(in_features=4, out_features=3, bias=True)
 )""")
 

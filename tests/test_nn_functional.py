@@ -56,7 +56,8 @@ def _softmax_ref(x, axis):
 ACTIVATIONS = {
     "gelu": (F.gelu, lambda x: 0.5 * x * (1 + erf_ref(x / math.sqrt(2))), ()),
     "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"),
-                  lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+                  lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi)
+                                                   * (x + 0.044715 * x ** 3))),
                   ()),
     "relu": (F.relu, lambda x: np.maximum(x, 0), (0.0,)),
     "silu": (F.silu, lambda x: x / (1 + np.exp(-x)), ()),

@@ -176,7 +176,8 @@ def test_batch_norm1d_shapes_and_layer_grad(shape):
 
 
 def test_batch_norm_errors():
-    with pytest.raises(ValueError, match=r"BatchNorm2d\(3.*4-D input with 3 channels.*\(2, 5, 4, 4\)"):
+    with pytest.raises(ValueError,
+                       match=r"BatchNorm2d\(3.*4-D input with 3 channels.*\(2, 5, 4, 4\)"):
         nn.BatchNorm2d(3)(minivit.randn(2, 5, 4, 4))
     with pytest.raises(ValueError, match=r"BatchNorm1d\(3.*got \(2, 3, 4, 4\)"):
         nn.BatchNorm1d(3)(minivit.randn(2, 3, 4, 4))

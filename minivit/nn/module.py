@@ -152,14 +152,16 @@ class Module:
     def add_module(self, name: str, module: Module | None) -> None:
         self._check_init(name)
         if module is not None and not isinstance(module, Module):
-            raise TypeError(f"add_module: {name!r} must be an nn.Module, got {type(module).__name__}")
+            raise TypeError(f"add_module: {name!r} must be an nn.Module, "
+                            f"got {type(module).__name__}")
         self._forget(name)
         self._modules[name] = module
 
     register_module = add_module
 
     # --- iteration -------------------------------------------------------------------------
-    def named_modules(self, prefix: str = "", memo: set | None = None) -> Iterator[tuple[str, Module]]:
+    def named_modules(self, prefix: str = "",
+                      memo: set | None = None) -> Iterator[tuple[str, Module]]:
         """This module (name ``""``) and every sub-module, depth first, each once."""
         memo = set() if memo is None else memo
         if id(self) in memo:
@@ -183,7 +185,8 @@ class Module:
         for _, m in self.named_children():
             yield m
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
+    def named_parameters(self, prefix: str = "",
+                         recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
         """``("blocks.0.attn.qkv.weight", Parameter)``, in registration order, shared ones once."""
         seen = set()
         mods = self.named_modules(prefix) if recurse else [(prefix, self)]
@@ -217,7 +220,8 @@ class Module:
         m = self
         for part in target.split(".") if target else []:
             if part not in m._modules or m._modules[part] is None:
-                raise AttributeError(f"{type(m).__name__} has no sub-module {part!r} (in {target!r})")
+                raise AttributeError(f"{type(m).__name__} has no sub-module {part!r} "
+                                     f"(in {target!r})")
             m = m._modules[part]
         return m
 
