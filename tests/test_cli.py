@@ -346,6 +346,7 @@ def test_cuda_without_cupy_or_gpu(tmp_path, run_dir, capsys):
     assert_user_error(rc, err, r"unknown device 'tpu'; expected 'cpu' or 'cuda'")
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow on the way to inf
 def test_non_finite_loss_is_a_one_line_error_naming_the_step(tmp_path, capsys):
     rc, _, err = run_cli(capsys, "train", *TINY, "--lr", "1e6", "--warmup-epochs", "0",
                          "--epochs", "4", "--out", tmp_path / "run")

@@ -168,6 +168,7 @@ def test_a_new_run_never_overwrites_an_existing_one(finished_run):
 
 # --- NaN / inf loss --------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow on the way to inf
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         tmp_path, monkeypatch):
     build = train.build_model
@@ -208,6 +209,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow on the way to inf
 def test_huge_learning_rate_is_caught_as_a_non_finite_loss(tmp_path):
     with pytest.raises(TrainingError, match=r"loss became (nan|inf|-inf) at step \d+"):
         fit(tiny_config(tmp_path / "run", lr=1e6, epochs=3, warmup_epochs=0.0), log=quiet)
