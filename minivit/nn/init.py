@@ -79,16 +79,16 @@ def trunc_normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.
     if not a < b:
         raise ValueError(f"trunc_normal_: need a < b, got a={a}, b={b}")
     dtype = _sample_dtype(t)
-    xp_vals = mean + std * _random.standard_normal(t.shape, dtype, t.device)
+    vals = mean + std * _random.standard_normal(t.shape, dtype, t.device)
     for _ in range(1000):
-        bad = (xp_vals < a) | (xp_vals > b)
+        bad = (vals < a) | (vals > b)
         n_bad = int(bad.sum())
         if n_bad == 0:
             break
-        xp_vals[bad] = mean + std * _random.standard_normal((n_bad,), dtype, t.device)
+        vals[bad] = mean + std * _random.standard_normal((n_bad,), dtype, t.device)
     else:  # [a, b] is far in a tail: rejection would never finish; clamp the few left
-        xp_vals = xp_vals.clip(a, b)
-    return _fill(t, xp_vals)
+        vals = vals.clip(a, b)
+    return _fill(t, vals)
 
 
 def constant_(t: Tensor, val: float) -> Tensor:
