@@ -16,7 +16,7 @@ xp_of = backend.get_array_module
 
 
 def _norm_backward(g, xhat, rstd, w, axes, need_x):
-X
+    """dx through the statistics, shared by both norms (``axes``: the statistics' axes)."""
     gh = g if w is None else g * w
     if not need_x:
         return None
