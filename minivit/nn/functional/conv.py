@@ -194,16 +194,20 @@ def _to_chwn(x, padding, block: int = 16):
 
 
 def _from_chwn(a, bias=None, padding=(0, 0)):
-    """(C, H + 2 ph, W + 2 pw, N) -> NCHW without the padding, plus ``bias`` per channel."""
+    """(C, H + 2 ph, W + 2 pw, N) -> NCHW without the padding, plus ``bias`` per channel.
+    On the CPU a few channels at a time (a cache-friendly transpose), on the GPU in one go."""
     xp = xp_of(a)
     c, hp, wp, n = a.shape
     ph, pw = padding
-    a = a[:, ph:hp - ph, pw:wp - pw, :].transpose(3, 0, 1, 2)
-    out = xp.empty(a.shape, dtype=a.dtype)
-    if bias is None:
-        out[...] = a
-    else:
-        xp.add(a, bias.reshape(1, c, 1, 1), out=out)
+    a = a[:, ph:hp - ph, pw:wp - pw, :]
+    out = xp.empty((n, c) + a.shape[1:3], dtype=a.dtype)
+    block = 2 if backend.device_of(a) == "cpu" else c
+    for b in range(0, c, block):
+        src = a[b:b + block].transpose(3, 0, 1, 2)
+        if bias is None:
+            out[:, b:b + block] = src
+        else:
+            xp.add(src, bias[b:b + block].reshape(1, -1, 1, 1), out=out[:, b:b + block])
     return out
 
 
