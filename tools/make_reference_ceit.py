@@ -4,7 +4,7 @@ CeiT is not in timm, so this script re-states the modules of the official code
 (coeusguo/ceit ``ceit_model.py``: Image2Tokens, HybridEmbed, LocallyEnhancedFeedForward,
 Attention, Block with feedforward_type 'leff' / 'lca', CeIT) in torch, with the same
 parameter names and the same forward. Runs OUTSIDE the project, in a scratch virtual
-environment with torch (and timm, for DropPath-free blocks nothing else is needed)::
+environment with torch (timm is not needed for this one)::
 
     python -m venv /tmp/refvenv
     /tmp/refvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm
@@ -28,7 +28,6 @@ import os
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 

@@ -271,6 +271,10 @@ class CeIT(nn.Module):
     Initialisation (official): Linear trunc-normal std .02 / bias 0 (head included),
     LayerNorm (1, 0), pos_embed and cls_token trunc-normal .02, pos_layer_embed zeros,
     convolutions and BatchNorms PyTorch's defaults.
+
+    Note (true of the official code too): only class tokens leave the encoder, and the LeFF
+    passes the class token through, so the last block's LeFF never reaches the logits — its
+    parameters get exactly zero gradient (its BatchNorm running statistics still update).
     """
 
     def __init__(self, img_size=224, in_chans=3, num_classes=1000, i2t_chans=64, i2t_kernel=7,
