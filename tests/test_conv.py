@@ -117,7 +117,7 @@ def test_conv2d_float32_on_each_device(device, groups):
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs, message", [
-    ((2, 3, 8, 8), (4, 2, 3, 3), {}, "has 3 channels but weight"),
+    ((2, 3, 8, 8), (4, 2, 3, 3), {}, "input has 3 channels but the weight"),
     ((2, 4, 8, 8), (4, 1, 3, 3), {"groups": 2}, "expects 1*2=2"),
     ((2, 4, 8, 8), (6, 1, 3, 3), {"groups": 4}, "groups=4 must divide"),
     ((2, 3, 8, 8), (4, 1, 3, 3), {"groups": 2}, "groups=2 must divide"),
@@ -131,6 +131,7 @@ def test_conv2d_bad_input_names_op_and_shapes(x_shape, w_shape, kwargs, message)
     with pytest.raises(ValueError, match="conv2d") as err:
         conv2d(x, w, **kwargs)
     assert message in str(err.value)
+    assert f"input shapes {x_shape}, {w_shape}" in str(err.value)
 
 
 def test_conv2d_bad_arguments():

@@ -80,13 +80,13 @@ def check_input(x, kernel: tuple[int, int], padding, dilation) -> None:
 
     Raised inside a Function's forward: ``Function.apply`` prefixes the op's name."""
     if x.ndim != 4:
-        raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"expected a 4-D input (N, C, H, W), got {x.ndim}-D")
     (kh, kw), (ph, pw), (dh, dw) = kernel, padding, dilation
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     hp, wp = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
     if eh > hp or ew > wp:
         raise ValueError(f"kernel {kh}x{kw} (dilated extent {eh}x{ew}) is larger than the "
-                         f"padded input {hp}x{wp} (input {tuple(x.shape)}, padding {padding})")
+                         f"padded input {hp}x{wp} (padding {padding})")
 
 
 # --- the conv op ---------------------------------------------------------------------------
@@ -158,18 +158,17 @@ class Conv2d(Function):
 
 def _check_conv(x, weight, bias, padding, dilation, groups) -> None:
     if x.ndim != 4:
-        raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"expected a 4-D input (N, C, H, W), got {x.ndim}-D")
     if weight.ndim != 4:
         raise ValueError(f"expected a 4-D weight (out_channels, in_channels/groups, kh, kw), "
-                         f"got shape {tuple(weight.shape)}")
+                         f"got {weight.ndim}-D")
     c, (o, cg) = x.shape[1], weight.shape[:2]
     if c % groups or o % groups:
         raise ValueError(f"groups={groups} must divide both in_channels ({c}) and out_channels "
-                         f"({o}); input {tuple(x.shape)}, weight {tuple(weight.shape)}")
+                         f"({o})")
     if cg * groups != c:
-        raise ValueError(f"input {tuple(x.shape)} has {c} channels but weight "
-                         f"{tuple(weight.shape)} with groups={groups} expects "
-                         f"{cg}*{groups}={cg * groups}")
+        raise ValueError(f"the input has {c} channels but the weight (out, in/groups, kh, kw) "
+                         f"with groups={groups} expects {cg}*{groups}={cg * groups}")
     if bias is not None and tuple(bias.shape) != (o,):
         raise ValueError(f"bias of shape {tuple(bias.shape)} does not match out_channels={o} "
                          f"(expected shape ({o},))")

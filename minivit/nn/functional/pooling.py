@@ -119,7 +119,7 @@ class AdaptiveAvgPool2d(Function):
 
     def forward(ctx, x, output_size=(1, 1)):
         if x.ndim != 4:
-            raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+            raise ValueError(f"expected a 4-D input (N, C, H, W), got {x.ndim}-D")
         n, c, h, w = x.shape
         ho, wo = output_size
         ho, wo = ho or h, wo or w   # None keeps the input size, as PyTorch
