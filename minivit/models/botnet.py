@@ -90,17 +90,26 @@ class Stem(nn.Module):
         return x
 
 
+def rel_logits_1d(q, rel, index):
+    """Relative logits along the last spatial axis: ``out[n, y, i, j] = q[n, y, i] . rel[j - i + L - 1]``.
+
+    q (N, Y, L, d), rel (2L - 1, d), index[i, j] = j - i + L - 1 -> (N, Y, L, L). One GEMM gives
+    q . r for all 2L - 1 offsets, then a gather picks offset ``j - i`` for each (query i, key j):
+    the official ``rel_to_abs`` pad-and-reshape trick, written as the gather it computes.
+    """
+    n, y, length, d = q.shape
+    x = (q.reshape(n * y * length, d) @ rel.T).reshape(n, y, length, 2 * length - 1)
+    return x[:, :, np.arange(length)[:, None], index]
+
+
 class PosEmbedRel(nn.Module):
     """2-D relative position logits (paper Fig. 4 and Sec. 3; Bello et al. 2019, Eq. 4).
 
     For a query at (qy, qx) and a key at (ky, kx) the logit gains
     ``q . height_rel[ky - qy + H - 1] + q . width_rel[kx - qx + W - 1]``: content-dependent
     (q . r), one table per axis of width ``dim_head``, shared by all heads. Index
-    ``key - query + L - 1`` as timm's ``rel_logits_1d`` (the official ``rel_to_abs``).
-
-    Implemented as a gather of the small tables, ``R[i, j] = rel[j - i + L - 1]`` of shape
-    (L, L, d), then one batched matmul per axis; the gather's backward is a scatter-add into
-    the (2L - 1) rows.
+    ``key - query + L - 1`` as timm's ``rel_logits_1d``; the width term is broadcast over the
+    key rows, the height term over the key columns.
     """
 
     def __init__(self, feat_size: tuple[int, int], dim_head: int, scale: float):
@@ -121,14 +130,9 @@ class PosEmbedRel(nn.Module):
         n, hw, d = q.shape
         h, w = self.height, self.width
         q = q.reshape(n, h, w, d)
-        # width term: lw[n, y, i, j] = q[n, y, i] . width_rel[j - i + W - 1]
-        r_w = self.width_rel[self.width_index.data]                      # (W, W, d)
-        qw = q.permute(2, 0, 1, 3).reshape(w, n * h, d)                  # (W_i, N*H, d)
-        lw = (qw @ r_w.transpose(1, 2)).reshape(w, n, h, w).permute(1, 2, 0, 3)  # (N, H, Wq, Wk)
-        # height term: lh[n, i, x, j] = q[n, i, x] . height_rel[j - i + H - 1]
-        r_h = self.height_rel[self.height_index.data]                    # (H, H, d)
-        qh = q.permute(1, 0, 2, 3).reshape(h, n * w, d)                  # (H_i, N*W, d)
-        lh = (qh @ r_h.transpose(1, 2)).reshape(h, n, w, h).permute(1, 0, 2, 3)  # (N, Hq, Wq, Hk)
+        lw = rel_logits_1d(q, self.width_rel, self.width_index.data)               # (N, Hq, Wq, Wk)
+        lh = rel_logits_1d(q.transpose(1, 2), self.height_rel, self.height_index.data)  # (N, Wq, Hq, Hk)
+        lh = lh.transpose(1, 2)                                                    # (N, Hq, Wq, Hk)
         logits = lh.reshape(n, h, w, h, 1) + lw.reshape(n, h, w, 1, w)   # (N, Hq, Wq, Hk, Wk)
         return logits.reshape(n, hw, hw)
 
