@@ -70,15 +70,16 @@ def test_depthwise_conv2d_matches_loop_and_finite_differences(case):
     check_grad(lambda x_, w_: conv2d(x_, w_, **geo), x, w)
 
 
-def test_depthwise_conv2d_in_channel_blocks(monkeypatch):
-    """The CPU path runs a few channels at a time; force one channel per block."""
+@pytest.mark.parametrize("groups", [1, 3])
+def test_conv2d_in_channel_blocks(monkeypatch, groups):
+    """col2im and the depthwise loops run a few channels at a time; force one per block."""
     from minivit.nn.functional import conv as conv_module
     monkeypatch.setattr(conv_module, "CACHE_BLOCK", 1)
     rng = np.random.default_rng(3)
-    x, w, b = (rng.standard_normal(s) for s in [(2, 3, 6, 5), (6, 1, 3, 2), (6,)])
-    geo = dict(stride=(1, 2), padding=1, groups=3)
+    x, w, b = (rng.standard_normal(s) for s in [(2, 3, 6, 5), (6, 3 // groups, 3, 2), (6,)])
+    geo = dict(stride=(1, 2), padding=1, groups=groups)
     y = conv2d(minivit.tensor(x), minivit.tensor(w), minivit.tensor(b), **geo)
-    np.testing.assert_allclose(y.numpy(), conv2d_loop(x, w, b, (1, 2), (1, 1), groups=3),
+    np.testing.assert_allclose(y.numpy(), conv2d_loop(x, w, b, (1, 2), (1, 1), groups=groups),
                                rtol=1e-10, atol=1e-10)
     check_grad(lambda x_, w_, b_: conv2d(x_, w_, b_, **geo), x, w, b)
 
