@@ -232,8 +232,9 @@ class AttentionCl(nn.Module):
 
     def forward(self, x):
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]                                 # (B, heads, N, d)
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.dim_head)
+        q, k, v = (t.reshape(b, n, self.num_heads, self.dim_head).transpose(1, 2)
+                   for t in minivit.split(qkv, 3, axis=2))                # (B, heads, N, d)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=self.rel_pos.get_bias(),
                                            scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
