@@ -1,5 +1,6 @@
-"""BoTNet (minivit/models/botnet.py): sizes, shapes, gradients, input checks, reference logits
-(timm, via tests/fixtures/ref_botnet*.npz made by tools/make_reference_botnet.py) and overfitting."""
+"""BoTNet (minivit/models/botnet.py): sizes, shapes, gradients, input checks,
+reference logits (timm, via tests/fixtures/ref_botnet*.npz made by
+tools/make_reference_botnet.py) and overfitting."""
 import importlib
 import json
 import os
@@ -128,7 +129,8 @@ def test_initialisation_follows_timm():
 
 def test_wrong_input_size_errors():
     model = botnet.botnet_cifar(num_classes=10)
-    with pytest.raises(ValueError, match=r"expects input of shape \(B, 3, 32, 32\), got \(2, 3, 28, 28\)"):
+    with pytest.raises(ValueError,
+                       match=r"expects input of shape \(B, 3, 32, 32\), got \(2, 3, 28, 28\)"):
         model(minivit.randn(2, 3, 28, 28))
     with pytest.raises(ValueError, match=r"got \(2, 1, 32, 32\)"):
         model(minivit.randn(2, 1, 32, 32))

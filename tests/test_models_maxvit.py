@@ -1,5 +1,6 @@
-"""MaxViT (minivit/models/maxvit.py): sizes, shapes, gradients, input checks, reference logits
-(timm, via tests/fixtures/ref_maxvit*.npz made by tools/make_reference_maxvit.py) and overfitting."""
+"""MaxViT (minivit/models/maxvit.py): sizes, shapes, gradients, input checks,
+reference logits (timm, via tests/fixtures/ref_maxvit*.npz made by
+tools/make_reference_maxvit.py) and overfitting."""
 import importlib
 import json
 import os
@@ -116,7 +117,8 @@ def test_cifar_config_count_shapes_train_and_eval():
 
 def test_wrong_input_size_errors():
     model = maxvit.maxvit_cifar(num_classes=10)
-    with pytest.raises(ValueError, match=r"expects input of shape \(B, 3, 32, 32\), got \(2, 3, 28, 28\)"):
+    with pytest.raises(ValueError,
+                       match=r"expects input of shape \(B, 3, 32, 32\), got \(2, 3, 28, 28\)"):
         model(minivit.randn(2, 3, 28, 28))
     with pytest.raises(ValueError, match=r"got \(2, 1, 32, 32\)"):
         model(minivit.randn(2, 1, 32, 32))

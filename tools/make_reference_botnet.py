@@ -1,14 +1,14 @@
 """Make the BoTNet reference fixtures from timm (runs OUTSIDE the project, needs torch + timm).
 
     python -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install torch timm
-    /tmp/refvenv/bin/python tools/make_reference_botnet.py        # writes tests/fixtures/ref_botnet*.npz
+    /tmp/refvenv/bin/python tools/make_reference_botnet.py   # -> tests/fixtures/ref_botnet*.npz
 
 Each fixture holds a small model built with timm's own ``ByobNet`` / ``ByoModelCfg`` classes:
 its state dict as NumPy arrays (``state/<key>``), a fixed input, the reference logits in eval
 mode (float32, and float64 computed from the same float32 weights), and the keyword arguments
 that build the same model in minivit (``minivit_kwargs``, JSON). BatchNorm affine parameters
-(and the classifier) are randomised and a few train-mode forwards run first, so that running statistics and the
-zero-initialised last BN of each block are non-trivial.
+(and the classifier) are randomised and a few train-mode forwards run first, so that running
+statistics and the zero-initialised last BN of each block are non-trivial.
 """
 from __future__ import annotations
 

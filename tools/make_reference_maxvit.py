@@ -1,7 +1,7 @@
 """Make the MaxViT reference fixtures from timm (runs OUTSIDE the project, needs torch + timm).
 
     python -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install torch timm
-    /tmp/refvenv/bin/python tools/make_reference_maxvit.py        # writes tests/fixtures/ref_maxvit*.npz
+    /tmp/refvenv/bin/python tools/make_reference_maxvit.py   # -> tests/fixtures/ref_maxvit*.npz
 
 Each fixture holds a small model built with timm's own classes: its state dict as NumPy arrays
 (``state/<key>``), a fixed input, the reference logits in eval mode (float32, and float64
@@ -42,15 +42,15 @@ def tf_micro() -> torch.nn.Module:
 
 
 class CifarTwin(torch.nn.Module):
-    """stem -> stage (stride 1) -> stage (stride 2) -> LayerNorm2d -> avg pool + fc, keys as MaxxVit."""
+    """stem -> stage (stride 1) -> stage (stride 2) -> LayerNorm2d -> pool + fc; MaxxVit's keys."""
 
     def __init__(self, dims=(8, 16), depths=(1, 2), strides=(1, 2), stem_width=8, img=32,
                  window=4, dim_head=4, num_classes=10):
         super().__init__()
         tf = _tf_cfg()
         cc = tf["conv_cfg"]
-        tc = replace(tf["transformer_cfg"], window_size=(window, window), grid_size=(window, window),
-                     dim_head=dim_head)
+        tc = replace(tf["transformer_cfg"], window_size=(window, window),
+                     grid_size=(window, window), dim_head=dim_head)
         self.stem = Stem(3, stem_width, padding=cc.padding, bias=False, act_layer=cc.act_layer,
                          norm_layer=cc.norm_layer, norm_eps=cc.norm_eps)
         feat, prev, stages = img // 2, stem_width, []

@@ -21,6 +21,7 @@ import numpy as np
 import minivit
 import minivit.nn.functional as F
 from minivit import nn
+from minivit.autograd import backend
 
 from .registry import register_model
 
@@ -91,7 +92,9 @@ class Stem(nn.Module):
 
 
 def rel_logits_1d(q, rel, index):
-    """Relative logits along the last spatial axis: ``out[n, y, i, j] = q[n, y, i] . rel[j - i + L - 1]``.
+    """Relative logits along the last spatial axis:
+
+        out[n, y, i, j] = q[n, y, i] . rel[j - i + L - 1]
 
     q (N, Y, L, d), rel (2L - 1, d), index[i, j] = j - i + L - 1 -> (N, Y, L, L). One GEMM gives
     q . r for all 2L - 1 offsets, then a gather picks offset ``j - i`` for each (query i, key j):
@@ -99,7 +102,8 @@ def rel_logits_1d(q, rel, index):
     """
     n, y, length, d = q.shape
     x = (q.reshape(n * y * length, d) @ rel.T).reshape(n, y, length, 2 * length - 1)
-    return x[:, :, np.arange(length)[:, None], index]
+    rows = backend.get_array_module(index).arange(length)[:, None]   # on the index's device
+    return x[:, :, rows, index]
 
 
 class PosEmbedRel(nn.Module):
@@ -130,9 +134,9 @@ class PosEmbedRel(nn.Module):
         n, hw, d = q.shape
         h, w = self.height, self.width
         q = q.reshape(n, h, w, d)
-        lw = rel_logits_1d(q, self.width_rel, self.width_index.data)               # (N, Hq, Wq, Wk)
-        lh = rel_logits_1d(q.transpose(1, 2), self.height_rel, self.height_index.data)  # (N, Wq, Hq, Hk)
-        lh = lh.transpose(1, 2)                                                    # (N, Hq, Wq, Hk)
+        lw = rel_logits_1d(q, self.width_rel, self.width_index.data)       # (N, Hq, Wq, Wk)
+        lh = rel_logits_1d(q.transpose(1, 2), self.height_rel,
+                           self.height_index.data).transpose(1, 2)         # (N, Hq, Wq, Hk)
         logits = lh.reshape(n, h, w, h, 1) + lw.reshape(n, h, w, 1, w)   # (N, Hq, Wq, Hk, Wk)
         return logits.reshape(n, hw, hw)
 
@@ -262,15 +266,17 @@ class BoTNet(nn.Module):
 
     def __init__(self, num_classes: int = 1000, img_size: int = 256, in_chans: int = 3,
                  stem_type: str = "tiered", stem_chs: int = 64, stem_pool: bool = True,
-                 widths: Sequence[int] = (256, 512, 1024, 2048), depths: Sequence[int] = (2, 2, 2, 2),
+                 widths: Sequence[int] = (256, 512, 1024, 2048),
+                 depths: Sequence[int] = (2, 2, 2, 2),
                  strides: Sequence[int] = (1, 2, 2, 2),
                  block_types: Sequence = ("bottle", "bottle", ("bottle", "self_attn"), "self_attn"),
                  bottle_ratio: float = 0.25, num_heads: int = 4, scale_pos_embed: bool = False,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, zero_init_last: bool = True):
         super().__init__()
         if not (len(widths) == len(depths) == len(strides) == len(block_types)):
-            raise ValueError("widths, depths, strides and block_types need one entry per stage, got "
-                             f"{len(widths)}, {len(depths)}, {len(strides)}, {len(block_types)}")
+            raise ValueError("widths, depths, strides and block_types need one entry per stage, "
+                             f"got {len(widths)}, {len(depths)}, {len(strides)}, "
+                             f"{len(block_types)}")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
 
@@ -285,9 +291,10 @@ class BoTNet(nn.Module):
         feat = tuple(self.stem.out_size(s) for s in self.img_size)
 
         total = sum(depths)
-        dpr = np.linspace(0.0, drop_path_rate, total) if total > 1 else np.full(total, drop_path_rate)
+        dpr = np.linspace(0.0, drop_path_rate, total)      # per block, linear over the depth
         stages, prev, k = [], stem_chs, 0
-        for s, (width, depth, stride, types) in enumerate(zip(widths, depths, strides, block_types)):
+        for s, (width, depth, stride, types) in enumerate(
+                zip(widths, depths, strides, block_types)):
             types = (types,) * depth if isinstance(types, str) else tuple(types)
             if len(types) != depth:
                 raise ValueError(f"stage {s}: {len(types)} block types for depth {depth}")
@@ -297,9 +304,9 @@ class BoTNet(nn.Module):
                 if t == "self_attn":
                     if block_stride == 2 and any(f % 2 for f in feat):
                         raise ValueError(
-                            f"img_size {self.img_size} gives a {feat[0]}x{feat[1]} map at stage {s}, "
-                            f"which a stride-2 attention block cannot halve; use an input size "
-                            f"divisible by the network stride")
+                            f"img_size {self.img_size} gives a {feat[0]}x{feat[1]} map at "
+                            f"stage {s}, which a stride-2 attention block cannot halve; use "
+                            f"an input size divisible by the network stride")
                     blocks.append(SelfAttnBlock(prev, width, block_stride, bottle_ratio, feat,
                                                 num_heads, scale_pos_embed, float(dpr[k])))
                 elif t == "bottle":

@@ -401,7 +401,7 @@ class MaxViT(nn.Module):
         self.stem = Stem(in_chans, stem_width, stem_bias, bn_eps, bn_momentum)
         feat = tuple(math.ceil(s / 2) for s in self.img_size)
         total = sum(depths)
-        dpr = np.linspace(0.0, drop_path_rate, total) if total > 1 else np.full(total, drop_path_rate)
+        dpr = np.linspace(0.0, drop_path_rate, total)      # per block, linear over the depth
         stages, prev, k = [], stem_width, 0
         for s, (dim, depth, stride) in enumerate(zip(dims, depths, strides)):
             feat = tuple(math.ceil(f / stride) for f in feat)
