@@ -127,6 +127,16 @@ def test_initialisation_follows_timm():
     assert abs(model.head.fc.weight.numpy().std() - 0.01) < 0.002
 
 
+def test_drop_path_is_train_only():
+    model = randomize_(botnet.botnet_cifar(num_classes=10, depths=(1, 1, 1),
+                                   drop_path_rate=0.5), dtype=np.float32)
+    x = minivit.randn(4, 3, 32, 32)
+    model.train()
+    assert not np.allclose(model(x).numpy(), model(x).numpy())
+    model.eval()
+    with minivit.no_grad():
+        np.testing.assert_array_equal(model(x).numpy(), model(x).numpy())
+
 def test_wrong_input_size_errors():
     model = botnet.botnet_cifar(num_classes=10)
     with pytest.raises(ValueError,

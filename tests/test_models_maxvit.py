@@ -115,6 +115,16 @@ def test_cifar_config_count_shapes_train_and_eval():
         maxvit.maxvit_cifar(num_classes=10, not_an_option=1)
 
 
+def test_drop_path_is_train_only():
+    model = randomize_(maxvit.maxvit_cifar(num_classes=10, depths=(1, 1),
+                                   drop_path_rate=0.5), dtype=np.float32)
+    x = minivit.randn(4, 3, 32, 32)
+    model.train()
+    assert not np.allclose(model(x).numpy(), model(x).numpy())
+    model.eval()
+    with minivit.no_grad():
+        np.testing.assert_array_equal(model(x).numpy(), model(x).numpy())
+
 def test_wrong_input_size_errors():
     model = maxvit.maxvit_cifar(num_classes=10)
     with pytest.raises(ValueError,
