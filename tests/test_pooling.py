@@ -116,6 +116,13 @@ def test_max_pool2d_pads_with_minus_infinity():
     assert y.max() < 0 and y[0, 0] == -1.0 and y[2, 2] == -5.0
 
 
+def test_max_pool2d_propagates_nan():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 1, 0] = np.nan
+    y = max_pool2d(minivit.tensor(x), 2).numpy()[0, 0]
+    assert np.isnan(y[0, 0]) and np.isnan(y).sum() == 1
+
+
 @pytest.mark.parametrize("op", ["max", "avg", "adaptive"])
 def test_pooling_float32_on_each_device(device, op):
     x_np = np.random.default_rng(0).standard_normal((2, 3, 7, 6)).astype(np.float32)

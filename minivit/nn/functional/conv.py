@@ -54,27 +54,6 @@ def window_slice(offset: int, dilation: int, stride: int, count: int) -> slice:
     return slice(start, start + stride * (count - 1) + 1, stride)
 
 
-def pad2d(x, padding: tuple[int, int], value: float = 0.0):
-    """Pad the last two axes once (a new array only when there is padding)."""
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return x
-    xp = xp_of(x)
-    n, c, h, w = x.shape
-    out = xp.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype)
-    out[:, :, ph:ph + h, pw:pw + w] = x
-    return out
-
-
-def unpad2d(xpad, padding: tuple[int, int]):
-    """Crop the padding off a gradient (contiguous, so the caller gets a plain array)."""
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return xpad
-    h, w = xpad.shape[2] - 2 * ph, xpad.shape[3] - 2 * pw
-    return xp_of(xpad).ascontiguousarray(xpad[:, :, ph:ph + h, pw:pw + w])
-
-
 def check_input(x, kernel: tuple[int, int], padding, dilation) -> None:
     """Validate an NCHW input against the (dilated) kernel and the padding.
 
@@ -181,12 +160,13 @@ def _check_conv(x, weight, bias, padding, dilation, groups) -> None:
 # col2im and the depthwise multiply-adds then run at memory speed, not at numpy's per-row
 # overhead. The price is one transposing copy of x, y, dy and dx each (a few percent).
 
-def _to_chwn(x, padding, block: int = 16):
-    """NCHW -> (C, H + 2 ph, W + 2 pw, N), zero-padded: one transposing copy, done ``block``
-    images at a time (a cache-friendly transpose: 3-4x faster than one big strided copy)."""
+def _to_chwn(x, padding, value: float = 0.0, block: int = 16):
+    """NCHW -> (C, H + 2 ph, W + 2 pw, N), padded with ``value``: one transposing copy, done
+    ``block`` images at a time (a cache-friendly transpose: 3-4x faster than one big copy)."""
     n, c, h, w = x.shape
     ph, pw = padding
-    out = xp_of(x).zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=x.dtype)
+    shape, xp = (c, h + 2 * ph, w + 2 * pw, n), xp_of(x)
+    out = xp.zeros(shape, dtype=x.dtype) if value == 0 else xp.full(shape, value, dtype=x.dtype)
     for b in range(0, n, block):
         out[:, ph:ph + h, pw:pw + w, b:b + block] = x[b:b + block].transpose(1, 2, 3, 0)
     return out

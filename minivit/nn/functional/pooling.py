@@ -1,7 +1,9 @@
 """2-D pooling on NCHW arrays, as ``torch.nn.functional``: max, average and adaptive average.
 
-Windows are strided views of the input padded once (no Python loop over pixels); the backward
-passes add the gradient back with one strided slice addition per kernel offset (kh*kw of them).
+Max and average pooling work like conv2d's depthwise path: the input is copied once into a
+padded (C, Hp, Wp, N) layout (batch innermost, long contiguous runs), then a loop over the
+kh*kw kernel offsets combines one strided slice per offset (no Python loop over pixels); the
+backward adds the gradient back with one strided slice addition per offset.
 Only ``ceil_mode=False`` (PyTorch's default) is implemented.
 """
 from __future__ import annotations
@@ -10,70 +12,71 @@ import numpy as np
 
 from ...autograd import backend
 from ...autograd.function import Function
-from .conv import check_input, out_size, pad2d, pair, unpad2d, window_slice
+from .conv import Geometry, _from_chwn, _to_chwn, check_input, out_size, pair
 
 xp_of = backend.get_array_module
 
 
-def _windows(xpad, kernel, stride, dilation, ho, wo):
-    """(N, C, Ho, Wo, kh, kw) strided view: window (y, x) of the padded input."""
-    sn, sc, sy, sx = xpad.strides
-    return backend.as_strided(xpad, xpad.shape[:2] + (ho, wo) + tuple(kernel),
-                              (sn, sc, sy * stride[0], sx * stride[1],
-                               sy * dilation[0], sx * dilation[1]))
-
-
-def _check_pool(x, kernel, stride, padding, dilation):
-    """Validate the geometry; return the output height and width."""
+def _pool_geometry(x, kernel, stride, padding, dilation) -> Geometry:
+    """Validate the pooling geometry (PyTorch's rules) and describe it as conv2d does."""
     check_input(x, kernel, padding, dilation)
     for k, p, d in zip(kernel, padding, dilation):
         if p > (d * (k - 1) + 1) // 2:
             raise ValueError(f"padding {padding} must be at most half of the (dilated) kernel "
                              f"size {kernel} (dilation {dilation}), as in PyTorch")
-    return (out_size(x.shape[2], kernel[0], stride[0], padding[0], dilation[0]),
-            out_size(x.shape[3], kernel[1], stride[1], padding[1], dilation[1]))
+    n, c, h, w = x.shape
+    return Geometry(n, c, h, w, c, kernel[0], kernel[1], stride, padding, dilation, c,
+                    out_size(h, kernel[0], stride[0], padding[0], dilation[0]),
+                    out_size(w, kernel[1], stride[1], padding[1], dilation[1]))
 
 
-def _scatter_windows(gwin, g, shape, kernel, stride, padding, dilation):
-    """Adjoint of ``_windows``: add ``gwin(i, j)`` (an array shaped like the output gradient
-    ``g``) back to the input positions that kernel offset (i, j) read, one strided slice
-    per offset; return the gradient of the unpadded input."""
-    n, c, h, w = shape
-    ho, wo = g.shape[2:]
-    dxpad = xp_of(g).zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=g.dtype)
-    for i in range(kernel[0]):
-        rows = window_slice(i, dilation[0], stride[0], ho)
-        for j in range(kernel[1]):
-            dxpad[:, :, rows, window_slice(j, dilation[1], stride[1], wo)] += gwin(i, j)
-    return unpad2d(dxpad, padding)
+def _offsets(geo: Geometry):
+    """(k, rows, cols) for each kernel offset, k counting in the window's row-major order."""
+    for i in range(geo.kh):
+        for j in range(geo.kw):
+            yield i * geo.kw + j, geo.rows(i), geo.cols(j)
+
+
+def _add_back(geo: Geometry, contribution, like):
+    """Adjoint of reading the windows: add ``contribution(k)`` (C, Ho, Wo, N) back where
+    offset k read it; return the NCHW gradient of the unpadded input."""
+    ph, pw = geo.padding
+    dxt = xp_of(like).zeros((geo.c, geo.h + 2 * ph, geo.w + 2 * pw, geo.n), dtype=like.dtype)
+    for k, rows, cols in _offsets(geo):
+        dxt[:, rows, cols, :] += contribution(k)
+    return _from_chwn(dxt, padding=geo.padding)
 
 
 class MaxPool2d(Function):
     """Max over each window. Ties: the whole gradient goes to the first maximum in the
-    window's row-major order (as PyTorch); a NaN in a window is its maximum."""
+    window's row-major order (as PyTorch). A NaN in a window makes the output NaN."""
 
     name = "max_pool2d"
 
     def forward(ctx, x, kernel=(1, 1), stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
-        ho, wo = _check_pool(x, kernel, stride, padding, dilation)
+        geo = ctx.geo = _pool_geometry(x, kernel, stride, padding, dilation)
         xp = xp_of(x)
-        xpad = pad2d(x, padding, value=-np.inf)
-        # copy the windows to (N, C, Ho, Wo, kh*kw) so argmax runs over one contiguous axis
-        win = xp.ascontiguousarray(_windows(xpad, kernel, stride, dilation, ho, wo))
-        win = win.reshape(win.shape[:4] + (-1,))
-        arg = win.argmax(axis=-1)[..., None]          # first maximum (or first NaN)
-        y = xp.take_along_axis(win, arg, axis=-1)[..., 0]
-        ctx.save_for_backward(arg[..., 0])
-        ctx.geometry = (x.shape, kernel, stride, padding, dilation)
-        return y
+        xt = _to_chwn(x, padding, value=-np.inf)
+        out = arg = None
+        for k, rows, cols in _offsets(geo):
+            window = xt[:, rows, cols, :]
+            if out is None:
+                out = window.copy()
+                arg = xp.zeros(out.shape, dtype=xp.uint8 if geo.kh * geo.kw <= 256 else xp.int32)
+            else:  # arg = k where strictly greater (a tie keeps the first maximum); as k only
+                # grows, that is max(arg, k * better): arithmetic, much faster than a masked copy
+                step = (window > out).astype(arg.dtype)
+                step *= k
+                xp.maximum(arg, step, out=arg)
+                xp.maximum(out, window, out=out)        # (maximum propagates NaN)
+        ctx.save_for_backward(arg)
+        return _from_chwn(out)
 
     def backward(ctx, g):
         (arg,) = ctx.saved_tensors
-        shape, kernel, stride, padding, dilation = ctx.geometry
         xp = xp_of(g)
-        zero = xp.zeros((), dtype=g.dtype)
-        return _scatter_windows(lambda i, j: xp.where(arg == i * kernel[1] + j, g, zero), g,
-                                shape, kernel, stride, padding, dilation)
+        gt = _to_chwn(g, (0, 0))
+        return _add_back(ctx.geo, lambda k: gt * (arg == k), g)   # mask product: fast, exact
 
 
 class AvgPool2d(Function):
@@ -84,24 +87,26 @@ class AvgPool2d(Function):
 
     def forward(ctx, x, kernel=(1, 1), stride=(1, 1), padding=(0, 0), count_include_pad=True,
                 divisor_override=None):
-        ho, wo = _check_pool(x, kernel, stride, padding, (1, 1))
+        geo = ctx.geo = _pool_geometry(x, kernel, stride, padding, (1, 1))
         xp = xp_of(x)
-        total = _windows(pad2d(x, padding), kernel, stride, (1, 1), ho, wo).sum(axis=(4, 5))
         if divisor_override is not None:
-            divisor = divisor_override
+            ctx.scale = 1.0 / divisor_override
         elif count_include_pad or padding == (0, 0):
-            divisor = kernel[0] * kernel[1]
+            ctx.scale = 1.0 / (geo.kh * geo.kw)
         else:  # elements of the window inside the input: (rows inside) * (columns inside)
-            rows = _inside(x.shape[2], ho, kernel[0], stride[0], padding[0])
-            cols = _inside(x.shape[3], wo, kernel[1], stride[1], padding[1])
-            divisor = xp.asarray(np.outer(rows, cols), dtype=x.dtype)
-        ctx.scale = 1.0 / divisor if isinstance(divisor, int) else (1.0 / divisor).astype(x.dtype)
-        ctx.geometry = (x.shape, kernel, stride, padding, (1, 1))
-        return (total * ctx.scale).astype(x.dtype, copy=False)
+            inside = np.outer(_inside(geo.h, geo.ho, geo.kh, stride[0], padding[0]),
+                              _inside(geo.w, geo.wo, geo.kw, stride[1], padding[1]))
+            ctx.scale = xp.asarray(1.0 / inside[:, :, None], dtype=x.dtype)   # (Ho, Wo, 1)
+        xt = _to_chwn(x, padding)
+        total = None
+        for _, rows, cols in _offsets(geo):
+            window = xt[:, rows, cols, :]
+            total = window.copy() if total is None else xp.add(total, window, out=total)
+        return _from_chwn(total * ctx.scale)
 
     def backward(ctx, g):
-        gs = (g * ctx.scale).astype(g.dtype, copy=False)
-        return _scatter_windows(lambda i, j: gs, g, *ctx.geometry)
+        gs = _to_chwn(g, (0, 0)) * ctx.scale
+        return _add_back(ctx.geo, lambda k: gs, g)
 
 
 def _inside(size, count, kernel, stride, padding):
