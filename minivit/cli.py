@@ -40,7 +40,8 @@ def _add_train(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="run folder (config, metrics, checkpoints)")
-    p.add_argument("--resume", default=None, metavar="RUN", help="continue a run folder")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue a run folder with its saved config (other options are ignored)")
     p.add_argument("--stop-after-epochs", type=int, default=None, metavar="N",
                    help="stop once N epochs are done (the schedule still spans --epochs); "
                         "continue later with --resume")

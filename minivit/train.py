@@ -229,7 +229,13 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
         if not (run / "config.json").is_file():
             raise TrainingError(f"--resume {run}: no config.json there (not a run folder)")
         saved = TrainConfig.from_json(json.loads((run / "config.json").read_text()))
-        saved.epochs, saved.progress = cfg.epochs if cfg.epochs else saved.epochs, cfg.progress
+        if cfg.epochs and cfg.epochs != saved.epochs:
+            # the learning-rate schedule spans the saved number of epochs: a resumed run
+            # finishes that run exactly; training longer is a new run
+            raise TrainingError(f"--resume {run}: the run was set up for {saved.epochs} epochs "
+                                f"and resuming finishes that schedule; omit --epochs, or start "
+                                f"a new run to train for {cfg.epochs}")
+        saved.progress = cfg.progress
         cfg, cfg.out = saved, str(run)
     device = backend.check_device(cfg.device)
     out = _prepare_out(cfg.out, resume is not None)
@@ -299,14 +305,16 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
             f"test acc {100 * ev['acc']:.2f}%  lr {metrics['lr']:.2e}  "
             f"time {train_time:.1f}s ({metrics['train_imgs_per_s']:.0f} img/s)")
         if out is not None:
+            # metrics first: a resume drops lines past the checkpoint's epoch, so a kill
+            # between the two writes loses nothing
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
             best = ev["acc"] > best_acc
             best_acc = max(best_acc, ev["acc"])
             tree = _checkpoint_tree(model, opt, sched, train_loader, epoch + 1, best_acc, cfg)
             save_checkpoint(out / "last.npz", tree)
             if best:
                 save_checkpoint(out / "best.npz", tree)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
         if stop_after_epochs is not None and stop_after_epochs <= epoch + 1 < cfg.epochs:
             log(f"stopped after epoch {epoch + 1} of {cfg.epochs} as asked"
                 f"{'; continue with --resume ' + str(out) if out else ''}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,21 @@ def test_interrupted_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(
 def test_resume_needs_a_run_folder(tmp_path):
     with pytest.raises(TrainingError, match="not a run folder"):
         fit(tiny_config(None), resume=str(tmp_path / "nothing"), log=quiet)
+
+
+def test_resume_refuses_a_different_epoch_count(finished_run):
+    # the schedule spans the saved epochs: more epochs would train at lr 0
+    before = {p.name: p.read_bytes() for p in finished_run.iterdir()}
+    with pytest.raises(TrainingError, match="set up for 2 epochs.*new run"):
+        fit(tiny_config(None, epochs=4), resume=str(finished_run), log=quiet)
+    assert {p.name: p.read_bytes() for p in finished_run.iterdir()} == before
+
+
+def test_run_files_get_the_usual_permissions(finished_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "last.npz", "best.npz"):
+        assert (finished_run / name).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_a_new_run_never_overwrites_an_existing_one(finished_run):
