@@ -1,7 +1,7 @@
 """2-D convolution on NCHW arrays, as ``torch.nn.functional.conv2d``.
 
 Inside the op the input is copied once into a zero-padded (C, Hp, Wp, N) layout, xt (batch
-innermost: see ``_to_chwn``). General path: im2col on a strided view of xt, one GEMM::
+innermost: see ``to_chwn``). General path: im2col on a strided view of xt, one GEMM::
 
     cols[c, i, j, y, x, n] = xt[c, y*s + i*d, x*s + j*d, n]        (one copy of a strided view)
     out[o, (y, x, n)]     = W[o, (c, i, j)] @ cols[(c, i, j), (y, x, n)]
@@ -107,21 +107,21 @@ class Conv2d(Function):
                        out_size(w, kw, stride[1], padding[1], dilation[1]))
         ctx.geo, ctx.has_bias = geo, bias is not None
         ctx.depthwise = groups == c and groups > 1
-        xt = _to_chwn(x, padding)
+        xt = to_chwn(x, padding)
         if ctx.depthwise:
             ctx.save_for_backward(xt, weight)
-            return _from_chwn(_depthwise_forward(xt, weight, geo), bias)
+            return from_chwn(_depthwise_forward(xt, weight, geo), bias)
         cols = _im2col(xt, geo)                                      # (G, Cg*kh*kw, Ho*Wo*N)
         ctx.save_for_backward(cols, weight)
         out = xp_of(x).matmul(weight.reshape(groups, o // groups, -1), cols)  # (G, O/G, ...)
-        return _from_chwn(out.reshape(o, geo.ho, geo.wo, n), bias)
+        return from_chwn(out.reshape(o, geo.ho, geo.wo, n), bias)
 
     def backward(ctx, g):
         saved, weight = ctx.saved_tensors
         geo, need_x, need_w = ctx.geo, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         xp = xp_of(g)
         gb = g.sum(axis=(0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        gt = _to_chwn(g, (0, 0))                                      # (O, Ho, Wo, N)
+        gt = to_chwn(g, (0, 0))                                      # (O, Ho, Wo, N)
         if ctx.depthwise:
             gx, gw = _depthwise_backward(gt, saved, weight, geo, need_x, need_w)
         else:
@@ -160,7 +160,7 @@ def _check_conv(x, weight, bias, padding, dilation, groups) -> None:
 # col2im and the depthwise multiply-adds then run at memory speed, not at numpy's per-row
 # overhead. The price is one transposing copy of x, y, dy and dx each (a few percent).
 
-def _to_chwn(x, padding, value: float = 0.0, block: int = 16):
+def to_chwn(x, padding, value: float = 0.0, block: int = 16):
     """NCHW -> (C, H + 2 ph, W + 2 pw, N), padded with ``value``: one transposing copy, done
     ``block`` images at a time (a cache-friendly transpose: 3-4x faster than one big copy)."""
     n, c, h, w = x.shape
@@ -172,7 +172,7 @@ def _to_chwn(x, padding, value: float = 0.0, block: int = 16):
     return out
 
 
-def _from_chwn(a, bias=None, padding=(0, 0)):
+def from_chwn(a, bias=None, padding=(0, 0)):
     """(C, H + 2 ph, W + 2 pw, N) -> NCHW without the padding, plus ``bias`` per channel.
     On the CPU a few channels at a time (a cache-friendly transpose), on the GPU in one go."""
     xp = xp_of(a)
@@ -223,7 +223,7 @@ def _col2im(dcols, geo: Geometry):
         for i in range(geo.kh):
             for j in range(geo.kw):
                 dx_b[:, geo.rows(i), geo.cols(j), :] += dcols_b[:, i, j]
-    return _from_chwn(dxt, padding=geo.padding)
+    return from_chwn(dxt, padding=geo.padding)
 
 
 # --- depthwise path: multiply-adds over kernel offsets -------------------------------------
@@ -261,7 +261,7 @@ def _depthwise_backward(gt, xt, weight, geo: Geometry, need_x, need_w):
                     if need_w:   # dW[c*k + m, i, j] = <dy[c*k + m], window(i, j)[c]>
                         gw[blk, m, i, j] = xp.einsum("cyxn,cyxn->c", g_b[:, m],
                                                      x_b[:, rows, cols, :])
-    gx = _from_chwn(dxt, padding=geo.padding) if need_x else None
+    gx = from_chwn(dxt, padding=geo.padding) if need_x else None
     return gx, (gw.reshape(weight.shape) if need_w else None)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ...autograd import backend
 from ...autograd.function import Function
-from .conv import Geometry, _from_chwn, _to_chwn, check_input, out_size, pair
+from .conv import Geometry, from_chwn, to_chwn, check_input, out_size, pair
 
 xp_of = backend.get_array_module
 
@@ -44,7 +44,7 @@ def _add_back(geo: Geometry, contribution, like):
     dxt = xp_of(like).zeros((geo.c, geo.h + 2 * ph, geo.w + 2 * pw, geo.n), dtype=like.dtype)
     for k, rows, cols in _offsets(geo):
         dxt[:, rows, cols, :] += contribution(k)
-    return _from_chwn(dxt, padding=geo.padding)
+    return from_chwn(dxt, padding=geo.padding)
 
 
 class MaxPool2d(Function):
@@ -56,7 +56,7 @@ class MaxPool2d(Function):
     def forward(ctx, x, kernel=(1, 1), stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
         geo = ctx.geo = _pool_geometry(x, kernel, stride, padding, dilation)
         xp = xp_of(x)
-        xt = _to_chwn(x, padding, value=-np.inf)
+        xt = to_chwn(x, padding, value=-np.inf)
         out = arg = None
         for k, rows, cols in _offsets(geo):
             window = xt[:, rows, cols, :]
@@ -70,11 +70,11 @@ class MaxPool2d(Function):
                 xp.maximum(arg, step, out=arg)
                 xp.maximum(out, window, out=out)        # (maximum propagates NaN)
         ctx.save_for_backward(arg)
-        return _from_chwn(out)
+        return from_chwn(out)
 
     def backward(ctx, g):
         (arg,) = ctx.saved_tensors
-        gt = _to_chwn(g, (0, 0))
+        gt = to_chwn(g, (0, 0))
         # a product with the mask (faster than where); the winner of each window gets dy
         return _add_back(ctx.geo, lambda k: gt * (arg == k), g)
 
@@ -97,15 +97,15 @@ class AvgPool2d(Function):
             inside = np.outer(_inside(geo.h, geo.ho, geo.kh, stride[0], padding[0]),
                               _inside(geo.w, geo.wo, geo.kw, stride[1], padding[1]))
             ctx.scale = xp.asarray(1.0 / inside[:, :, None], dtype=x.dtype)   # (Ho, Wo, 1)
-        xt = _to_chwn(x, padding)
+        xt = to_chwn(x, padding)
         total = None
         for _, rows, cols in _offsets(geo):
             window = xt[:, rows, cols, :]
             total = window.copy() if total is None else xp.add(total, window, out=total)
-        return _from_chwn(total * ctx.scale)
+        return from_chwn(total * ctx.scale)
 
     def backward(ctx, g):
-        gs = _to_chwn(g, (0, 0)) * ctx.scale
+        gs = to_chwn(g, (0, 0)) * ctx.scale
         return _add_back(ctx.geo, lambda k: gs, g)
 
 
