@@ -10,7 +10,8 @@ innermost: see ``to_chwn``). General path: im2col on a strided view of xt, one G
 
 The column matrix is (C*kh*kw, Ho*Wo*N): its rows follow the weight's own (in, kh, kw) order,
 so W reshapes to (out, in*kh*kw) without a copy and the product is a single large 2-D GEMM
-with contiguous operands (with groups: a batch of ``groups`` such GEMMs).
+with contiguous operands (with groups: a batch of ``groups`` such GEMMs). The columns are saved
+for the weight gradient (kh*kw times the input's size: memory traded for not redoing im2col).
 
 Depthwise path (groups == in_channels > 1, out = k*in): no GEMM at all. For each kernel offset
 (i, j) the output accumulates an elementwise product with a strided slice of the input::
@@ -71,6 +72,8 @@ def check_input(x, kernel: tuple[int, int], padding, dilation) -> None:
 # --- the conv op ---------------------------------------------------------------------------
 
 class Geometry(NamedTuple):
+    """Sizes of one conv (or pooling, with o = c): input n, c, h, w; output o, ho, wo."""
+
     n: int
     c: int
     h: int

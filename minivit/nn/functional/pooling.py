@@ -12,7 +12,7 @@ import numpy as np
 
 from ...autograd import backend
 from ...autograd.function import Function
-from .conv import Geometry, from_chwn, to_chwn, check_input, out_size, pair
+from .conv import Geometry, check_input, from_chwn, out_size, pair, to_chwn
 
 xp_of = backend.get_array_module
 
