@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from . import parallel
+
 DEVICES = ("cpu", "cuda")
 GPU_INSTALL_HINT = (
     "install the GPU extra that matches your CUDA driver: "
@@ -223,9 +225,8 @@ def erf(x):
         import cupyx.scipy.special  # noqa: PLC0415
 
         return cupyx.scipy.special.erf(x)
-    if x.dtype == np.float64:
-        return _erf_float64(x)
-    return _erf_float32(x)
+    fn = _erf_float64 if x.dtype == np.float64 else _erf_float32
+    return parallel.blockwise(fn, x.reshape(-1)).reshape(x.shape)  # in blocks, on all cores
 
 
 # --- random numbers ----------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""parallel.blockwise: blocked, multi-threaded results are bit-identical to the plain call."""
+import numpy as np
+import pytest
+
+import minivit
+from minivit.autograd import backend, parallel
+from minivit.nn import functional as F
+
+BIG = (3 * parallel.MIN_ELEMENTS) // 2 + 7  # above the threshold, not a multiple of a block
+
+
+@pytest.fixture(params=[1, 2, 3], ids=lambda k: f"threads{k}")
+def threads(request, monkeypatch):
+    monkeypatch.setattr(parallel, "NUM_THREADS", request.param)
+    monkeypatch.setattr(parallel, "_pool", None)
+    yield request.param
+    if parallel._pool is not None:
+        parallel._pool.shutdown()
+
+
+def _plain(monkeypatch, fn, *args):
+    with monkeypatch.context() as m:
+        m.setattr(parallel, "NUM_THREADS", 0)
+        return fn(*args)
+
+
+def test_elementwise_chain_bit_identical(threads):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2, BIG), dtype=np.float32)
+
+    def fn(a, b):
+        return np.exp(-a * a) * b + a, a > b
+
+    got = parallel.blockwise(fn, x, y)
+    want = fn(x, y)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+
+
+def test_rowwise_reduction_bit_identical(threads):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((BIG // 100, 100)).astype(np.float32)
+    w = rng.standard_normal(100).astype(np.float32)
+
+    def fn(a):  # row-wise: statistics over the last axis, weight from the closure
+        return (a - a.mean(axis=-1, keepdims=True)) * w
+
+    np.testing.assert_array_equal(parallel.blockwise(fn, x), fn(x))
+
+
+def test_huge_rows_are_blocks_of_one_row(threads):
+    x = np.random.default_rng(2).standard_normal((3, 2 * parallel.BLOCK_ELEMENTS + 5))
+    np.testing.assert_array_equal(parallel.blockwise(np.tanh, x), np.tanh(x))
+
+
+def test_small_or_non_numpy_inputs_take_the_plain_call(threads):
+    calls = []
+
+    def fn(a):
+        calls.append(a)
+        return a + 1
+
+    small = np.ones(10, np.float32)
+    parallel.blockwise(fn, small)
+    assert calls == [small]  # the very array, not a block of it
+    scalar = np.float32(2.0).reshape(())
+    assert parallel.blockwise(fn, scalar) == 3.0
+
+
+def test_errors_in_a_block_propagate(threads):
+    def fn(a):
+        if a.shape[0] > 1 and a[0] > BIG // 2:  # only in the second half: another thread
+            raise ValueError("boom")
+        return a
+
+    with pytest.raises(ValueError, match="boom"):
+        parallel.blockwise(fn, np.arange(BIG, dtype=np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_erf_blocked_equals_plain(threads, monkeypatch, dtype):
+    x = (np.random.default_rng(3).standard_normal(BIG) * 3).astype(dtype).reshape(-1, 1)
+    np.testing.assert_array_equal(backend.erf(x), _plain(monkeypatch, backend.erf, x))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_forward_backward_blocked_equals_plain(threads, monkeypatch, approximate):
+    x0 = np.random.default_rng(4).standard_normal((BIG // 64, 64)).astype(np.float32) * 3
+    g0 = np.random.default_rng(5).standard_normal(x0.shape).astype(np.float32)
+
+    def run():
+        x = minivit.tensor(x0, requires_grad=True)
+        y = F.gelu(x, approximate=approximate)
+        y.backward(minivit.tensor(g0))
+        return y.numpy(), x.grad.numpy()
+
+    for got, want in zip(run(), _plain(monkeypatch, run)):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
