@@ -98,3 +98,39 @@ def test_gelu_forward_backward_blocked_equals_plain(threads, monkeypatch, approx
     for got, want in zip(run(), _plain(monkeypatch, run)):
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, want)
+
+
+def _forward_backward(fn, x0, *params):
+    """Output and every gradient of fn(x, *params) for a fixed random upstream gradient."""
+    x = minivit.tensor(x0, requires_grad=True)
+    ps = [minivit.tensor(p, requires_grad=True) for p in params]
+    y = fn(x, *ps)
+    y.backward(minivit.tensor(np.random.default_rng(9).standard_normal(y.shape).astype(x0.dtype)))
+    return [y.numpy(), x.grad.numpy()] + [p.grad.numpy() for p in ps]
+
+
+def _assert_blocked_matches_plain(monkeypatch, fn, x0, *params):
+    got = _forward_backward(fn, x0, *params)
+    want = _plain(monkeypatch, _forward_backward, fn, x0, *params)
+    for g, w in zip(got, want):  # parameter gradients add block partial sums in another order
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5)
+
+
+def test_layer_norm_blocked_matches_plain(threads, monkeypatch):
+    rng = np.random.default_rng(6)
+    x0 = rng.standard_normal((BIG // 96 // 4, 4, 96)).astype(np.float32) * 2 + 1
+    w0, b0 = rng.standard_normal((2, 96)).astype(np.float32)
+    _assert_blocked_matches_plain(monkeypatch, lambda x, w, b: F.layer_norm(x, (96,), w, b),
+                                  x0, w0, b0)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_blocked_matches_plain(threads, monkeypatch, training):
+    rng = np.random.default_rng(7)
+    x0 = rng.standard_normal((64, 8, 24, 24)).astype(np.float32) * 2 + 1
+    assert x0.size > parallel.MIN_ELEMENTS
+    w0, b0 = rng.standard_normal((2, 8)).astype(np.float32)
+    rm, rv = np.full(8, 0.5, np.float32), np.full(8, 2.0, np.float32)
+    _assert_blocked_matches_plain(
+        monkeypatch, lambda x, w, b: F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training),
+        x0, w0, b0)

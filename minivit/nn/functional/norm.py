@@ -8,51 +8,59 @@ taken over the normalised axes:
 """
 from __future__ import annotations
 
-from ...autograd import backend
+import math
+
+from ...autograd import backend, parallel
 from ...autograd.function import Function
 from ...autograd.tensor import Tensor
 
 xp_of = backend.get_array_module
 
 
-def _norm_backward(g, xhat, rstd, w, axes, need_x):
-    """dx through the statistics, shared by both norms (``axes``: the statistics' axes)."""
+def _layer_norm_rows(x, w, b, eps):
+    """Rows of x (rows, D) normalised: y = x̂ w + b, x̂ and 1/σ (rows, 1) kept for backward."""
+    xp = xp_of(x)
+    xc = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    xc *= rstd  # x̂
+    y = xc if w is None else xc * w
+    return (y if b is None else y + b), xc, rstd
+
+
+def _layer_norm_rows_backward(g, xhat, rstd, w):
+    """dx = (1/σ) (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) along each row, ĝ = g w."""
     gh = g if w is None else g * w
-    if not need_x:
-        return None
-    return rstd * (gh - gh.mean(axis=axes, keepdims=True)
-                   - xhat * (gh * xhat).mean(axis=axes, keepdims=True))
+    return rstd * (gh - gh.mean(axis=-1, keepdims=True)
+                   - xhat * (gh * xhat).mean(axis=-1, keepdims=True))
 
 
 class LayerNorm(Function):
-    """Normalise over the last ``k`` axes; weight and bias have those axes' shape."""
+    """Normalise over the last ``k`` axes; weight and bias have those axes' shape.
+
+    Works on the 2-D view (rows, D) with D the product of the last k axes, rows in
+    cache-sized blocks on all cores (``parallel.blockwise``).
+    """
 
     def forward(ctx, x, *wb, k=1, eps=1e-5, has_w=True, has_b=True):
-        xp = xp_of(x)
-        axes = tuple(range(x.ndim - k, x.ndim))
-        mu = x.mean(axis=axes, keepdims=True)
-        xc = x - mu
-        var = (xc * xc).mean(axis=axes, keepdims=True)
-        rstd = 1 / xp.sqrt(var + eps)
-        xhat = xc * rstd
-        w = wb[0] if has_w else None
-        b = wb[-1] if has_b else None
-        y = xhat if w is None else xhat * w
-        if b is not None:
-            y = y + b
-        ctx.axes, ctx.has_w, ctx.has_b = axes, has_w, has_b
+        norm_shape = x.shape[x.ndim - k:]
+        x2 = x.reshape(math.prod(x.shape[:x.ndim - k]), math.prod(norm_shape))
+        w = wb[0].reshape(-1) if has_w else None
+        b = wb[-1].reshape(-1) if has_b else None
+        y, xhat, rstd = parallel.blockwise(lambda a: _layer_norm_rows(a, w, b, eps), x2)
+        ctx.norm_shape, ctx.has_w, ctx.has_b = norm_shape, has_w, has_b
         ctx.save_for_backward(xhat, rstd, w)
-        return y
+        return y.reshape(x.shape)
 
     def backward(ctx, g):
         xhat, rstd, w = ctx.saved_tensors
         need = ctx.needs_input_grad
-        lead = tuple(range(g.ndim - len(ctx.axes)))  # the axes the affine params are shared over
-        grads = [_norm_backward(g, xhat, rstd, w, ctx.axes, need[0])]
-        if ctx.has_w:
-            grads.append((g * xhat).sum(axis=lead) if need[1] else None)
+        g2 = g.reshape(xhat.shape)
+        grads = [parallel.blockwise(lambda *a: _layer_norm_rows_backward(*a, w), g2, xhat, rstd)
+                 .reshape(g.shape) if need[0] else None]
+        if ctx.has_w:  # the affine parameters are shared by all rows
+            grads.append((g2 * xhat).sum(axis=0).reshape(ctx.norm_shape) if need[1] else None)
         if ctx.has_b:
-            grads.append(g.sum(axis=lead) if need[-1] else None)
+            grads.append(g2.sum(axis=0).reshape(ctx.norm_shape) if need[-1] else None)
         return tuple(grads)
 
 
@@ -79,47 +87,71 @@ class BatchNorm(Function):
 
     Training: batch statistics (biased variance); evaluation: the given running statistics,
     so x̂ = (x - running_mean) / sqrt(running_var + eps) is affine in x and dx = g w / σ.
+    Works on the view (N, C, L), L the spatial size: every pass is a contiguous sum along L
+    per (n, c), in blocks of n on all cores (``parallel.blockwise``), then a sum over n.
+    With ĝ = g w per channel, mean(ĝ) = w mean(g) and mean(ĝ x̂) = w mean(g x̂): the
+    statistics' gradient needs the same two sums as the bias and weight gradients.
     """
 
     def forward(ctx, x, *wb, mean=None, var=None, eps=1e-5, has_w=True, has_b=True,
                 stats_out=None):
         xp = xp_of(x)
-        axes = (0,) + tuple(range(2, x.ndim))
-        bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)  # per-channel arrays broadcast on axis 1
+        x3 = x.reshape(x.shape[0], x.shape[1], -1)
+        count = x3.shape[0] * x3.shape[2]
         batch_stats = mean is None
-        if batch_stats:
-            mu = x.mean(axis=axes, keepdims=True)
-            xc = x - mu
-            v = (xc * xc).mean(axis=axes, keepdims=True)
-        else:
-            xc = x - mean.reshape(bshape)
-            v = var.reshape(bshape)
-        rstd = 1 / xp.sqrt(v + eps)
-        xhat = xc * rstd
-        w = wb[0].reshape(bshape) if has_w else None
-        b = wb[-1].reshape(bshape) if has_b else None
-        y = xhat if w is None else xhat * w
-        if b is not None:
-            y = y + b
-        ctx.axes, ctx.batch_stats, ctx.has_w, ctx.has_b = axes, batch_stats, has_w, has_b
-        ctx.save_for_backward(xhat, rstd, w)
+        if batch_stats:  # two passes: the mean, then the squares around it
+            mean = parallel.blockwise(lambda a: a.sum(axis=-1), x3).sum(axis=0) / count
+            mu3 = mean[:, None]
+            var = parallel.blockwise(lambda a: _sum_squares(a - mu3), x3).sum(axis=0) / count
+        rstd = 1 / xp.sqrt(var + eps)
+        mu3, rstd3 = mean[:, None], rstd[:, None]
+        w3 = wb[0][:, None] if has_w else None
+        b3 = wb[-1][:, None] if has_b else None
+
+        def normalise(a):
+            xhat = (a - mu3) * rstd3
+            y = xhat if w3 is None else xhat * w3
+            return (y if b3 is None else y + b3), xhat
+
+        y, xhat = parallel.blockwise(normalise, x3)
+        ctx.batch_stats, ctx.has_w, ctx.has_b = batch_stats, has_w, has_b
+        ctx.save_for_backward(xhat, rstd, w3)
         if stats_out is not None and batch_stats:  # handed back for the running-stat update
-            stats_out.extend((mu.reshape(-1), v.reshape(-1)))
-        return y
+            stats_out.extend((mean, var))
+        return y.reshape(x.shape)
 
     def backward(ctx, g):
-        xhat, rstd, w = ctx.saved_tensors
+        xhat, rstd, w3 = ctx.saved_tensors
         need = ctx.needs_input_grad
-        if ctx.batch_stats:
-            gx = _norm_backward(g, xhat, rstd, w, ctx.axes, need[0])
-        else:
-            gx = (g if w is None else g * w) * rstd if need[0] else None
+        g3 = g.reshape(xhat.shape)
+        sum_g = sum_gx = None
+        if ctx.batch_stats and need[0] or ctx.has_w and need[1] or ctx.has_b and need[-1]:
+            sum_g, sum_gx = (s.sum(axis=0) for s in parallel.blockwise(
+                lambda g, xh: (g.sum(axis=-1), _sum_products(g, xh)), g3, xhat))
+        gx = None
+        if need[0]:
+            k3 = rstd[:, None] if w3 is None else rstd[:, None] * w3  # w / σ per channel
+            if ctx.batch_stats:
+                count = g3.shape[0] * g3.shape[2]
+                mg, mgx = (sum_g / count)[:, None], (sum_gx / count)[:, None]
+                gx = parallel.blockwise(lambda g, xh: (g - mg - xh * mgx) * k3, g3, xhat)
+            else:
+                gx = parallel.blockwise(lambda g: g * k3, g3)
+            gx = gx.reshape(g.shape)
         grads = [gx]
         if ctx.has_w:
-            grads.append((g * xhat).sum(axis=ctx.axes) if need[1] else None)
+            grads.append(sum_gx if need[1] else None)
         if ctx.has_b:
-            grads.append(g.sum(axis=ctx.axes) if need[-1] else None)
+            grads.append(sum_g if need[-1] else None)
         return tuple(grads)
+
+
+def _sum_squares(a):
+    return (a * a).sum(axis=-1)
+
+
+def _sum_products(a, b):
+    return (a * b).sum(axis=-1)
 
 
 def _raw(t):
