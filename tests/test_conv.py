@@ -84,6 +84,31 @@ def test_conv2d_in_channel_blocks(monkeypatch, groups):
     check_grad(lambda x_, w_, b_: conv2d(x_, w_, b_, **geo), x, w, b)
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 5, 1, 1)])
+def test_pointwise_conv2d_matches_loop_and_finite_differences(shape, with_bias):
+    """1x1, stride 1, no padding: the (C, N, H*W) single-GEMM path."""
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal(shape), rng.standard_normal((4, shape[1], 1, 1)), \
+        rng.standard_normal(4)
+    bias = b if with_bias else None
+    args = (x, w, b) if with_bias else (x, w)
+    y = conv2d(*(minivit.tensor(a) for a in args))
+    np.testing.assert_allclose(y.numpy(), conv2d_loop(x, w, bias), rtol=1e-10, atol=1e-10)
+    check_grad(conv2d, *args)
+    x_t = minivit.tensor(x.transpose(0, 1, 3, 2))  # a non-contiguous input
+    np.testing.assert_allclose(conv2d(x_t, minivit.tensor(w)).numpy(),
+                               conv2d_loop(x.transpose(0, 1, 3, 2), w), rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_counts_flops():
+    from minivit.autograd.flops import count_flops
+    x, w = minivit.ones(2, 6, 5, 5), minivit.ones(4, 3, 3, 3)
+    with count_flops() as c:
+        conv2d(x, w, padding=1, groups=2)
+    assert c.total == 2 * (2 * 4 * 5 * 5) * (3 * 3 * 3)  # 2 per multiply-add
+
+
 @pytest.mark.parametrize("groups", [1, 2, 8])
 def test_conv2d_directional_gradient_at_a_bigger_shape(groups):
     rng = np.random.default_rng(groups)

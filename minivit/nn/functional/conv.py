@@ -19,12 +19,19 @@ Depthwise path (groups == in_channels > 1, out = k*in): no GEMM at all. For each
     out[c*k + m] += W[c*k + m, 0, i, j] * xt[c, i*d : : s, j*d : : s, :]
 
 (a grouped GEMM with one input channel per group is many times slower on the CPU, Chainer #5403).
+
+Pointwise path (1x1 kernel, stride 1, no padding, groups 1): no windows, so no (C, H, W, N)
+layout either. The input is copied to (C, N, H*W), whose transposes move whole rows of H*W
+numbers (several times cheaper than batch-innermost), and one GEMM does the rest::
+
+    out[o, (n, p)] = W[o, c] @ xt[c, (n, p)]        dW = dout @ xt^T        dxt = W^T @ dout
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 from ...autograd import backend
+from ...autograd.flops import add_flops
 from ...autograd.function import Function
 
 xp_of = backend.get_array_module
@@ -110,6 +117,12 @@ class Conv2d(Function):
                        out_size(w, kw, stride[1], padding[1], dilation[1]))
         ctx.geo, ctx.has_bias = geo, bias is not None
         ctx.depthwise = groups == c and groups > 1
+        ctx.pointwise = (kh, kw, groups) == (1, 1, 1) and stride == (1, 1) and padding == (0, 0)
+        add_flops(2 * n * o * geo.ho * geo.wo * (c // groups) * kh * kw)
+        if ctx.pointwise:
+            xt = to_cnl(x)                                           # (C, N*H*W)
+            ctx.save_for_backward(xt, weight)
+            return from_cnl(weight.reshape(o, c) @ xt, n, bias).reshape(n, o, h, w)
         xt = to_chwn(x, padding)
         if ctx.depthwise:
             ctx.save_for_backward(xt, weight)
@@ -123,9 +136,16 @@ class Conv2d(Function):
         saved, weight = ctx.saved_tensors
         geo, need_x, need_w = ctx.geo, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         xp = xp_of(g)
-        gb = g.sum(axis=(0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        gt = to_chwn(g, (0, 0))                                      # (O, Ho, Wo, N)
-        if ctx.depthwise:
+        gt = to_cnl(g) if ctx.pointwise else to_chwn(g, (0, 0))     # (O, Ho*Wo*N) in some order
+        gb = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:  # contiguous rows, not a strided NCHW sum
+            gb = gt.reshape(geo.o, -1).sum(axis=1)
+        if ctx.pointwise:
+            xt, w2 = saved, weight.reshape(geo.o, geo.c)
+            gw = (gt @ xt.T).reshape(weight.shape) if need_w else None
+            gx = from_cnl(w2.T @ gt, geo.n).reshape(g.shape[0], geo.c, geo.h, geo.w) if need_x \
+                else None
+        elif ctx.depthwise:
             gx, gw = _depthwise_backward(gt, saved, weight, geo, need_x, need_w)
         else:
             cols, gw, gx = saved, None, None
@@ -191,6 +211,21 @@ def from_chwn(a, bias=None, padding=(0, 0)):
         else:
             xp.add(src, bias[b:b + block].reshape(1, -1, 1, 1), out=out[:, b:b + block])
     return out
+
+
+def to_cnl(x):
+    """NCHW -> (C, N*H*W): a transposing copy that moves whole rows of H*W numbers."""
+    n, c = x.shape[:2]
+    return xp_of(x).ascontiguousarray(x.reshape(n, c, -1).transpose(1, 0, 2)).reshape(c, -1)
+
+
+def from_cnl(a, n: int, bias=None):
+    """(C, N*L) -> (N, C, L), plus ``bias`` per channel (the inverse of ``to_cnl``)."""
+    xp, c = xp_of(a), a.shape[0]
+    src = a.reshape(c, n, -1).transpose(1, 0, 2)
+    if bias is None:
+        return xp.ascontiguousarray(src)
+    return xp.add(src, bias.reshape(1, c, 1), out=xp.empty(src.shape, dtype=a.dtype))
 
 
 # Channels are independent in col2im and in the depthwise loops, so these run a block of
