@@ -196,24 +196,37 @@ def _gelu_exact_grad(g, x, cdf):
 
 
 def _gelu_tanh(x):
-    """y = x (1 + t) / 2 and t = tanh(√(2/π) (x + 0.044715 x³)), kept for backward."""
-    t = xp_of(x).tanh(SQRT_2_OVER_PI * x * (1 + 0.044715 * (x * x)))  # x*x*x: pow is slow
-    return 0.5 * x * (1 + t), t
+    """y = x s and s = (1 + t) / 2, t = tanh(√(2/π) (x + 0.044715 x³)); s kept for backward."""
+    s = x * x  # in place from here: each new array costs more than the arithmetic
+    s *= 0.044715 * SQRT_2_OVER_PI
+    s += SQRT_2_OVER_PI
+    s *= x  # √(2/π) (x + 0.044715 x³)
+    xp_of(x).tanh(s, out=s)
+    s += 1
+    s *= 0.5
+    return x * s, s
 
 
-def _gelu_tanh_grad(g, x, t):
-    """g ((1 + t) / 2 + x (1 - t²) √(2/π) (1 + 3·0.044715 x²) / 2)."""
-    dt = (1 - t * t) * (SQRT_2_OVER_PI * 0.5) * (1 + (3 * 0.044715) * (x * x))
-    return g * (0.5 * (1 + t) + x * dt)
+def _gelu_tanh_grad(g, x, s):
+    """g s (1 + 2 x (1 - s) u'), u' = √(2/π) (1 + 3·0.044715 x²), using 1 - t² = 4 s (1 - s)."""
+    d = x * x
+    d *= 2 * SQRT_2_OVER_PI * 3 * 0.044715
+    d += 2 * SQRT_2_OVER_PI  # 2 u'
+    d *= x
+    d *= 1 - s
+    d += 1
+    d *= s
+    d *= g
+    return d
 
 
 class GELU(Function):
     """GELU(x) = x Φ(x) (exact, with erf) or its tanh approximation (Hendrycks & Gimpel).
 
     exact:  y = x Φ(x),            dy/dx = Φ(x) + x φ(x)
-    tanh:   y = x (1 + t) / 2,     t = tanh(√(2/π) (x + 0.044715 x³)),
-            dy/dx = (1 + t) / 2 + x (1 - t²) √(2/π) (1 + 3·0.044715 x²) / 2
-    Forward keeps Φ(x) (or t) for backward, so erf/tanh run once per element. Both passes
+    tanh:   y = x s,  s = (1 + t) / 2,  t = tanh(√(2/π) (x + 0.044715 x³)),
+            dy/dx = s + x (1 - t²) √(2/π) (1 + 3·0.044715 x²) / 2
+    Forward keeps Φ(x) (or s) for backward, so erf/tanh run once per element. Both passes
     run flat, in cache-sized blocks on all cores (``parallel.blockwise``).
     """
 
