@@ -134,3 +134,15 @@ def test_batch_norm_blocked_matches_plain(threads, monkeypatch, training):
     _assert_blocked_matches_plain(
         monkeypatch, lambda x, w, b: F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training),
         x0, w0, b0)
+
+
+def test_attention_blocked_matches_plain(threads, monkeypatch):
+    rng = np.random.default_rng(8)
+    q0, k0, v0 = rng.standard_normal((3, 16, 4, 65, 32)).astype(np.float32)
+    bias0 = rng.standard_normal((4, 65, 65)).astype(np.float32)
+    assert 16 * 4 * 65 * 65 > parallel.MIN_ELEMENTS
+
+    def attention(q, k, v, b):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=b)
+
+    _assert_blocked_matches_plain(monkeypatch, attention, q0, k0, v0, bias0)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ...autograd import backend
+from ...autograd import backend, parallel
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
 from ...autograd.tensor import Tensor
@@ -35,11 +35,7 @@ class ScaledDotProductAttention(Function):
             s = s + bias[0]
         if keep is not None:  # boolean mask: True = attend
             s = xp.where(keep, s, -xp.inf)
-        m = s.max(axis=-1, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, 0)  # a fully masked row: exp(-inf - 0) = 0
-        p = xp.exp(s - m)
-        den = p.sum(axis=-1, keepdims=True)
-        p /= xp.where(den > 0, den, 1)
+        p = parallel.blockwise(_softmax_rows, s.reshape(-1, s.shape[-1])).reshape(s.shape)
         drop = None
         pd = p
         if dropout_p > 0.0:
@@ -59,12 +55,29 @@ class ScaledDotProductAttention(Function):
         dp = xp.matmul(g, xp.swapaxes(v, -1, -2))
         if drop is not None:
             dp = dp * drop * inv_keep
-        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+        ds = parallel.blockwise(_softmax_rows_backward, p.reshape(-1, p.shape[-1]),
+                                dp.reshape(-1, p.shape[-1])).reshape(p.shape)
         gq = xp.matmul(ds, k) * ctx.scale if need[0] else None
         gk = xp.matmul(xp.swapaxes(ds, -1, -2), q) * ctx.scale if need[1] else None
         if ctx.has_bias:
             return gq, gk, gv, (ds if need[3] else None)
         return gq, gk, gv
+
+
+def _softmax_rows(s):
+    """softmax along each row of s (rows, keys); rows in blocks on all cores (blockwise)."""
+    xp = xp_of(s)
+    m = s.max(axis=-1, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)  # a fully masked row: exp(-inf - 0) = 0
+    p = xp.exp(s - m)
+    den = p.sum(axis=-1, keepdims=True)
+    p /= xp.where(den > 0, den, 1)
+    return p
+
+
+def _softmax_rows_backward(p, dp):
+    """dS = P (dP - sum_k dP P) along each row."""
+    return p * (dp - (dp * p).sum(axis=-1, keepdims=True))
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0,
