@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -120,6 +121,17 @@ def bench_model(name: str, batch: int = 128, device: str = "cpu", steps: int = 1
     return row
 
 
+def _bench_in_subprocess(name: str, args, matmul: float) -> dict:
+    cmd = [sys.executable, "-c",
+           "import json, sys; from minivit.bench import bench_model; "
+           "print(json.dumps(bench_model(*json.loads(sys.argv[1]))))",
+           json.dumps([name, args.batch, args.device, args.steps, matmul])]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark of {name} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(args) -> int:
     device = backend.check_device(args.device)
     names = args.model or CIFAR_MODELS
@@ -136,7 +148,10 @@ def main(args) -> int:
     print(head)
     rows = []
     for name in names:
-        r = bench_model(name, args.batch, device, args.steps, mm)
+        if len(names) == 1:
+            r = bench_model(name, args.batch, device, args.steps, mm)
+        else:  # a fresh process per model, so each peak memory is that model's own
+            r = _bench_in_subprocess(name, args, mm)
         rows.append(r)
         s = r["train_step_s"]
         print(f"{name:18s} {r['fwd_imgs_per_s']:10.1f} {r['train_imgs_per_s']:12.1f} "

@@ -1,0 +1,39 @@
+"""`minivit bench`: the JSON rows it writes and what they mean."""
+import json
+
+import pytest
+
+from minivit.bench import bench_model
+from minivit.cli import main
+
+KEYS = {"model", "batch", "device", "fwd_imgs_per_s", "train_imgs_per_s", "peak_mem_mb",
+        "gflops_per_img", "matmul_gflops", "utilisation"}
+
+
+def test_bench_json_has_the_documented_keys_and_sane_values(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "vit_cifar", "mlp_mixer_cifar", "--batch", "4",
+                 "--steps", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == ["vit_cifar", "mlp_mixer_cifar"]
+    for r in rows:
+        assert set(r) == KEYS
+        assert r["batch"] == 4 and r["device"] == "cpu"
+        assert r["fwd_imgs_per_s"] > 0 and r["train_imgs_per_s"] > 0 and r["peak_mem_mb"] > 0
+        expected = 3 * r["gflops_per_img"] * r["train_imgs_per_s"] / r["matmul_gflops"]
+        assert r["utilisation"] == pytest.approx(expected)
+    # the engine's own FLOP count of the forward pass, as BENCHMARKS.md gives it
+    assert rows[0]["gflops_per_img"] == pytest.approx(0.251, abs=0.002)
+    assert rows[1]["gflops_per_img"] == pytest.approx(0.190, abs=0.002)
+    assert "util" in capsys.readouterr().out
+
+
+def test_bench_counts_conv_flops_for_conv_models():
+    row = bench_model("botnet_cifar", batch=2, steps=1, matmul=100.0)
+    assert row["gflops_per_img"] == pytest.approx(0.114, abs=0.005)
+
+
+def test_bench_unknown_model_is_a_one_line_error(capsys):
+    assert main(["bench", "--model", "resnet9000"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model" in err and "vit_cifar" in err and len(err.strip().splitlines()) == 1
