@@ -105,9 +105,12 @@ def test_overrides_and_options():
     gap = vit.vit_cifar(num_classes=10, global_pool="avg", depth=1)
     keys = set(gap.state_dict())
     assert "fc_norm.weight" in keys and "norm.weight" not in keys
-    # initialisation: zero head, tiny class token, pos_embed ~ trunc-normal(.02)
+    # initialisation as timm's default: head like every Linear (trunc-normal .02, bias 0),
+    # tiny class token, pos_embed ~ trunc-normal(.02); zero_head=True gives the JAX zero head
     model = vit.vit_cifar(num_classes=10)
-    assert not model.head.weight.numpy().any() and not model.head.bias.numpy().any()
+    assert 0.015 < model.head.weight.numpy().std() < 0.025 and not model.head.bias.numpy().any()
+    zero = vit.vit_cifar(num_classes=10, depth=1, zero_head=True)
+    assert not zero.head.weight.numpy().any() and not zero.head.bias.numpy().any()
     assert np.abs(model.cls_token.numpy()).max() < 1e-4
     assert 0.015 < model.pos_embed.numpy().std() < 0.025
     assert 0.015 < model.blocks[0].attn.qkv.weight.numpy().std() < 0.025

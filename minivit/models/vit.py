@@ -159,7 +159,8 @@ class VisionTransformer(nn.Module):
         proj_drop_rate: dropout after the attention projection and inside the MLP.
         attn_drop_rate: dropout on the attention probabilities.
         drop_path_rate: stochastic depth, linear from 0 to this value over the blocks.
-        zero_head: initialise the head weight and bias to zero (the JAX ViT's choice); the
+        zero_head: initialise the head weight and bias to zero (the JAX ViT's choice; off by
+            default, as timm's default init, which trains faster from scratch on CIFAR); the
             other weights follow timm: Linear trunc-normal std .02 / bias 0, pos_embed
             trunc-normal .02, cls_token normal std 1e-6, LayerNorm (1, 0), patch convolution
             PyTorch's default.
@@ -168,7 +169,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000,
                  embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True,
                  global_pool="token", drop_rate=0.0, pos_drop_rate=0.0, proj_drop_rate=0.0,
-                 attn_drop_rate=0.0, drop_path_rate=0.0, zero_head=True):
+                 attn_drop_rate=0.0, drop_path_rate=0.0, zero_head=False):
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
