@@ -1,57 +1,25 @@
 """CeiT (minivit/models/ceit.py): sizes, shapes, gradients, input checks, reference logits and
 BatchNorm statistics (the official CeiT modules, via tests/fixtures/ref_ceit*.npz made by
 tools/make_reference_ceit.py) and overfitting."""
-import importlib
-import json
-import os
-import sys
-import time
-
 import numpy as np
 import pytest
 
 import minivit
-import minivit.nn.functional as F
+import model_checks
+from model_checks import (assert_forward_finite, assert_logits_match, assert_overfits,
+                          assert_random_in_train_only, assert_reference_keys,
+                          assert_train_and_eval_shapes, check_whole_model_gradients,
+                          config_fixture_model, eval_logits, fixture_state, load_fixture,
+                          model_module, n_params, state_shapes)
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-REFERENCE_KEYS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
-                              "ceit_tiny_patch16_224_official.txt")
-
-
-def _module(name):
-    """Import ``minivit.models.<name>`` even while the package ``__init__`` (which imports all
-    five model files) fails on a file that is not there yet."""
-    full = f"minivit.models.{name}"
-    try:
-        importlib.import_module(full)
-    except ImportError:
-        if full not in sys.modules:
-            raise
-    return sys.modules[full]
+ceit = model_module("ceit")
 
 
-ceit = _module("ceit")
-
-
-def n_params(model):
-    return sum(int(np.prod(p.shape)) for p in model.parameters())
-
-
-def randomize_(model, seed=0, dtype=np.float64):
-    """Non-trivial values (and ``dtype``) for every parameter: the zero-initialised head would
-    otherwise make every body gradient zero and a gradient check vacuous."""
-    if dtype == np.float64:
-        model.double()      # parameters and floating buffers (BatchNorm running statistics)
-    rng = np.random.default_rng(seed)
-    for name, p in model.named_parameters():
-        if p.ndim >= 2:
-            v = rng.standard_normal(p.shape) / np.sqrt(np.prod(p.shape[1:]))
-        elif ("norm" in name or ".bn" in name) and name.endswith("weight"):
-            v = 1.0 + 0.1 * rng.standard_normal(p.shape)
-        else:
-            v = 0.1 * rng.standard_normal(p.shape)
-        p.data = v.astype(dtype)
-    return model
+def randomize_(model, dtype=np.float64):
+    """``model_checks.randomize_`` with the BatchNorm scales (``.bn``) near 1 like the norms'."""
+    return model_checks.randomize_(
+        model, dtype=dtype,
+        is_scale=lambda name: ("norm" in name or ".bn" in name) and name.endswith("weight"))
 
 
 def micro(**kw):
@@ -67,24 +35,13 @@ def micro(**kw):
 def test_paper_scale_parameter_count_names_and_forward():
     model = ceit.ceit_tiny_patch16_224()
     assert n_params(model) == 6_356_904
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = state_shapes(model)
     assert shapes["i2t.backbone.conv.weight"] == (64, 3, 7, 7)
     assert shapes["blocks.0.leff.conv2.weight"] == (768, 1, 3, 3)
     assert shapes["lca.feedforward.fc1.weight"] == (768, 192)
     assert shapes["i2t.backbone.bn.num_batches_tracked"] == ()
-    if os.path.exists(REFERENCE_KEYS):  # the official code's key list, beside the repository
-        ref = {}
-        for line in open(REFERENCE_KEYS):
-            if not line.startswith("#") and line.strip():
-                key, shape, _ = line.rstrip("\n").split("\t")
-                ref[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-        assert shapes == ref
-    x = minivit.randn(1, 3, 224, 224)
-    model.eval()
-    with minivit.no_grad():
-        y = model(x)
-    assert y.shape == (1, 1000)
-    assert np.isfinite(y.numpy()).all()
+    assert_reference_keys(shapes, "ceit_tiny_patch16_224_official.txt")
+    assert_forward_finite(model, 224)
 
 
 def test_cifar_config_count_shapes_train_and_eval():
@@ -92,13 +49,8 @@ def test_cifar_config_count_shapes_train_and_eval():
     assert n_params(model) == 2_155_562
     assert model.i2t.grid_size == (8, 8) and model.pos_embed.shape == (1, 65, 192)
     assert model.pos_layer_embed.shape == (1, 6, 192)
-    x = minivit.randn(2, 3, 32, 32)
-    model.train()
-    assert model(x).shape == (2, 10)
-    model.eval()
-    with minivit.no_grad():
-        assert model(x).shape == (2, 10)
-    registry = _module("registry")
+    assert_train_and_eval_shapes(model)
+    registry = model_module("registry")
     assert {"ceit_cifar", "ceit_tiny_patch16_224"} <= set(registry.list_models("ceit"))
     small = registry.create_model("ceit_cifar", num_classes=10, depth=2)
     assert small.pos_layer_embed.shape == (1, 2, 192)
@@ -153,13 +105,7 @@ def test_lca_uses_only_the_last_class_token_as_query():
 
 def test_drop_path_and_dropout_are_train_only():
     model = randomize_(micro(drop_path_rate=0.5, drop_rate=0.3), dtype=np.float32)
-    x = minivit.randn(4, 3, 8, 8)
-    model.eval()
-    with minivit.no_grad():
-        np.testing.assert_array_equal(model(x).numpy(), model(x).numpy())
-    model.train()
-    a, b = model(x).numpy(), model(x).numpy()
-    assert not np.allclose(a, b)
+    assert_random_in_train_only(model, minivit.randn(4, 3, 8, 8))
 
 
 def test_wrong_input_size_errors():
@@ -177,113 +123,27 @@ def test_wrong_input_size_errors():
 
 @pytest.mark.parametrize("variant", ["paper", "official"])
 def test_whole_model_directional_gradcheck(variant):
-    model = randomize_(micro(leff_variant=variant))
-    model.train()   # BatchNorm with batch statistics: the interesting backward
-    x = minivit.tensor(np.random.default_rng(1).standard_normal((2, 3, 8, 8)),
-                       dtype=np.float64, requires_grad=True)
-    params = list(model.parameters())
-    assert minivit.gradcheck_directional(model, x, params=params, atol=1e-6, rtol=1e-5)
-    for p in params:
-        p.grad = None
-    model(x).sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, f"no gradient for {missing}"
+    # checked in train mode: BatchNorm with batch statistics, the interesting backward
+    check_whole_model_gradients(randomize_(micro(leff_variant=variant)), img_size=8)
 
 
 @pytest.mark.parametrize("fixture", ["ref_ceit.npz", "ref_ceit_paper.npz"])
 def test_reference_logits_and_batchnorm_match_official(fixture):
-    ref = np.load(os.path.join(FIXTURES, fixture))
-    cfg = json.loads(str(ref["config"]))
-    model = ceit.CeIT(**cfg)
-    state = {k[3:]: ref[k] for k in ref.files if k.startswith("sd/")}
-    model.load_state_dict(state, strict=True)
-    x = minivit.tensor(ref["x"])
-    model.eval()
-    with minivit.no_grad():
-        out = model(x).numpy()
-    expected = ref["logits"]
-    scale = max(1.0, float(np.abs(expected).max()))
-    assert np.abs(out - expected).max() <= 1e-5 * scale, np.abs(out - expected).max()
+    ref = load_fixture(fixture)
+    model = config_fixture_model(ref, ceit.CeIT)
+    assert_logits_match(eval_logits(model, ref["x"]), ref["logits"])
     # train mode: batch statistics, and the running statistics updated like PyTorch's
     model.train()
     with minivit.no_grad():
-        out_train = model(x).numpy()
-    expected = ref["logits_train"]
-    scale = max(1.0, float(np.abs(expected).max()))
-    assert np.abs(out_train - expected).max() <= 1e-5 * scale
+        out_train = model(minivit.tensor(ref["x"])).numpy()
+    assert_logits_match(out_train, ref["logits_train"])
     after = model.state_dict()
-    for k in ref.files:
-        if k.startswith("after_train/"):
-            got = np.asarray(after[k[len("after_train/"):]].numpy()
-                             if hasattr(after[k[len("after_train/"):]], "numpy")
-                             else after[k[len("after_train/"):]])
-            np.testing.assert_allclose(got, ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
-
-
-# --------------------------------------------------------------------------------------------
-# overfitting 64 real CIFAR images
-
-
-def load_cifar64():
-    path = os.path.join(os.path.dirname(minivit.__file__), "data", "cifar10_subset.npz")
-    if not os.path.exists(path):
-        path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                            "cifar10-exact-subset.npz")
-    d = np.load(path)
-    x = d["x_train"][:64].astype(np.float32) / 255.0
-    mean = np.array([125.3, 123.0, 113.9], np.float32) / 255
-    std = np.array([63.0, 62.1, 66.7], np.float32) / 255
-    x = ((x - mean) / std).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x), d["y_train"][:64].astype(np.int64)
-
-
-def adamw_step(params, state, lr, t, betas=(0.9, 0.999), eps=1e-8, wd=0.0):
-    """Minimal AdamW (decoupled weight decay) used when minivit.optim is not there."""
-    b1, b2 = betas
-    for i, p in enumerate(params):
-        if p.grad is None:
-            continue
-        g = p.grad.data
-        m, v = state.setdefault(i, (np.zeros_like(g), np.zeros_like(g)))
-        m[...] = b1 * m + (1 - b1) * g
-        v[...] = b2 * v + (1 - b2) * g * g
-        mhat, vhat = m / (1 - b1 ** t), v / (1 - b2 ** t)
-        p.data = p.data * (1 - lr * wd) - lr * mhat / (np.sqrt(vhat) + eps)
-
-
-def overfit(model, max_steps, lr=1e-3, target=0.95, log=None):
-    """Full-batch AdamW on the 64 images; every 10 steps measure the training accuracy in eval
-    mode and stop once it exceeds ``target``. Returns (accuracy, steps taken)."""
-    x_all, y_all = load_cifar64()
-    x, y = minivit.tensor(x_all), minivit.tensor(y_all)
-    params = list(model.parameters())
-    state = {}
-    t0 = time.perf_counter()
-    acc = 0.0
-    for t in range(1, max_steps + 1):
-        model.train()
-        for p in params:
-            p.grad = None
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        adamw_step(params, state, lr, t)
-        if t % 10 == 0:
-            model.eval()
-            with minivit.no_grad():
-                acc = float((model(x).numpy().argmax(axis=1) == y_all).mean())
-            if log is not None:
-                log.append((t, round(float(loss.item()), 4), acc,
-                            round(time.perf_counter() - t0, 1)))
-            if acc > target:
-                return acc, t
-    return acc, max_steps
+    for name, expected in fixture_state(ref, "after_train/").items():
+        got = np.asarray(after[name].numpy() if hasattr(after[name], "numpy") else after[name])
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6,
+                                   err_msg=f"after_train/{name}")
 
 
 @pytest.mark.slow
 def test_overfits_64_cifar_images():
-    minivit.manual_seed(0)
-    model = ceit.ceit_cifar(num_classes=10)
-    log = []
-    acc, steps = overfit(model, max_steps=300, log=log)
-    print("ceit_cifar overfit (step, loss, accuracy, seconds):", log)
-    assert acc > 0.95, log
+    assert_overfits(lambda: ceit.ceit_cifar(num_classes=10), "ceit_cifar", max_steps=300)

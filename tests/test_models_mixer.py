@@ -1,57 +1,17 @@
 """MLP-Mixer (minivit/models/mlp_mixer.py): sizes, shapes, gradients, input checks, reference
 logits (timm, via tests/fixtures/ref_mixer.npz made by tools/make_reference_mixer.py) and
 overfitting."""
-import importlib
-import json
-import os
-import sys
-import time
-
 import numpy as np
 import pytest
 
 import minivit
-import minivit.nn.functional as F
+from model_checks import (assert_forward_finite, assert_logits_match, assert_overfits,
+                          assert_random_in_train_only, assert_reference_keys,
+                          assert_train_and_eval_shapes, check_whole_model_gradients,
+                          config_fixture_model, eval_logits, load_fixture, model_module,
+                          n_params, randomize_, state_shapes)
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-REFERENCE_KEYS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
-                              "mixer_b16_224.txt")
-
-
-def _module(name):
-    """Import ``minivit.models.<name>`` even while the package ``__init__`` (which imports all
-    five model files) fails on a file that is not there yet."""
-    full = f"minivit.models.{name}"
-    try:
-        importlib.import_module(full)
-    except ImportError:
-        if full not in sys.modules:
-            raise
-    return sys.modules[full]
-
-
-mixer = _module("mlp_mixer")
-
-
-def n_params(model):
-    return sum(int(np.prod(p.shape)) for p in model.parameters())
-
-
-def randomize_(model, seed=0, dtype=np.float64):
-    """Non-trivial values (and ``dtype``) for every parameter: the zero-initialised head would
-    otherwise make every body gradient zero and a gradient check vacuous."""
-    if dtype == np.float64:
-        model.double()      # parameters and floating buffers (BatchNorm running statistics)
-    rng = np.random.default_rng(seed)
-    for name, p in model.named_parameters():
-        if p.ndim >= 2:
-            v = rng.standard_normal(p.shape) / np.sqrt(np.prod(p.shape[1:]))
-        elif "norm" in name and name.endswith("weight"):
-            v = 1.0 + 0.1 * rng.standard_normal(p.shape)
-        else:
-            v = 0.1 * rng.standard_normal(p.shape)
-        p.data = v.astype(dtype)
-    return model
+mixer = model_module("mlp_mixer")
 
 
 def micro(**kw):
@@ -66,34 +26,18 @@ def micro(**kw):
 def test_paper_scale_parameter_count_names_and_forward():
     model = mixer.mixer_b16_224()
     assert n_params(model) == 59_880_472
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = state_shapes(model)
     assert shapes["blocks.0.mlp_tokens.fc1.weight"] == (384, 196)
     assert shapes["blocks.11.mlp_channels.fc2.weight"] == (768, 3072)
-    if os.path.exists(REFERENCE_KEYS):  # timm's key list, kept beside the repository
-        ref = {}
-        for line in open(REFERENCE_KEYS):
-            if not line.startswith("#") and line.strip():
-                key, shape, _ = line.rstrip("\n").split("\t")
-                ref[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-        assert shapes == ref
-    x = minivit.randn(1, 3, 224, 224)
-    model.eval()
-    with minivit.no_grad():
-        y = model(x)
-    assert y.shape == (1, 1000)
-    assert np.isfinite(y.numpy()).all()
+    assert_reference_keys(shapes, "mixer_b16_224.txt")
+    assert_forward_finite(model, 224)
 
 
 def test_cifar_config_count_shapes_train_and_eval():
     model = mixer.mlp_mixer_cifar(num_classes=10)
     assert n_params(model) == 1_301_706
-    x = minivit.randn(2, 3, 32, 32)
-    model.train()
-    assert model(x).shape == (2, 10)
-    model.eval()
-    with minivit.no_grad():
-        assert model(x).shape == (2, 10)
-    registry = _module("registry")
+    assert_train_and_eval_shapes(model)
+    registry = model_module("registry")
     assert {"mixer_b16_224", "mlp_mixer_cifar"} <= set(registry.list_models())
     assert n_params(registry.create_model("mlp_mixer_cifar", num_classes=10, depth=2)) == (
         1_301_706 - 6 * 161_248)
@@ -117,13 +61,7 @@ def test_overrides_and_options():
 
 def test_drop_path_and_dropout_are_train_only():
     model = randomize_(micro(drop_path_rate=0.5, proj_drop_rate=0.3), dtype=np.float32)
-    x = minivit.randn(4, 3, 8, 8)
-    model.train()
-    a, b = model(x).numpy(), model(x).numpy()
-    assert not np.allclose(a, b)
-    model.eval()
-    with minivit.no_grad():
-        np.testing.assert_array_equal(model(x).numpy(), model(x).numpy())
+    assert_random_in_train_only(model, minivit.randn(4, 3, 8, 8))
 
 
 def test_wrong_input_size_errors():
@@ -138,98 +76,17 @@ def test_wrong_input_size_errors():
 
 
 def test_whole_model_directional_gradcheck():
-    model = randomize_(micro())
-    model.train()
-    x = minivit.tensor(np.random.default_rng(1).standard_normal((2, 3, 8, 8)),
-                       dtype=np.float64, requires_grad=True)
-    params = list(model.parameters())
-    assert minivit.gradcheck_directional(model, x, params=params, atol=1e-6, rtol=1e-5)
-    for p in params:
-        p.grad = None
-    model(x).sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, f"no gradient for {missing}"
+    check_whole_model_gradients(randomize_(micro()), img_size=8)
 
 
 def test_reference_logits_match_timm():
-    ref = np.load(os.path.join(FIXTURES, "ref_mixer.npz"))
-    cfg = json.loads(str(ref["config"]))
-    cfg["mlp_ratio"] = tuple(cfg["mlp_ratio"])
-    model = mixer.MlpMixer(**cfg)
-    state = {k[3:]: ref[k] for k in ref.files if k.startswith("sd/")}
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    with minivit.no_grad():
-        out = model(minivit.tensor(ref["x"])).numpy()
-    expected = ref["logits"]
-    scale = max(1.0, float(np.abs(expected).max()))
-    assert np.abs(out - expected).max() <= 1e-5 * scale, np.abs(out - expected).max()
-
-
-# --------------------------------------------------------------------------------------------
-# overfitting 64 real CIFAR images
-
-
-def load_cifar64():
-    path = os.path.join(os.path.dirname(minivit.__file__), "data", "cifar10_subset.npz")
-    if not os.path.exists(path):
-        path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                            "cifar10-exact-subset.npz")
-    d = np.load(path)
-    x = d["x_train"][:64].astype(np.float32) / 255.0
-    mean = np.array([125.3, 123.0, 113.9], np.float32) / 255
-    std = np.array([63.0, 62.1, 66.7], np.float32) / 255
-    x = ((x - mean) / std).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x), d["y_train"][:64].astype(np.int64)
-
-
-def adamw_step(params, state, lr, t, betas=(0.9, 0.999), eps=1e-8, wd=0.0):
-    """Minimal AdamW (decoupled weight decay) used when minivit.optim is not there."""
-    b1, b2 = betas
-    for i, p in enumerate(params):
-        if p.grad is None:
-            continue
-        g = p.grad.data
-        m, v = state.setdefault(i, (np.zeros_like(g), np.zeros_like(g)))
-        m[...] = b1 * m + (1 - b1) * g
-        v[...] = b2 * v + (1 - b2) * g * g
-        mhat, vhat = m / (1 - b1 ** t), v / (1 - b2 ** t)
-        p.data = p.data * (1 - lr * wd) - lr * mhat / (np.sqrt(vhat) + eps)
-
-
-def overfit(model, max_steps, lr=1e-3, target=0.95, log=None):
-    """Full-batch AdamW on the 64 images; every 10 steps measure the training accuracy in eval
-    mode and stop once it exceeds ``target``. Returns (accuracy, steps taken)."""
-    x_all, y_all = load_cifar64()
-    x, y = minivit.tensor(x_all), minivit.tensor(y_all)
-    params = list(model.parameters())
-    state = {}
-    t0 = time.perf_counter()
-    acc = 0.0
-    for t in range(1, max_steps + 1):
-        model.train()
-        for p in params:
-            p.grad = None
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        adamw_step(params, state, lr, t)
-        if t % 10 == 0:
-            model.eval()
-            with minivit.no_grad():
-                acc = float((model(x).numpy().argmax(axis=1) == y_all).mean())
-            if log is not None:
-                log.append((t, round(float(loss.item()), 4), acc,
-                            round(time.perf_counter() - t0, 1)))
-            if acc > target:
-                return acc, t
-    return acc, max_steps
+    ref = load_fixture("ref_mixer.npz")
+    model = config_fixture_model(  # JSON stores the (tokens, channels) ratios as a list
+        ref, lambda mlp_ratio, **cfg: mixer.MlpMixer(mlp_ratio=tuple(mlp_ratio), **cfg))
+    assert_logits_match(eval_logits(model, ref["x"]), ref["logits"])
 
 
 @pytest.mark.slow
 def test_overfits_64_cifar_images():
-    minivit.manual_seed(0)
-    model = mixer.mlp_mixer_cifar(num_classes=10)
-    log = []
-    acc, steps = overfit(model, max_steps=300, log=log)
-    print("mlp_mixer_cifar overfit (step, loss, accuracy, seconds):", log)
-    assert acc > 0.95, log
+    assert_overfits(lambda: mixer.mlp_mixer_cifar(num_classes=10), "mlp_mixer_cifar",
+                    max_steps=300)
