@@ -27,6 +27,7 @@ import numpy as np
 import minivit
 from minivit import nn
 from minivit.autograd import GradcheckError, gradcheck, gradcheck_directional
+from minivit.autograd.gradcheck import directional_derivatives, gradient_pairs
 from minivit.nn import functional as F
 
 EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3  # the engine's defaults (PyTorch's)
@@ -98,59 +99,10 @@ def layer_cases(seed: int = 0) -> list[Case]:
 
 # --- the comparison, element by element ------------------------------------------------------
 
-def _outputs(fn, inputs) -> list:
-    out = fn(*inputs)
-    return list(out) if isinstance(out, (tuple, list)) else [out]
-
-
-def _objective(fn, inputs, ups) -> float:
-    """sum_i v_i . out_i, the scalar whose gradient is v^T J."""
-    with minivit.no_grad():
-        outs = _outputs(fn, inputs)
-    return float(sum((np.asarray(o.numpy(), dtype=np.float64) * v).sum()
-                     for o, v in zip(outs, ups)))
-
-
-def _upstream(fn, inputs, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)  # as minivit.autograd.gradcheck draws it
-    with minivit.no_grad():
-        return [rng.standard_normal(o.shape).astype(o.dtype) for o in _outputs(fn, inputs)]
-
-
-def _analytic(fn, inputs, tensors, ups) -> list[np.ndarray]:
-    for t in tensors:
-        t.grad = None
-    total = None
-    for o, v in zip(_outputs(fn, inputs), ups):
-        term = (o * minivit.tensor(v)).sum()
-        total = term if total is None else total + term
-    total.backward()
-    grads = [np.zeros(t.shape) if t.grad is None else t.grad.numpy().copy() for t in tensors]
-    for t in tensors:
-        t.grad = None
-    return grads
-
-
 def numeric_and_analytic(fn, inputs, params=(), seed: int = 0, eps: float = EPS):
     """For each checked tensor (inputs, then params): ``(numeric, analytic)`` gradients of
     ``sum(v * fn(*inputs))``, numeric by central differences one element at a time."""
-    tensors = [t for t in list(inputs) + list(params) if t.requires_grad]
-    ups = _upstream(fn, inputs, seed)
-    analytic = _analytic(fn, inputs, tensors, ups)
-    pairs = []
-    for t, ga in zip(tensors, analytic):
-        numeric = np.zeros(t.shape)
-        flat = t.data.reshape(-1)  # a view of the tensor's array
-        for i in range(flat.size):
-            orig = flat[i].item()
-            flat[i] = orig + eps
-            f_plus = _objective(fn, inputs, ups)
-            flat[i] = orig - eps
-            f_minus = _objective(fn, inputs, ups)
-            flat[i] = orig
-            numeric.reshape(-1)[i] = (f_plus - f_minus) / (2 * eps)
-        pairs.append((numeric, ga))
-    return pairs
+    return gradient_pairs(fn, *inputs, eps=eps, params=params, seed=seed)
 
 
 def check_case(case: Case, seed: int = 0) -> dict:
@@ -224,27 +176,8 @@ def move_off_init(model: nn.Module, seed: int = 0) -> None:
 def directional(model: nn.Module, x: minivit.Tensor, seed: int = 0, eps: float = EPS):
     """(numeric, analytic) derivative of ``sum(v * model(x))`` along one random unit direction
     over ``x`` and every parameter, as ``gradcheck_directional`` computes them."""
-    tensors = [x] + [p for p in model.parameters() if p.requires_grad]
-    ups = _upstream(model, [x], seed)
-    grads = _analytic(model, [x], tensors, ups)
-    rng = np.random.default_rng(seed + 1)
-    dirs = [rng.standard_normal(t.shape) for t in tensors]
-    norm = np.sqrt(sum(float((d * d).sum()) for d in dirs))
-    dirs = [d / norm for d in dirs]
-    originals = [t.data.copy() for t in tensors]
-
-    def shifted(step):
-        for t, o, d in zip(tensors, originals, dirs):
-            t.data[...] = o + d * step
-        return _objective(model, [x], ups)
-
-    try:
-        numeric = (shifted(eps) - shifted(-eps)) / (2 * eps)
-    finally:
-        for t, o in zip(tensors, originals):
-            t.data[...] = o
-    analytic = sum(float((g * d).sum()) for g, d in zip(grads, dirs))
-    return numeric, analytic
+    params = [p for p in model.parameters() if p.requires_grad]
+    return directional_derivatives(model, x, eps=eps, params=params, seed=seed)
 
 
 def run_model(name: str, out=print, seed: int = 0, overrides: dict | None = None) -> bool:

@@ -72,21 +72,15 @@ def _objective(fn, inputs, ups) -> float:
                      for o, v in zip(outs, ups)))
 
 
-def gradcheck(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
-              params=(), seed: int = 0) -> bool:
-    """Compare every element of the gradient of ``fn`` with central differences.
-
-    Example::
-
-        x = minivit.randn(3, 4, dtype="float64", requires_grad=True)
-        gradcheck(lambda x: (x * x).sum(axis=1), x)     # True, or GradcheckError
-
-    ``params`` are extra tensors (e.g. a module's parameters) to check besides the inputs.
+def gradient_pairs(fn, *inputs, eps: float = 1e-6, params=(), seed: int = 0) -> list:
+    """For each checked tensor (inputs, then ``params``): ``(numeric, analytic)`` gradients of
+    ``sum(v * fn(*inputs))`` as NumPy arrays, numeric by central differences element by element.
     """
     tensors = _checked(inputs, params)
     ups = _seeded_upstream(_outputs_meta(fn, inputs), seed)
     analytic = _analytic(fn, inputs, tensors, ups)
-    for k, (t, ga) in enumerate(zip(tensors, analytic)):
+    pairs = []
+    for t, ga in zip(tensors, analytic):
         numeric = np.zeros(t.shape, dtype=np.float64)
         if not t.data.flags.c_contiguous:  # (not ascontiguousarray: it makes 0-d arrays 1-d)
             t.data = t.data.copy()
@@ -99,23 +93,38 @@ def gradcheck(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 
             f_minus = _objective(fn, inputs, ups)
             flat[i] = orig
             numeric.reshape(-1)[i] = (f_plus - f_minus) / (2 * eps)
+        pairs.append((numeric, ga))
+    return pairs
+
+
+def gradcheck(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
+              params=(), seed: int = 0) -> bool:
+    """Compare every element of the gradient of ``fn`` with central differences.
+
+    Example::
+
+        x = minivit.randn(3, 4, dtype="float64", requires_grad=True)
+        gradcheck(lambda x: (x * x).sum(axis=1), x)     # True, or GradcheckError
+
+    ``params`` are extra tensors (e.g. a module's parameters) to check besides the inputs.
+    """
+    pairs = gradient_pairs(fn, *inputs, eps=eps, params=params, seed=seed)
+    for k, (numeric, ga) in enumerate(pairs):
         bad = np.abs(ga - numeric) > atol + rtol * np.abs(numeric)
         if bad.any():
             idx = tuple(int(i) for i in np.argwhere(bad)[0])
             raise GradcheckError(
-                f"gradcheck failed for tensor {k} of {len(tensors)} (shape {t.shape}) at element "
-                f"{idx}: numeric {numeric[idx]:.8g}, analytic {ga[idx]:.8g} "
+                f"gradcheck failed for tensor {k} of {len(pairs)} (shape {numeric.shape}) at "
+                f"element {idx}: numeric {numeric[idx]:.8g}, analytic {ga[idx]:.8g} "
                 f"({int(bad.sum())} of {bad.size} elements out of tolerance; max abs error "
                 f"{np.abs(ga - numeric).max():.3g})")
     return True
 
 
-def gradcheck_directional(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5,
-                          rtol: float = 1e-3, params=(), seed: int = 0) -> bool:
-    """Check the derivative along one random unit direction over all inputs and ``params``.
-
-    Two forward passes instead of two per element: the check for big layers and whole models.
-    """
+def directional_derivatives(fn, *inputs, eps: float = 1e-6, params=(),
+                            seed: int = 0) -> tuple[float, float]:
+    """``(numeric, analytic)`` derivative of ``sum(v * fn(*inputs))`` along one random unit
+    direction over all inputs and ``params``: two forward passes and one backward."""
     tensors = _checked(inputs, params)
     ups = _seeded_upstream(_outputs_meta(fn, inputs), seed)
     analytic = _analytic(fn, inputs, tensors, ups)
@@ -136,11 +145,21 @@ def gradcheck_directional(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5,
     finally:
         for t, o in zip(tensors, originals):
             t.data[...] = o
-    exact = sum(float((g * d).sum()) for g, d in zip(analytic, dirs))
+    return numeric, sum(float((g * d).sum()) for g, d in zip(analytic, dirs))
+
+
+def gradcheck_directional(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5,
+                          rtol: float = 1e-3, params=(), seed: int = 0) -> bool:
+    """Check the derivative along one random unit direction over all inputs and ``params``.
+
+    Two forward passes instead of two per element: the check for big layers and whole models.
+    """
+    numeric, exact = directional_derivatives(fn, *inputs, eps=eps, params=params, seed=seed)
     if abs(exact - numeric) > atol + rtol * abs(numeric):
+        n = len(_checked(inputs, params))
         raise GradcheckError(f"directional gradcheck failed: numeric {numeric:.10g}, analytic "
                              f"{exact:.10g} (difference {abs(exact - numeric):.3g}) over "
-                             f"{len(tensors)} tensors")
+                             f"{n} tensors")
     return True
 
 
