@@ -188,6 +188,13 @@ class BottleneckAttn(nn.Module):
         return out
 
 
+def _shortcut(in_chs: int, out_chs: int, stride: int) -> nn.Module:
+    """The residual path: identity, or a 1x1 conv + BN where the shape changes."""
+    if in_chs != out_chs or stride != 1:
+        return ConvNormAct(in_chs, out_chs, 1, stride=stride, apply_act=False)
+    return nn.Identity()
+
+
 class BottleneckBlock(nn.Module):
     """ResNet bottleneck (He et al. 2016, Fig. 5): 1x1 -> 3x3 (stride) -> 1x1, + shortcut, ReLU.
 
@@ -198,10 +205,7 @@ class BottleneckBlock(nn.Module):
                  drop_path: float = 0.0, **_):
         super().__init__()
         mid = make_divisible(out_chs * bottle_ratio)
-        if in_chs != out_chs or stride != 1:
-            self.shortcut = ConvNormAct(in_chs, out_chs, 1, stride=stride, apply_act=False)
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut = _shortcut(in_chs, out_chs, stride)
         self.conv1_1x1 = ConvNormAct(in_chs, mid, 1)
         self.conv2_kxk = ConvNormAct(mid, mid, 3, stride=stride)
         self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, apply_act=False)
@@ -224,10 +228,7 @@ class SelfAttnBlock(nn.Module):
                  drop_path: float = 0.0):
         super().__init__()
         mid = make_divisible(out_chs * bottle_ratio)
-        if in_chs != out_chs or stride != 1:
-            self.shortcut = ConvNormAct(in_chs, out_chs, 1, stride=stride, apply_act=False)
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut = _shortcut(in_chs, out_chs, stride)
         self.conv1_1x1 = ConvNormAct(in_chs, mid, 1)
         self.self_attn = BottleneckAttn(mid, mid, feat_size, stride=stride, num_heads=num_heads,
                                         scale_pos_embed=scale_pos_embed)
