@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from ..autograd import cuda_kernels
 from ..autograd.backend import get_array_module
 from .optimizer import Optimizer
 
@@ -53,6 +54,10 @@ class Adam(Optimizer):
             state["exp_avg_sq"] = xp.zeros_like(p.data)
         state["step"] += 1
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        if cuda_kernels.enabled(p.data, g):  # the whole update below as one GPU kernel
+            cuda_kernels.adam_step(p.data, g, m, v, lr=lr, b1=b1, b2=b2, eps=eps, wd=wd,
+                                   decoupled=self.decoupled_weight_decay, step=t)
+            return
 
         if wd != 0.0:
             if self.decoupled_weight_decay:

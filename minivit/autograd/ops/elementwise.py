@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .. import backend, parallel
+from .. import backend, cuda_kernels, parallel
 from ..function import Function
 
 xp_of = backend.get_array_module
@@ -227,19 +227,26 @@ class GELU(Function):
     tanh:   y = x s,  s = (1 + t) / 2,  t = tanh(√(2/π) (x + 0.044715 x³)),
             dy/dx = s + x (1 - t²) √(2/π) (1 + 3·0.044715 x²) / 2
     Forward keeps Φ(x) (or s) for backward, so erf/tanh run once per element. Both passes
-    run flat, in cache-sized blocks on all cores (``parallel.blockwise``).
+    run flat, in cache-sized blocks on all cores (``parallel.blockwise``); on the GPU each pass
+    is one fused kernel (``cuda_kernels``) computing the same formula.
     """
 
     def forward(ctx, x, approximate="none"):
         ctx.approximate = approximate
-        fn = _gelu_tanh if approximate == "tanh" else _gelu_exact
         xf = x.reshape(-1)
-        y, saved = parallel.blockwise(fn, xf)
+        if cuda_kernels.enabled(x):
+            y, saved = cuda_kernels.gelu_forward(xf, approximate)
+        else:
+            fn = _gelu_tanh if approximate == "tanh" else _gelu_exact
+            y, saved = parallel.blockwise(fn, xf)
         ctx.save_for_backward(xf, saved)
         return y.reshape(x.shape)
 
     def backward(ctx, g):
         xf, saved = ctx.saved_tensors
+        if cuda_kernels.enabled(g):
+            return cuda_kernels.gelu_backward(g.reshape(-1), xf, saved,
+                                              ctx.approximate).reshape(g.shape)
         fn = _gelu_tanh_grad if ctx.approximate == "tanh" else _gelu_exact_grad
         return parallel.blockwise(fn, g.reshape(-1), xf, saved).reshape(g.shape)
 

@@ -5,7 +5,7 @@ reduced axes as size 1 (``keepdims`` shape), then broadcasts.
 """
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, cuda_kernels
 from ..function import Function
 
 xp_of = backend.get_array_module
@@ -129,6 +129,8 @@ class Softmax(Function):
 
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
+        if cuda_kernels.enabled(g):  # one reduction and one fused kernel on the GPU
+            return cuda_kernels.softmax_backward(y, g, ctx.axis)
         return y * (g - (g * y).sum(axis=ctx.axis, keepdims=True))
 
 

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ...autograd import backend, parallel
+from ...autograd import backend, cuda_kernels, parallel
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
 from ...autograd.tensor import Tensor
@@ -77,6 +77,8 @@ def _softmax_rows(s):
 
 def _softmax_rows_backward(p, dp):
     """dS = P (dP - sum_k dP P) along each row."""
+    if cuda_kernels.enabled(p):
+        return cuda_kernels.softmax_backward(p, dp, -1)
     return p * (dp - (dp * p).sum(axis=-1, keepdims=True))
 
 

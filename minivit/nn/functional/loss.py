@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...autograd import backend
+from ...autograd import backend, cuda_kernels
 from ...autograd.function import Function
 from ...autograd.tensor import Tensor
 
@@ -39,14 +39,17 @@ class CrossEntropy(Function):
 
     def backward(ctx, g):
         p, q, row_weight = ctx.saved_tensors
-        dz = p * q.sum(axis=1, keepdims=True) - q
-        if row_weight is not None:
-            dz = dz * row_weight[:, None]
         if ctx.reduction == "none":
-            return dz * g[:, None]
-        if ctx.reduction == "mean":
-            g = g / ctx.denom if ctx.denom > 0 else g * 0
-        return dz * g
+            scale = g[:, None]
+        elif ctx.reduction == "mean":
+            scale = g / ctx.denom if ctx.denom > 0 else g * 0
+        else:
+            scale = g
+        if row_weight is not None:
+            scale = scale * row_weight[:, None]
+        if cuda_kernels.enabled(p):  # one fused kernel on the GPU
+            return cuda_kernels.cross_entropy_backward(p, q, scale)
+        return (p * q.sum(axis=1, keepdims=True) - q) * scale
 
 
 def cross_entropy(input, target, label_smoothing: float = 0.0, reduction: str = "mean", *,

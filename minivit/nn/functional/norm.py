@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from ...autograd import backend, parallel
+from ...autograd import backend, cuda_kernels, parallel
 from ...autograd.function import Function
 from ...autograd.tensor import Tensor
 
@@ -19,6 +19,8 @@ xp_of = backend.get_array_module
 
 def _layer_norm_rows(x, w, b, eps):
     """Rows of x (rows, D) normalised: y = x̂ w + b, x̂ and 1/σ (rows, 1) kept for backward."""
+    if cuda_kernels.enabled(x):
+        return cuda_kernels.layer_norm_rows(x, w, b, eps)
     xp = xp_of(x)
     xc = x - x.mean(axis=-1, keepdims=True)
     rstd = 1 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
@@ -29,6 +31,8 @@ def _layer_norm_rows(x, w, b, eps):
 
 def _layer_norm_rows_backward(g, xhat, rstd, w):
     """dx = (1/σ) (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) along each row, ĝ = g w."""
+    if cuda_kernels.enabled(g):
+        return cuda_kernels.layer_norm_rows_backward(g, xhat, rstd, w)
     gh = g if w is None else g * w
     return rstd * (gh - gh.mean(axis=-1, keepdims=True)
                    - xhat * (gh * xhat).mean(axis=-1, keepdims=True))

@@ -1,0 +1,153 @@
+"""Fused CUDA kernels for the GPU path: one kernel per elementwise chain instead of one per op.
+
+On the GPU every CuPy call is a kernel launch that reads its inputs from and writes its result
+to GPU memory. The backward of GELU written with array operations (``x * x``, ``* c``, ``+ 1``,
+``* s``, ...) is six launches and six round trips for what one pass over the data can do. Each
+kernel below computes exactly the formula of its plain-array twin, which stays the code that
+runs on the CPU (NumPy) and on the GPU when fusion is off; ``tests/test_cuda_kernels.py``
+checks that the two agree on a GPU.
+
+    GELU (exact)     y = x Φ(x),  Φ = (1 + erf(x/√2)) / 2;   dx = g (Φ + x φ(x))
+    GELU (tanh)      y = x s,  s = (1 + tanh(√(2/π)(x + 0.044715 x³))) / 2;
+                     dx = g s (1 + x (1 - s) 2√(2/π)(1 + 3·0.044715 x²))
+    softmax          dx = y (g - Σ g y)                     (the row sum as a reduction kernel)
+    layer norm       y = x̂ w + b, x̂ = (x - μ)/σ;  dx = (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ
+    cross entropy    dz = (p Σq - q) · scale
+    Adam / AdamW     p ← p (1 - lr wd);  m ← β₁m + (1-β₁)g;  v ← β₂v + (1-β₂)g²;
+                     p ← p - lr/(1-β₁ᵗ) · m / (√v / √(1-β₂ᵗ) + ε)      (in place, one pass)
+
+``enabled(*arrays)`` says whether to use them: CuPy arrays, and fusion not switched off with
+``MINIVIT_FUSED_KERNELS=0`` or ``with fused_kernels(False):``. Kernels are compiled by CuPy on
+first use and cached on disk; ``T`` is the arrays' dtype (float32 or float64), and scalar
+arguments are float64 converted to ``T`` inside the kernel.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+from . import backend
+
+_enabled = os.environ.get("MINIVIT_FUSED_KERNELS", "1") != "0"
+
+
+def enabled(*arrays) -> bool:
+    """True when all ``arrays`` live on the GPU and fused kernels are switched on."""
+    return _enabled and all(backend.device_of(a) == "cuda" for a in arrays if a is not None)
+
+
+@contextlib.contextmanager
+def fused_kernels(on: bool):
+    """Switch fused kernels on or off inside a ``with`` block (tests compare the two paths)."""
+    global _enabled
+    before, _enabled = _enabled, bool(on)
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+@functools.cache
+def _k():
+    """Build the kernels once, the first time a GPU array needs one."""
+    cp = backend._import_cupy()
+    ew, red = cp.ElementwiseKernel, cp.ReductionKernel
+    return {
+        "gelu_exact_fwd": ew(
+            "T x", "T y, T cdf",
+            "cdf = (T)0.5 * ((T)1 + erf(x * (T)0.70710678118654752));"
+            "y = x * cdf;",
+            "minivit_gelu_exact_fwd"),
+        "gelu_exact_bwd": ew(
+            "T g, T x, T cdf", "T dx",
+            "dx = g * (cdf + x * (T)0.39894228040143268 * exp((T)-0.5 * x * x));",
+            "minivit_gelu_exact_bwd"),
+        "gelu_tanh_fwd": ew(
+            "T x", "T y, T s",
+            "T u = (T)0.79788456080286536 * (x + (T)0.044715 * x * x * x);"
+            "s = (T)0.5 * ((T)1 + tanh(u));"
+            "y = x * s;",
+            "minivit_gelu_tanh_fwd"),
+        "gelu_tanh_bwd": ew(
+            "T g, T x, T s", "T dx",
+            "T du2 = (T)1.5957691216057307 * ((T)1 + (T)0.134145 * x * x);"  # 2 u'
+            "dx = g * s * ((T)1 + x * ((T)1 - s) * du2);",
+            "minivit_gelu_tanh_bwd"),
+        "row_dot": red(  # Σ_k a b along the reduced axes
+            "T a, T b", "T out", "a * b", "a + b", "out = a", "0", "minivit_row_dot"),
+        "softmax_bwd": ew(
+            "T y, T g, T s", "T dx", "dx = y * (g - s);", "minivit_softmax_bwd"),
+        "layer_norm_fwd": ew(
+            "T x, T mu, T rstd, T w, T b", "T y, T xhat",
+            "xhat = (x - mu) * rstd; y = xhat * w + b;", "minivit_layer_norm_fwd"),
+        "layer_norm_bwd": ew(
+            "T gh, T xhat, T rstd, T mg, T mgx", "T dx",
+            "dx = rstd * (gh - mg - xhat * mgx);", "minivit_layer_norm_bwd"),
+        "cross_entropy_bwd": ew(
+            "T p, T qs, T q, T scale", "T dz", "dz = (p * qs - q) * scale;",
+            "minivit_cross_entropy_bwd"),
+        "adam": ew(
+            "T g, float64 l2, float64 decay, float64 b1, float64 b2, float64 step_size, "
+            "float64 bc2_sqrt, float64 eps",
+            "T p, T m, T v",
+            "T gr = g + (T)l2 * p;"                      # Adam: L2 penalty in the gradient
+            "p = p * (T)decay;"                          # AdamW: decoupled decay
+            "m = (T)b1 * m + (T)(1 - b1) * gr;"
+            "v = (T)b2 * v + (T)(1 - b2) * gr * gr;"
+            "p = p - (T)step_size * m / (sqrt(v) / (T)bc2_sqrt + (T)eps);",
+            "minivit_adam", no_return=True),
+    }
+
+
+# --- the calls the ops make (each mirrors a plain-array function of the same name) ---------
+
+def gelu_forward(x, approximate: str):
+    """(y, saved) with saved = Φ(x) (exact) or s (tanh), as ``ops.elementwise.GELU`` keeps."""
+    return _k()["gelu_tanh_fwd" if approximate == "tanh" else "gelu_exact_fwd"](x)
+
+
+def gelu_backward(g, x, saved, approximate: str):
+    return _k()["gelu_tanh_bwd" if approximate == "tanh" else "gelu_exact_bwd"](g, x, saved)
+
+
+def softmax_backward(y, g, axis: int = -1):
+    """y (g - Σ_axis g y)."""
+    s = _k()["row_dot"](g, y, axis=axis, keepdims=True)
+    return _k()["softmax_bwd"](y, g, s)
+
+
+def layer_norm_rows(x, w, b, eps: float):
+    """Rows of x (rows, D): (y, x̂, 1/σ), as ``nn.functional.norm._layer_norm_rows``."""
+    xp = backend.get_array_module(x)
+    mu = x.mean(axis=-1, keepdims=True)
+    var = x.var(axis=-1, keepdims=True)
+    rstd = 1 / xp.sqrt(var + eps)
+    one = xp.ones((), x.dtype)
+    y, xhat = _k()["layer_norm_fwd"](x, mu, rstd, one if w is None else w,
+                                     xp.zeros((), x.dtype) if b is None else b)
+    return y, xhat, rstd
+
+
+def layer_norm_rows_backward(g, xhat, rstd, w):
+    """(1/σ)(ĝ - mean ĝ - x̂ mean(ĝ x̂)), ĝ = g w, along each row."""
+    gh = g if w is None else g * w
+    d = gh.shape[-1]
+    mg = gh.mean(axis=-1, keepdims=True)
+    mgx = _k()["row_dot"](gh, xhat, axis=-1, keepdims=True) / d
+    return _k()["layer_norm_bwd"](gh, xhat, rstd, mg, mgx)
+
+
+def cross_entropy_backward(p, q, scale):
+    """(p Σq - q) · scale; scale broadcasts against (B, C) (row weights times the output grad)."""
+    xp = backend.get_array_module(p)
+    return _k()["cross_entropy_bwd"](p, q.sum(axis=1, keepdims=True), q,
+                                     xp.asarray(scale, dtype=p.dtype))
+
+
+def adam_step(p, g, m, v, *, lr, b1, b2, eps, wd, decoupled: bool, step: int) -> None:
+    """One Adam/AdamW update of p, m, v in place (the formulas of ``optim.adam.Adam._update``)."""
+    l2 = 0.0 if decoupled else wd
+    decay = 1.0 - lr * wd if decoupled else 1.0
+    _k()["adam"](g, l2, decay, b1, b2, lr / (1.0 - b1 ** step), (1.0 - b2 ** step) ** 0.5, eps,
+                 p, m, v)

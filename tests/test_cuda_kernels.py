@@ -1,0 +1,143 @@
+"""The fused CUDA kernels (``minivit.autograd.cuda_kernels``) agree with their plain-array twins.
+
+Each GPU test runs the same op twice on the same CuPy inputs, once with fused kernels and once
+with ``fused_kernels(False)`` (the plain ``xp`` code the CPU runs too), and compares outputs and
+gradients. Without CuPy and a GPU these skip; the CPU tests check the switch itself.
+"""
+import numpy as np
+import pytest
+
+import minivit
+import minivit.nn.functional as F
+from minivit.autograd import backend, cuda_kernels
+from minivit.autograd.cuda_kernels import fused_kernels
+from minivit.optim import Adam, AdamW
+
+needs_gpu = pytest.mark.skipif(not backend.is_cupy_available(),
+                               reason=f"no GPU: {backend.cuda_unavailable_reason()}")
+DTYPES = ["float32", "float64"]
+TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-12, atol=1e-13)}
+
+
+def test_never_enabled_for_numpy_arrays():
+    x = np.ones(3, np.float32)
+    assert not cuda_kernels.enabled(x)
+    with fused_kernels(True):
+        assert not cuda_kernels.enabled(x, None)
+
+
+def test_switch_restores_the_previous_setting():
+    before = cuda_kernels._enabled
+    with fused_kernels(not before):
+        assert cuda_kernels._enabled is (not before)
+        with fused_kernels(before):
+            assert cuda_kernels._enabled is before
+        assert cuda_kernels._enabled is (not before)
+    assert cuda_kernels._enabled is before
+
+
+def _run_both(fn, *arrays):
+    """fn on CuPy copies of ``arrays``, fused and plain: (fused results, plain results) as NumPy."""
+    out = []
+    for on in (True, False):
+        with fused_kernels(on):
+            res = fn(*[backend.to_device(a.copy(), "cuda") for a in arrays])
+        out.append([backend.as_numpy(r) for r in res])
+    return out
+
+
+def _value_and_grads(f, *arrays):
+    """f(*tensors) and the gradients of sum(f * w) for a fixed random w, as arrays."""
+    ts = [minivit.Tensor(a, requires_grad=True) for a in arrays]
+    y = f(*ts)
+    w = backend.to_device(np.random.default_rng(1).standard_normal(y.shape).astype(y.data.dtype),
+                          "cuda")
+    (y * minivit.Tensor(w)).sum().backward()
+    return [y.data] + [t.grad for t in ts]
+
+
+def _assert_agree(fused, plain, dtype):
+    for a, b in zip(fused, plain):
+        np.testing.assert_allclose(a, b, **TOL[dtype])
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu(dtype, approximate):
+    x = (np.random.default_rng(0).standard_normal((64, 257)) * 3).astype(dtype)
+    _assert_agree(*_run_both(lambda a: _value_and_grads(
+        lambda t: F.gelu(t, approximate=approximate), a), x), dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [-1, 0, 1])
+def test_softmax(dtype, dim):
+    x = np.random.default_rng(0).standard_normal((4, 33, 17)).astype(dtype)
+    _assert_agree(*_run_both(lambda a: _value_and_grads(lambda t: F.softmax(t, dim=dim), a), x),
+                  dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_softmax(dtype):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 3, 17, 8)).astype(dtype) for _ in range(3))
+    bias = rng.standard_normal((3, 17, 17)).astype(dtype)
+    _assert_agree(*_run_both(lambda *a: _value_and_grads(
+        lambda *t: F.scaled_dot_product_attention(*t[:3], attn_mask=t[3]), *a), q, k, v, bias),
+        dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm(dtype, affine):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((8, 65, 48)) * 2 + 1).astype(dtype)
+    w = rng.standard_normal(48).astype(dtype)
+    b = rng.standard_normal(48).astype(dtype)
+    if affine:
+        fn = lambda *a: _value_and_grads(lambda t, tw, tb: F.layer_norm(t, (48,), tw, tb), *a)  # noqa: E731
+        _assert_agree(*_run_both(fn, x, w, b), dtype)
+    else:
+        fn = lambda a: _value_and_grads(lambda t: F.layer_norm(t, (48,)), a)  # noqa: E731
+        _assert_agree(*_run_both(fn, x), dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy(dtype, reduction, smoothing):
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((32, 10)).astype(dtype)
+    target = rng.integers(0, 10, 32)
+
+    def fn(a):
+        t = backend.to_device(target, "cuda")
+        return _value_and_grads(lambda tz: F.cross_entropy(
+            tz, t, label_smoothing=smoothing, reduction=reduction).reshape(-1), a)
+
+    _assert_agree(*_run_both(fn, z), dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opt_cls,wd", [(AdamW, 0.05), (Adam, 0.01), (AdamW, 0.0)])
+def test_adam_update(dtype, opt_cls, wd):
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal((37, 11)).astype(dtype)
+    grads = [rng.standard_normal((37, 11)).astype(dtype) for _ in range(5)]
+
+    def fn(p):
+        param = minivit.nn.Parameter(p)
+        opt = opt_cls([param], lr=1e-2, weight_decay=wd)
+        for g in grads:
+            param.grad = backend.to_device(g, "cuda")
+            opt.step()
+        st = opt.state[param]
+        return [param.data, st["exp_avg"], st["exp_avg_sq"]]
+
+    _assert_agree(*_run_both(fn, p0), dtype)
