@@ -146,3 +146,46 @@ def test_attention_blocked_matches_plain(threads, monkeypatch):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=b)
 
     _assert_blocked_matches_plain(monkeypatch, attention, q0, k0, v0, bias0)
+
+
+def test_for_each_runs_every_item_once(threads):
+    out = np.zeros(37, np.int64)
+
+    def fn(i):
+        out[i] += i + 1
+
+    parallel.for_each(fn, range(37))
+    np.testing.assert_array_equal(out, np.arange(1, 38))
+
+
+@pytest.mark.parametrize("geometry", [
+    dict(c=8, o=16, k=3, stride=2, padding=1, groups=1),     # im2col, col2im
+    dict(c=8, o=16, k=3, stride=1, padding=1, groups=1),
+    dict(c=8, o=8, k=3, stride=1, padding=1, groups=8),      # depthwise
+    dict(c=8, o=16, k=3, stride=2, padding=1, groups=8),     # depthwise, multiplier 2
+    dict(c=8, o=16, k=1, stride=1, padding=0, groups=1),     # pointwise (to_cnl / from_cnl)
+], ids=["s2", "s1", "dw", "dw-k2-s2", "1x1"])
+def test_conv_split_over_threads_is_bit_identical(threads, monkeypatch, geometry):
+    """The conv's copies and loops split over channel blocks and threads: the same bits with
+    any number of threads, and the same numbers as one block."""
+    g = geometry
+    from minivit.nn.functional import conv as conv_mod
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal((5, g["c"], 9, 9), dtype=np.float32)
+    w0 = rng.standard_normal((g["o"], g["c"] // g["groups"], g["k"], g["k"]), dtype=np.float32)
+    b0 = rng.standard_normal(g["o"], dtype=np.float32)
+
+    def run():
+        x, w, b = (minivit.tensor(a, requires_grad=True) for a in (x0, w0, b0))
+        y = F.conv2d(x, w, b, stride=g["stride"], padding=g["padding"], groups=g["groups"])
+        (y * y).sum().backward()
+        return [y.numpy(), x.grad.numpy(), w.grad.numpy(), b.grad.numpy()]
+
+    whole = _plain(monkeypatch, run)                      # one block, one thread
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)     # split even these small arrays
+    monkeypatch.setattr(conv_mod, "CACHE_BLOCK", 64)     # into many blocks
+    got, one_thread = run(), _plain(monkeypatch, run)
+    for a, b, c in zip(got, one_thread, whole):
+        np.testing.assert_array_equal(a, b)              # threads change nothing
+        # other block sizes may sum the depthwise weight gradient in another order
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-4)

@@ -1,5 +1,9 @@
 """Run big elementwise/row-wise NumPy work in cache-sized blocks on every CPU core.
 
+Two entry points: ``blockwise(fn, *arrays)`` for a function of whole arrays (it does the
+cutting), and ``for_each(fn, items)`` for loops whose iterations write disjoint parts of an
+output (the conv's layout copies, im2col and col2im, one block of channels per item).
+
 A chain like ``g * (cdf + x * exp(-x*x/2))`` on a 3M-element array makes each ufunc stream
 12 MB through memory and runs on one core, while BLAS uses all of them. ``blockwise`` cuts
 the arrays along their first axis into blocks of about ``BLOCK_ELEMENTS`` elements, so the
@@ -52,6 +56,42 @@ def _as_tuple(r):
     return r if isinstance(r, tuple) else (r,)
 
 
+def _run_split(run, items: list) -> None:
+    """``run(part)`` over contiguous parts of ``items``, one part per thread, the first here."""
+    k = min(NUM_THREADS, len(items))
+    if k <= 1:
+        run(items)
+        return
+    bounds = [len(items) * i // k for i in range(k + 1)]
+    parts = [items[bounds[i]:bounds[i + 1]] for i in range(k)]
+    futures = [_get_pool().submit(run, p) for p in parts[1:]]
+    run(parts[0])
+    for f in futures:
+        f.result()
+
+
+def for_each(fn, items, *, threaded: bool = True) -> None:
+    """``for item in items: fn(item)``, with contiguous runs of items on ``NUM_THREADS`` threads.
+
+    The iterations must be independent (each writes its own part of some output), so the
+    result is the same however they are split. ``threaded=False`` (the GPU, or a small
+    problem) runs the plain loop.
+
+    ``for_each(lambda blk: out.__setitem__(blk, view[blk]), blocks)`` copies block by block.
+    """
+    items = list(items)
+    if not threaded or NUM_THREADS <= 1 or len(items) < 2:
+        for item in items:
+            fn(item)
+        return
+
+    def run(part):
+        for item in part:
+            fn(item)
+
+    _run_split(run, items)
+
+
 def blockwise(fn, *arrays):
     """``fn(*arrays)``, computed block by block along axis 0, on all cores.
 
@@ -77,14 +117,5 @@ def blockwise(fn, *arrays):
             for o, r in zip(outs, _as_tuple(fn(*[a[s:s + rows] for a in arrays]))):
                 o[s:s + rows] = r
 
-    k = min(NUM_THREADS, len(starts))
-    if k <= 1:
-        run(starts)
-    else:  # contiguous runs of blocks, the first one on this thread
-        bounds = [len(starts) * i // k for i in range(k + 1)]
-        parts = [starts[bounds[i]:bounds[i + 1]] for i in range(k)]
-        futures = [_get_pool().submit(run, p) for p in parts[1:]]
-        run(parts[0])
-        for f in futures:
-            f.result()
+    _run_split(run, starts)  # contiguous runs of blocks, the first one on this thread
     return outs if len(outs) > 1 else outs[0]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ...autograd import backend
+from ...autograd import backend, parallel
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
 
@@ -183,15 +183,25 @@ def _check_conv(x, weight, bias, padding, dilation, groups) -> None:
 # col2im and the depthwise multiply-adds then run at memory speed, not at numpy's per-row
 # overhead. The price is one transposing copy of x, y, dy and dx each (a few percent).
 
+def _threaded(a) -> bool:
+    """Split this array's copies over the CPU threads? (Not on the GPU, not when small.)"""
+    return backend.device_of(a) == "cpu" and a.size >= parallel.MIN_ELEMENTS
+
+
 def to_chwn(x, padding, value: float = 0.0, block: int = 16):
     """NCHW -> (C, H + 2 ph, W + 2 pw, N), padded with ``value``: one transposing copy, done
-    ``block`` images at a time (a cache-friendly transpose: 3-4x faster than one big copy)."""
+    ``block`` images at a time (a cache-friendly transpose: 3-4x faster than one big copy),
+    the blocks shared among the CPU threads. Only the border is filled with ``value``."""
     n, c, h, w = x.shape
     ph, pw = padding
-    shape, xp = (c, h + 2 * ph, w + 2 * pw, n), xp_of(x)
-    out = xp.zeros(shape, dtype=x.dtype) if value == 0 else xp.full(shape, value, dtype=x.dtype)
-    for b in range(0, n, block):
+    out = xp_of(x).empty((c, h + 2 * ph, w + 2 * pw, n), dtype=x.dtype)
+    for border in (out[:, :ph], out[:, ph + h:], out[:, ph:ph + h, :pw], out[:, ph:ph + h, pw + w:]):
+        border[...] = value
+
+    def copy(b):
         out[:, ph:ph + h, pw:pw + w, b:b + block] = x[b:b + block].transpose(1, 2, 3, 0)
+
+    parallel.for_each(copy, range(0, n, block), threaded=_threaded(out))
     return out
 
 
@@ -204,28 +214,44 @@ def from_chwn(a, bias=None, padding=(0, 0)):
     a = a[:, ph:hp - ph, pw:wp - pw, :]
     out = xp.empty((n, c) + a.shape[1:3], dtype=a.dtype)
     block = 2 if backend.device_of(a) == "cpu" else c
-    for b in range(0, c, block):
+
+    def copy(b):
         src = a[b:b + block].transpose(3, 0, 1, 2)
         if bias is None:
             out[:, b:b + block] = src
         else:
             xp.add(src, bias[b:b + block].reshape(1, -1, 1, 1), out=out[:, b:b + block])
+
+    parallel.for_each(copy, range(0, c, block), threaded=_threaded(out))
     return out
 
 
 def to_cnl(x):
-    """NCHW -> (C, N*H*W): a transposing copy that moves whole rows of H*W numbers."""
+    """NCHW -> (C, N*H*W): a transposing copy that moves whole rows of H*W numbers
+    (blocks of channels on the CPU threads)."""
     n, c = x.shape[:2]
-    return xp_of(x).ascontiguousarray(x.reshape(n, c, -1).transpose(1, 0, 2)).reshape(c, -1)
+    src = x.reshape(n, c, -1).transpose(1, 0, 2)
+    out = xp_of(x).empty(src.shape, dtype=x.dtype)
+    parallel.for_each(lambda blk: out.__setitem__(blk, src[blk]),
+                      _channel_blocks(out, out[0].size), threaded=_threaded(out))
+    return out.reshape(c, -1)
 
 
 def from_cnl(a, n: int, bias=None):
     """(C, N*L) -> (N, C, L), plus ``bias`` per channel (the inverse of ``to_cnl``)."""
     xp, c = xp_of(a), a.shape[0]
-    src = a.reshape(c, n, -1).transpose(1, 0, 2)
-    if bias is None:
-        return xp.ascontiguousarray(src)
-    return xp.add(src, bias.reshape(1, c, 1), out=xp.empty(src.shape, dtype=a.dtype))
+    src = a.reshape(c, n, -1).transpose(1, 0, 2)                # (N, C, L) view
+    out = xp.empty(src.shape, dtype=a.dtype)
+    b3 = None if bias is None else bias.reshape(1, c, 1)
+
+    def copy(blk):
+        if b3 is None:
+            out[blk] = src[blk]
+        else:
+            xp.add(src[blk], b3, out=out[blk])
+
+    parallel.for_each(copy, _channel_blocks(out, out[0].size), threaded=_threaded(out))
+    return out
 
 
 # Channels are independent in col2im and in the depthwise loops, so these run a block of
@@ -243,24 +269,32 @@ def _channel_blocks(xt, per_channel: int) -> list[slice]:
 # --- general path: im2col, GEMM, col2im ----------------------------------------------------
 
 def _im2col(xt, geo: Geometry):
-    """(G, Cg*kh*kw, Ho*Wo*N) columns: one copy of a strided view of the padded input."""
+    """(G, Cg*kh*kw, Ho*Wo*N) columns: one copy of a strided view of the padded input
+    (blocks of channels on the CPU threads)."""
     sc, sy, sx, sn = xt.strides
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
-    view = backend.as_strided(xt, (geo.c, geo.kh, geo.kw, geo.ho, geo.wo, geo.n),
-                              (sc, sy * dh, sx * dw, sy * sh, sx * sw, sn))
-    return xp_of(xt).ascontiguousarray(view).reshape(geo.groups, -1, geo.ho * geo.wo * geo.n)
+    shape = (geo.c, geo.kh, geo.kw, geo.ho, geo.wo, geo.n)
+    view = backend.as_strided(xt, shape, (sc, sy * dh, sx * dw, sy * sh, sx * sw, sn))
+    cols = xp_of(xt).empty(shape, dtype=xt.dtype)
+    parallel.for_each(lambda blk: cols.__setitem__(blk, view[blk]),
+                      _channel_blocks(cols, cols[0].size), threaded=_threaded(cols))
+    return cols.reshape(geo.groups, -1, geo.ho * geo.wo * geo.n)
 
 
 def _col2im(dcols, geo: Geometry):
     """Gradient of x: add each kernel offset's columns back where im2col read them."""
     dcols = dcols.reshape(geo.c, geo.kh, geo.kw, geo.ho, geo.wo, geo.n)
     (ph, pw) = geo.padding
-    dxt = xp_of(dcols).zeros((geo.c, geo.h + 2 * ph, geo.w + 2 * pw, geo.n), dtype=dcols.dtype)
-    for blk in _channel_blocks(dxt, dxt[0].size):   # a cache-sized block of dx at a time
+    dxt = xp_of(dcols).empty((geo.c, geo.h + 2 * ph, geo.w + 2 * pw, geo.n), dtype=dcols.dtype)
+
+    def add_block(blk):   # a cache-sized block of dx at a time
         dx_b, dcols_b = dxt[blk], dcols[blk]
+        dx_b[...] = 0
         for i in range(geo.kh):
             for j in range(geo.kw):
                 dx_b[:, geo.rows(i), geo.cols(j), :] += dcols_b[:, i, j]
+
+    parallel.for_each(add_block, _channel_blocks(dxt, dxt[0].size), threaded=_threaded(dxt))
     return from_chwn(dxt, padding=geo.padding)
 
 
@@ -270,14 +304,19 @@ def _depthwise_forward(xt, weight, geo: Geometry):
     """(O, Ho, Wo, N): out[c*k + m] = sum over (i, j) of W[c*k + m, 0, i, j] * window(i, j)[c]."""
     k = geo.o // geo.c                                     # channel multiplier
     wd = weight.reshape(geo.c, k, geo.kh, geo.kw, 1, 1, 1)
-    out = xp_of(xt).zeros((geo.c, k, geo.ho, geo.wo, geo.n), dtype=xt.dtype)
-    for blk in _channel_blocks(xt, k * geo.ho * geo.wo * geo.n):
+    out = xp_of(xt).empty((geo.c, k, geo.ho, geo.wo, geo.n), dtype=xt.dtype)
+
+    def block(blk):
         x_b, w_b, out_b = xt[blk], wd[blk], out[blk]
+        out_b[...] = 0
         for i in range(geo.kh):
             for j in range(geo.kw):
                 window = x_b[:, geo.rows(i), geo.cols(j), :]
                 for m in range(k):
                     out_b[:, m] += window * w_b[:, m, i, j]
+
+    parallel.for_each(block, _channel_blocks(xt, k * geo.ho * geo.wo * geo.n),
+                      threaded=_threaded(out))
     return out.reshape(geo.o, geo.ho, geo.wo, geo.n)
 
 
@@ -286,10 +325,13 @@ def _depthwise_backward(gt, xt, weight, geo: Geometry, need_x, need_w):
     k = geo.o // geo.c
     wd = weight.reshape(geo.c, k, geo.kh, geo.kw, 1, 1, 1)
     g5 = gt.reshape(geo.c, k, geo.ho, geo.wo, geo.n)
-    dxt = xp.zeros(xt.shape, dtype=gt.dtype) if need_x else None
+    dxt = xp.empty(xt.shape, dtype=gt.dtype) if need_x else None
     gw = xp.empty((geo.c, k, geo.kh, geo.kw), dtype=gt.dtype) if need_w else None
-    for blk in _channel_blocks(xt, k * geo.ho * geo.wo * geo.n):
+
+    def block(blk):
         x_b, w_b, g_b = xt[blk], wd[blk], g5[blk]
+        if need_x:
+            dxt[blk] = 0
         for i in range(geo.kh):
             for j in range(geo.kw):
                 rows, cols = geo.rows(i), geo.cols(j)
@@ -299,6 +341,9 @@ def _depthwise_backward(gt, xt, weight, geo: Geometry, need_x, need_w):
                     if need_w:   # dW[c*k + m, i, j] = <dy[c*k + m], window(i, j)[c]>
                         gw[blk, m, i, j] = xp.einsum("cyxn,cyxn->c", g_b[:, m],
                                                      x_b[:, rows, cols, :])
+
+    parallel.for_each(block, _channel_blocks(xt, k * geo.ho * geo.wo * geo.n),
+                      threaded=_threaded(xt))
     gx = from_chwn(dxt, padding=geo.padding) if need_x else None
     return gx, (gw.reshape(weight.shape) if need_w else None)
 
