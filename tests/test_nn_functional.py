@@ -46,6 +46,29 @@ def test_linear_feature_mismatch_names_shapes():
         F.linear(minivit.randn(2, 5), minivit.randn(3, 4))
 
 
+@given(st.data(), st.integers(1, 4), st.integers(1, 4), st.integers(1, 5), st.booleans())
+def test_linear_columns_grad_and_forward(data, n_in, n_out, m, bias):
+    """W x + b on the columns of x (in, M): a loop over the columns, and finite differences."""
+    x = data.draw(arrays((n_in, m)))
+    w = data.draw(arrays((n_out, n_in)))
+    b = data.draw(arrays((n_out,)))
+    expected = np.stack([w @ x[:, j] + (b if bias else 0) for j in range(m)], axis=1)
+    got = F.linear_columns(minivit.tensor(x), minivit.tensor(w),
+                           minivit.tensor(b) if bias else None)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+    if bias:
+        check_grad(lambda x, w, b: F.linear_columns(x, w, b), x, w, b)
+    else:
+        check_grad(lambda x, w: F.linear_columns(x, w), x, w)
+
+
+def test_linear_columns_shape_errors_name_shapes():
+    with pytest.raises(ValueError, match=r"got weight \(3, 4\) and input \(5, 2\)"):
+        F.linear_columns(minivit.randn(5, 2), minivit.randn(3, 4))
+    with pytest.raises(ValueError, match=r"bias of shape \(2,\)"):
+        F.linear_columns(minivit.randn(4, 2), minivit.randn(3, 4), minivit.randn(2))
+
+
 # --- activations and softmax -----------------------------------------------------------------
 
 def _softmax_ref(x, axis):

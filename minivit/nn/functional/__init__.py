@@ -7,7 +7,7 @@ import importlib.util
 from .activation import gelu, log_softmax, relu, sigmoid, silu, softmax, tanh
 from .attention import scaled_dot_product_attention
 from .dropout import drop_path, dropout
-from .linear import linear
+from .linear import linear, linear_columns
 from .loss import cross_entropy, mse_loss, nll_loss
 from .norm import batch_norm, layer_norm
 
@@ -37,7 +37,7 @@ else:  # pragma: no cover
     avg_pool2d = _lazy("pooling", "avg_pool2d")
     adaptive_avg_pool2d = _lazy("pooling", "adaptive_avg_pool2d")
 
-__all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "layer_norm",
+__all__ = ["linear", "linear_columns", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "layer_norm",
            "batch_norm", "gelu", "relu", "silu", "sigmoid", "tanh", "softmax", "log_softmax",
            "dropout", "drop_path", "scaled_dot_product_attention", "cross_entropy", "nll_loss",
            "mse_loss"]

@@ -1,4 +1,5 @@
-"""``linear``: y = x W^T + b, one matrix product on a 2-D view of any (..., in) input."""
+"""``linear``: y = x W^T + b, one matrix product on a 2-D view of any (..., in) input;
+``linear_columns``: the same map on the columns of an (in, M) matrix, y = W x + b."""
 from __future__ import annotations
 
 from ...autograd import backend
@@ -38,6 +39,52 @@ class Linear(Function):
         if not ctx.has_bias:
             return gx, gw
         return gx, gw, (g2.sum(axis=0) if need[2] else None)
+
+
+class LinearColumns(Function):
+    """y = W x + b[:, None] for x (in, M) whose columns are the vectors;
+    dx = W^T g,  dW = g x^T,  db = sum_columns g.
+
+    The MLP-Mixer's token mixing applies a Linear along the token axis S of (B, S, C)
+    activations. With the tokens first, (S, B*C), that is one GEMM W (out, S) @ (S, B*C): the
+    layout change is a copy of whole rows of C numbers, not an element-by-element transpose.
+    """
+
+    name = "linear_columns"
+
+    def forward(ctx, x, w, b=None):
+        if w.ndim != 2 or x.ndim != 2 or x.shape[0] != w.shape[1]:
+            raise ValueError(f"expected a weight (out, in) and an input (in, M), got weight "
+                             f"{w.shape} and input {x.shape}")
+        if b is not None and b.shape != (w.shape[0],):
+            raise ValueError(f"bias of shape {b.shape} does not match weight {w.shape}: "
+                             f"expected ({w.shape[0]},)")
+        y = w @ x
+        add_flops(2 * y.size * w.shape[1])
+        if b is not None:
+            y += b[:, None]
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return y
+
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        gx = w.T @ g if need[0] else None
+        gw = g @ x.T if need[1] else None
+        if not ctx.has_bias:
+            return gx, gw
+        return gx, gw, (g.sum(axis=1) if need[2] else None)
+
+
+def linear_columns(x, weight, bias=None):
+    """``weight @ x + bias[:, None]``: a Linear applied to each column of x (in, M).
+
+    ``F.linear_columns(minivit.ones(3, 5), minivit.ones(4, 3)).shape`` -> ``(4, 5)``.
+    """
+    if bias is None:
+        return LinearColumns.apply(x, weight)
+    return LinearColumns.apply(x, weight, bias)
 
 
 def linear(x, weight, bias=None):
