@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import string
 
-from .. import backend
+from .. import backend, parallel
 from ..flops import add_flops
 from ..function import Function
 
@@ -25,7 +25,7 @@ class MatMul(Function):
                              f"{a.shape[-1]} (last dim of the first) != "
                              f"{b.shape[-2 if b.ndim > 1 else 0]} (first matrix dim of the second)")
         ctx.save_for_backward(a, b)
-        out = xp_of(a).matmul(a, b)
+        out = parallel.matmul(a, b)
         add_flops(2 * out.size * a.shape[-1])
         return out
 
@@ -40,9 +40,9 @@ class MatMul(Function):
         ga = gb = None
         if ctx.needs_input_grad[0]:
             # for a 1-D `a` this is (..., 1, n): sum_to sums the leading axes, the 1 included
-            ga = xp.matmul(g2, xp.swapaxes(b2, -1, -2))
+            ga = parallel.matmul(g2, xp.swapaxes(b2, -1, -2))
         if ctx.needs_input_grad[1]:
-            gb = xp.matmul(xp.swapaxes(a2, -1, -2), g2)
+            gb = parallel.matmul(xp.swapaxes(a2, -1, -2), g2)
             if b.ndim == 1:
                 gb = gb[..., 0]
         return ga, gb

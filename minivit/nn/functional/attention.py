@@ -28,7 +28,7 @@ class ScaledDotProductAttention(Function):
 
     def forward(ctx, q, k, v, *bias, scale=1.0, keep=None, dropout_p=0.0):
         xp = xp_of(q)
-        s = xp.matmul(q, xp.swapaxes(k, -1, -2))
+        s = parallel.matmul(q, xp.swapaxes(k, -1, -2))
         add_flops(2 * s.size * q.shape[-1] + 2 * s.size * v.shape[-1])  # q k^T and P v
         s *= scale
         if bias:
@@ -43,7 +43,7 @@ class ScaledDotProductAttention(Function):
             pd = p * drop * (1.0 / (1.0 - dropout_p))
         ctx.scale, ctx.dropout_p, ctx.has_bias = scale, dropout_p, bool(bias)
         ctx.save_for_backward(q, k, v, p, drop)
-        return xp.matmul(pd, v)
+        return parallel.matmul(pd, v)
 
     def backward(ctx, g):
         q, k, v, p, drop = ctx.saved_tensors
@@ -51,14 +51,14 @@ class ScaledDotProductAttention(Function):
         need = ctx.needs_input_grad
         inv_keep = 1.0 / (1.0 - ctx.dropout_p)
         pd = p if drop is None else p * drop * inv_keep
-        gv = xp.matmul(xp.swapaxes(pd, -1, -2), g) if need[2] else None
-        dp = xp.matmul(g, xp.swapaxes(v, -1, -2))
+        gv = parallel.matmul(xp.swapaxes(pd, -1, -2), g) if need[2] else None
+        dp = parallel.matmul(g, xp.swapaxes(v, -1, -2))
         if drop is not None:
             dp = dp * drop * inv_keep
         ds = parallel.blockwise(_softmax_rows_backward, p.reshape(-1, p.shape[-1]),
                                 dp.reshape(-1, p.shape[-1])).reshape(p.shape)
-        gq = xp.matmul(ds, k) * ctx.scale if need[0] else None
-        gk = xp.matmul(xp.swapaxes(ds, -1, -2), q) * ctx.scale if need[1] else None
+        gq = parallel.matmul(ds, k) * ctx.scale if need[0] else None
+        gk = parallel.matmul(xp.swapaxes(ds, -1, -2), q) * ctx.scale if need[1] else None
         if ctx.has_bias:
             return gq, gk, gv, (ds if need[3] else None)
         return gq, gk, gv
