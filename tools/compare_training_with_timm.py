@@ -31,6 +31,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--data", default="/work/shared/data/cifar-10-python.tar.gz")
 parser.add_argument("--steps", type=int, default=40)
 parser.add_argument("--epochs", type=int, default=10, help="length of the LR schedule")
+parser.add_argument("--every", type=int, default=5, help="print every N steps")
 args = parser.parse_args()
 
 torch.manual_seed(0)
@@ -71,7 +72,7 @@ for step, (xb, yb) in enumerate(batches):
     lm.backward()
     mopt.step()
     msched.step()
-    if step % 5 == 0 or step == len(batches) - 1:
+    if step % args.every == 0 or step == len(batches) - 1:
         tsd, msd = tm.state_dict(), mm.state_dict()
         dw = max(float(np.abs(tsd[k].numpy() - msd[k]).max()) for k in msd)
         print(f"step {step:4d}  loss timm {lt.item():.6f}  minivit {float(lm.item()):.6f}  "
