@@ -1,6 +1,7 @@
 """The NumPy/CuPy backend: dispatch, devices, the wrapped primitives (scatter-add, strided
 windows, erf, random numbers), moving tensors between devices, and the rule that only
 backend.py names numpy/cupy for array work (so every array is made by the right xp)."""
+import os
 import pathlib
 import re
 import subprocess
@@ -173,3 +174,14 @@ def test_manual_seed_before_cupy_is_loaded_seeds_the_gpu(monkeypatch):
     assert seeds == [1234]
     minivit.manual_seed(5)  # once loaded, it is seeded directly
     assert seeds == [1234, 5]
+
+
+def test_openblas_thread_timeout_default_and_override():
+    """minivit asks OpenBLAS's idle threads to sleep at once, unless the user set it."""
+    code = "import minivit, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "4", out.stderr
+    env["OPENBLAS_THREAD_TIMEOUT"] = "20"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "20", out.stderr
