@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import time
 
+import minivit  # first: it sets OpenBLAS's idle-thread timeout before NumPy loads OpenBLAS
 import numpy as np
 
-import minivit
 import minivit.nn.functional as F
 from minivit.autograd import backend
 
