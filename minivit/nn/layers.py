@@ -179,6 +179,18 @@ class _BatchNorm(Module):
             dims = " or ".join(f"{d}-D" for d in self.expected_dims)
             raise ValueError(f"{self!r}: expected a {dims} input with {self.num_features} "
                              f"channels on axis 1, got {tuple(x.shape)}")
+        return self._normalise(x)
+
+    def forward_channels_last(self, x):
+        """The same normalisation for channels on the LAST axis, (..., C): statistics over all
+        the other axes, exactly what ``forward`` computes on the channels-first layout (used
+        by models that keep tokens or NHWC maps, so no transpose is needed)."""
+        if x.ndim < 2 or x.shape[-1] != self.num_features:
+            raise ValueError(f"{self!r}: expected a channels-last input (..., "
+                             f"{self.num_features}), got {tuple(x.shape)}")
+        return self._normalise(x.reshape(-1, self.num_features)).reshape(x.shape)
+
+    def _normalise(self, x):
         momentum = self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.data[...] += 1
