@@ -109,13 +109,6 @@ class PointwiseConv(nn.Conv2d):
         return F.linear(x, self.weight.reshape(self.c_out, self.c_in), self.bias)
 
 
-def _bn_tokens(bn, x):
-    """BatchNorm over the channels of (B, N, C) tokens: statistics over the B·N positions,
-    the same as BatchNorm2d on the (B, C, h, w) map the official code builds."""
-    B, N, C = x.shape
-    return bn(x.reshape(B * N, C)).reshape(B, N, C)
-
-
 class LeFF(nn.Module):
     """Locally-enhanced Feed-Forward (Sec. 3, "Locally-Enhanced Feed-Forward Network").
 
@@ -128,6 +121,11 @@ class LeFF(nn.Module):
     (``variant="official"`` drops the last GELU; ``with_bn=False`` drops the three BNs, as
     ``leff_with_bn`` in the official code.) Because the block adds LeFF(LN2(x)) to x, the class
     row of the residual becomes x_cls + LN2(x)_cls — a quirk of the official code, reproduced.
+
+    The map stays channels-last, (B, h, w, hidden), from conv1 to conv3: the official code's
+    BatchNorm2d takes per-channel statistics over all B·h·w positions in either layout, and the
+    depthwise conv runs on that layout directly (``F.depthwise_conv2d_nhwc``), so the same
+    numbers come out without four transposes of the hidden map.
     """
 
     def __init__(self, dim, hidden, grid_size, kernel_size=3, with_bn=True, variant="paper"):
@@ -154,14 +152,15 @@ class LeFF(nn.Module):
             raise ValueError(f"LeFF expects 1 + {h}*{w} tokens, got {N}")
         cls_token, t = x[:, :1], x[:, 1:]
         t = self.conv1(t)
-        t = self.act(_bn_tokens(self.bn1, t) if self.with_bn else t)
-        t = t.transpose(1, 2).reshape(B, self.hidden, h, w)               # restore to 2-D
-        t = self.conv2(t)
-        t = self.act(self.bn2(t) if self.with_bn else t)
-        t = t.reshape(B, self.hidden, h * w).transpose(1, 2)              # flatten
+        t = self.act(self.bn1.forward_channels_last(t) if self.with_bn else t)
+        t = t.reshape(B, h, w, self.hidden)                    # restore to 2-D, channels last
+        c2 = self.conv2
+        t = F.depthwise_conv2d_nhwc(t, c2.weight, c2.bias, c2.stride, c2.padding)
+        t = self.act(self.bn2.forward_channels_last(t) if self.with_bn else t)
+        t = t.reshape(B, h * w, self.hidden)                   # flatten
         t = self.conv3(t)
         if self.with_bn:
-            t = _bn_tokens(self.bn3, t)
+            t = self.bn3.forward_channels_last(t)
         if self.act_last:
             t = self.act(t)
         return minivit.cat([cls_token, t], axis=1)
