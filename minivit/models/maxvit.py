@@ -122,6 +122,25 @@ class BatchNormAct2d(nn.BatchNorm2d):
         x = super().forward(x)
         return F.gelu(x, approximate="tanh") if self.act else x
 
+    def forward_channels_last(self, x):
+        x = super().forward_channels_last(x)
+        return F.gelu(x, approximate="tanh") if self.act else x
+
+
+def pointwise(conv: nn.Conv2d, x):
+    """A 1x1 conv on a channels-last (..., C) map is a Linear with the conv's weight."""
+    return F.linear(x, conv.weight.reshape(conv.out_channels, conv.in_channels), conv.bias)
+
+
+def depthwise(conv, x):
+    """A depthwise ``nn.Conv2d`` (symmetric padding) or ``Conv2dSame`` on an NHWC map."""
+    if isinstance(conv, Conv2dSame):
+        k, s = conv.kernel_size, conv.stride
+        padding = (_same_pad(x.shape[1], k, s), _same_pad(x.shape[2], k, s))
+        return F.depthwise_conv2d_nhwc(x, conv.weight, conv.bias, s, padding)
+    return F.depthwise_conv2d_nhwc(x, conv.weight, conv.bias, conv.stride, conv.padding,
+                                   conv.dilation)
+
 
 class SqueezeExcite(nn.Module):
     """Squeeze-excitation (Hu et al. 2018): mean over space -> 1x1 conv -> SiLU -> 1x1 conv ->
@@ -132,10 +151,9 @@ class SqueezeExcite(nn.Module):
         self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=True)
         self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=True)
 
-    def forward(self, x):
-        s = x.mean(axis=(2, 3), keepdims=True)
-        s = self.fc2(F.silu(self.fc1(s)))
-        return x * F.sigmoid(s)
+    def forward(self, x):  # x: (B, H, W, C)
+        s = pointwise(self.fc2, F.silu(pointwise(self.fc1, x.mean(axis=(1, 2)))))
+        return x * F.sigmoid(s).reshape(s.shape[0], 1, 1, s.shape[1])
 
 
 class Downsample2d(nn.Module):
@@ -146,9 +164,13 @@ class Downsample2d(nn.Module):
         super().__init__()
         self.expand = nn.Conv2d(dim, dim_out, 1, bias=bias) if dim != dim_out else nn.Identity()
 
-    def forward(self, x):
-        x = F.avg_pool2d(pad_same(x, 2, 2), 2, stride=2)
-        return self.expand(x)
+    def forward(self, x):  # x: (B, H, W, C); 2x2 windows of the 'SAME'-padded map
+        ph, pw = _same_pad(x.shape[1], 2, 2), _same_pad(x.shape[2], 2, 2)
+        if ph != (0, 0) or pw != (0, 0):
+            x = minivit.pad(x, ((0, 0), ph, pw, (0, 0)))
+        b, h, w, c = x.shape
+        x = x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+        return x if isinstance(self.expand, nn.Identity) else pointwise(self.expand, x)
 
 
 class MbConvBlock(nn.Module):
@@ -158,6 +180,11 @@ class MbConvBlock(nn.Module):
 
     expansion 4 from the *output* width, squeeze width 0.25 * out, stride in the depthwise conv,
     shortcut = avg-pool (+1x1 conv if the width changes) when strided, identity otherwise.
+
+    It runs on channels-last (B, H, W, C) maps, like the attention that follows: the 1x1 convs
+    are Linears on the last axis, the BatchNorms take the same per-channel statistics, and the
+    depthwise conv runs on that layout (``F.depthwise_conv2d_nhwc``), so the block needs no
+    transposes. Weights keep timm's conv shapes, (out, in, 1, 1) and (C, 1, 3, 3).
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1, expand_ratio: float = 4.0,
@@ -180,11 +207,12 @@ class MbConvBlock(nn.Module):
         self.conv3_1x1 = nn.Conv2d(mid, out_chs, 1, bias=True)
         self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x):
+    def forward(self, x):  # x: (B, H, W, C)
         shortcut = self.shortcut(x)
-        x = self.norm1(self.conv1_1x1(self.pre_norm(x)))
-        x = self.se(self.norm2(self.conv2_kxk(x)))
-        x = self.conv3_1x1(x)
+        x = self.norm1.forward_channels_last(
+            pointwise(self.conv1_1x1, self.pre_norm.forward_channels_last(x)))
+        x = self.se(self.norm2.forward_channels_last(depthwise(self.conv2_kxk, x)))
+        x = pointwise(self.conv3_1x1, x)
         return self.drop_path(x) + shortcut
 
 
@@ -304,10 +332,8 @@ class MaxViTBlock(nn.Module):
         self.attn_grid = PartitionAttention(dim_out, "grid", grid_size, dim_head,
                                             ln_eps=ln_eps, drop_path=drop_path)
 
-    def forward(self, x):
-        x = self.conv(x).permute(0, 2, 3, 1)                             # NCHW -> NHWC
-        x = self.attn_grid(self.attn_block(x))
-        return x.permute(0, 3, 1, 2)
+    def forward(self, x):  # (B, H, W, C) in and out
+        return self.attn_grid(self.attn_block(self.conv(x)))
 
 
 class MaxViTStage(nn.Module):
@@ -454,10 +480,10 @@ class MaxViT(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.img_size:
             raise ValueError(f"{type(self).__name__} expects input of shape (B, {self.in_chans}, "
                              f"{self.img_size[0]}, {self.img_size[1]}), got {tuple(x.shape)}")
-        x = self.stages(self.stem(x))
+        x = self.stages(self.stem(x).permute(0, 2, 3, 1))   # the blocks run channels-last
         if not isinstance(self.head, NormMlpHead):
-            x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return x
+            x = self.norm(x)
+        return x.permute(0, 3, 1, 2)                        # NCHW features, as timm
 
     def forward(self, x):
         return self.head(self.forward_features(x))
