@@ -90,3 +90,38 @@ def test_reference_logits_match_timm():
 def test_overfits_64_cifar_images():
     assert_overfits(lambda: mixer.mlp_mixer_cifar(num_classes=10), "mlp_mixer_cifar",
                     max_steps=300)
+
+
+def test_drop_path_drops_whole_samples_in_the_tokens_first_layout():
+    """The blocks run on (S, B, C): stochastic depth must still drop one sample's whole branch
+    (axis 1), never a token's."""
+    blk = mixer.MixerBlock(dim=6, seq_len=5, drop_path=0.5)
+    x = minivit.randn(5, 16, 6)
+    minivit.manual_seed(3)
+    delta = (blk(x) - x).numpy()                                   # the two branches, per sample
+    dropped = [not np.any(delta[:, b]) for b in range(16)]
+    assert any(dropped) and not all(dropped)
+    for b in range(16):
+        assert dropped[b] or np.all(delta[:, b] != 0)
+    blk.eval()
+    assert np.all((blk(x) - x).numpy() != 0)
+
+
+def test_block_takes_tokens_first_and_matches_the_paper_equation():
+    """Eq. (1) written on (B, S, C) with explicit transposes gives the block's output."""
+    blk = mixer.MixerBlock(dim=6, seq_len=5)
+    x = np.random.default_rng(0).standard_normal((3, 5, 6)).astype(np.float32)   # (B, S, C)
+    y = blk(minivit.tensor(x.transpose(1, 0, 2))).numpy().transpose(1, 0, 2)
+
+    def mlp(m, a):
+        h = a @ m.fc1.weight.numpy().T + m.fc1.bias.numpy()
+        h = minivit.gelu(minivit.tensor(h)).numpy()
+        return h @ m.fc2.weight.numpy().T + m.fc2.bias.numpy()
+
+    def ln(n, a):
+        mu, var = a.mean(-1, keepdims=True), a.var(-1, keepdims=True)
+        return (a - mu) / np.sqrt(var + 1e-6) * n.weight.numpy() + n.bias.numpy()
+
+    u = x + mlp(blk.mlp_tokens, ln(blk.norm1, x).transpose(0, 2, 1)).transpose(0, 2, 1)
+    expect = u + mlp(blk.mlp_channels, ln(blk.norm2, u))
+    np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-5)
