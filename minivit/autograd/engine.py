@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from . import backend
+from . import backend, parallel
 
 
 def sum_to(grad, shape: tuple):
@@ -106,7 +106,7 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
             if t.creator is None:
                 _accumulate_leaf(t, g)
             elif id(t) in pending:
-                pending[id(t)] = (t, pending[id(t)][1] + g)  # out of place: never alias
+                pending[id(t)] = (t, parallel.add(pending[id(t)][1], g))  # out of place
             else:
                 pending[id(t)] = (t, g)
                 push(t.creator)

@@ -1,9 +1,11 @@
 """Run big elementwise/row-wise NumPy work in cache-sized blocks on every CPU core.
 
-Three entry points: ``blockwise(fn, *arrays)`` for a function of whole arrays (it does the
+Entry points: ``blockwise(fn, *arrays)`` for a function of whole arrays (it does the
 cutting), ``for_each(fn, items)`` for loops whose iterations write disjoint parts of an
-output (the conv's layout copies, im2col and col2im, one block of channels per item), and
-``matmul(a, b)`` for stacks of small matrix products (attention), which NumPy runs on one core.
+output (the conv's layout copies, im2col and col2im, one block of channels per item),
+``matmul(a, b)`` for stacks of small matrix products (attention), which NumPy runs on one core,
+``sum_rows(fn, *arrays)`` for column sums (bias and norm-weight gradients), and ``add`` /
+``add_rows_`` for the residual adds, gradient sums and bias adds.
 
 A chain like ``g * (cdf + x * exp(-x*x/2))`` on a 3M-element array makes each ufunc stream
 12 MB through memory and runs on one core, while BLAS uses all of them. ``blockwise`` cuts
@@ -120,6 +122,58 @@ def blockwise(fn, *arrays):
 
     _run_split(run, starts)  # contiguous runs of blocks, the first one on this thread
     return outs if len(outs) > 1 else outs[0]
+
+
+def add(a, b):
+    """``a + b``; for two large NumPy arrays of one shape and dtype, in blocks on all cores.
+
+    The residual adds and the engine's gradient sums are whole-array passes that NumPy would
+    run on one core. Elementwise, so bit-identical to ``a + b``.
+    """
+    if (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+            and a.dtype == b.dtype and a.flags.c_contiguous and b.flags.c_contiguous
+            and a.size >= MIN_ELEMENTS):
+        return blockwise(np.add, a.reshape(-1), b.reshape(-1)).reshape(a.shape)
+    return a + b
+
+
+def add_rows_(a, row) -> None:
+    """``a += row`` in place for a 2-D NumPy array (a bias added to every row), on all cores."""
+    if not isinstance(a, np.ndarray) or a.size < MIN_ELEMENTS or NUM_THREADS <= 1:
+        a += row
+        return
+    step = max(1, BLOCK_ELEMENTS // max(a.shape[1], 1))
+    for_each(lambda s: a[s:s + step].__iadd__(row), range(0, a.shape[0], step))
+
+
+def sum_rows(fn, *arrays):
+    """The column sums ``fn(*arrays).sum(axis=0)`` (``fn`` may return a tuple: one sum each),
+    computed on fixed blocks of rows on all cores and added up in block order.
+
+    ``fn`` must be row-wise (as for ``blockwise``). The blocks do not depend on the number of
+    threads, so neither does the result (it may differ from one whole-array sum in the last
+    bits: the rows are added in another order). CuPy arrays and small arrays take the plain
+    call. ``sum_rows(lambda g, x: (g * x, g), g, x)`` gives a weight and a bias gradient.
+    """
+    a0 = arrays[0]
+    if (NUM_THREADS == 0 or a0.ndim < 2 or a0.size < MIN_ELEMENTS
+            or not all(isinstance(a, np.ndarray) for a in arrays)):
+        return _tuple_or_one(tuple(r.sum(axis=0) for r in _as_tuple(fn(*arrays))))
+    n = a0.shape[0]
+    rows = max(1, BLOCK_ELEMENTS // (a0.size // n))
+    starts = list(range(0, n, rows))
+    parts: list = [None] * len(starts)
+
+    def run(k):
+        s = starts[k]
+        parts[k] = tuple(r.sum(axis=0) for r in _as_tuple(fn(*[a[s:s + rows] for a in arrays])))
+
+    for_each(run, range(len(starts)))
+    return _tuple_or_one(tuple(np.sum(np.stack(col), axis=0) for col in zip(*parts)))
+
+
+def _tuple_or_one(t: tuple):
+    return t if len(t) > 1 else t[0]
 
 
 # A stack of small products, (384, 65, 64) @ (384, 64, 65) in attention, is one BLAS call per

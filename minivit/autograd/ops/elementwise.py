@@ -17,7 +17,7 @@ INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 class Add(Function):
     def forward(ctx, a, b):
-        return a + b
+        return parallel.add(a, b)  # a + b (big same-shape arrays on all cores)
 
     def backward(ctx, g):
         return g, g

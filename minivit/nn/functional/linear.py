@@ -2,7 +2,7 @@
 ``linear_columns``: the same map on the columns of an (in, M) matrix, y = W x + b."""
 from __future__ import annotations
 
-from ...autograd import backend
+from ...autograd import backend, parallel
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
 
@@ -25,7 +25,7 @@ class Linear(Function):
         y = x2 @ w.T
         add_flops(2 * y.size * w.shape[1])
         if b is not None:
-            y += b
+            parallel.add_rows_(y, b)      # y += b, on all cores
         ctx.save_for_backward(x2, w)
         ctx.x_shape, ctx.has_bias = x.shape, b is not None
         return y.reshape(*x.shape[:-1], w.shape[0])
@@ -38,7 +38,7 @@ class Linear(Function):
         gw = g2.T @ x2 if need[1] else None
         if not ctx.has_bias:
             return gx, gw
-        return gx, gw, (g2.sum(axis=0) if need[2] else None)
+        return gx, gw, (parallel.sum_rows(lambda a: a, g2) if need[2] else None)
 
 
 class LinearColumns(Function):

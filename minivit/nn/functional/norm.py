@@ -61,10 +61,15 @@ class LayerNorm(Function):
         g2 = g.reshape(xhat.shape)
         grads = [parallel.blockwise(lambda *a: _layer_norm_rows_backward(*a, w), g2, xhat, rstd)
                  .reshape(g.shape) if need[0] else None]
-        if ctx.has_w:  # the affine parameters are shared by all rows
-            grads.append((g2 * xhat).sum(axis=0).reshape(ctx.norm_shape) if need[1] else None)
+        # the affine parameters are shared by all rows: dw = sum_rows g x̂, db = sum_rows g
+        need_w, need_b = ctx.has_w and need[1], ctx.has_b and need[-1]
+        if need_w or need_b:
+            sums = parallel.sum_rows(lambda g, xh: (g * xh, g), g2, xhat)
+            dw, db = (s.reshape(ctx.norm_shape) for s in sums)
+        if ctx.has_w:
+            grads.append(dw if need_w else None)
         if ctx.has_b:
-            grads.append(g2.sum(axis=0).reshape(ctx.norm_shape) if need[-1] else None)
+            grads.append(db if need_b else None)
         return tuple(grads)
 
 
