@@ -126,10 +126,11 @@ def test_layer_norm_blocked_matches_plain(threads, monkeypatch):
                                   x0, w0, b0)
 
 
+@pytest.mark.parametrize("shape", [(64, 8, 24, 24), (64 * 24 * 24, 8)], ids=["NCHW", "rows"])
 @pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_blocked_matches_plain(threads, monkeypatch, training):
+def test_batch_norm_blocked_matches_plain(threads, monkeypatch, training, shape):
     rng = np.random.default_rng(7)
-    x0 = rng.standard_normal((64, 8, 24, 24)).astype(np.float32) * 2 + 1
+    x0 = rng.standard_normal(shape).astype(np.float32) * 2 + 1
     assert x0.size > parallel.MIN_ELEMENTS
     w0, b0 = rng.standard_normal((2, 8)).astype(np.float32)
     rm, rv = np.full(8, 0.5, np.float32), np.full(8, 2.0, np.float32)

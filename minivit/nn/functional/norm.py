@@ -96,56 +96,59 @@ class BatchNorm(Function):
 
     Training: batch statistics (biased variance); evaluation: the given running statistics,
     so x̂ = (x - running_mean) / sqrt(running_var + eps) is affine in x and dx = g w / σ.
-    Works on the view (N, C, L), L the spatial size: every pass is a contiguous sum along L
-    per (n, c), in blocks of n on all cores (``parallel.blockwise``), then a sum over n.
-    With ĝ = g w per channel, mean(ĝ) = w mean(g) and mean(ĝ x̂) = w mean(g x̂): the
-    statistics' gradient needs the same two sums as the bias and weight gradients.
+    Works on the view (N, C, L), L the spatial size: every per-channel sum is a contiguous sum
+    along L per (n, c), in blocks of n on all cores (``parallel.blockwise``), then a sum over
+    n; a 2-D input (N, C), the channels-last layout, sums down the columns instead
+    (``parallel.sum_rows``). The forward is one pass, y = x a + c per channel with a = w/σ and
+    c = b - μ a; backward recomputes x̂ block by block, while the block is in cache, rather
+    than keeping a second array of x's size alive. With ĝ = g w per channel, mean(ĝ) = w
+    mean(g) and mean(ĝ x̂) = w mean(g x̂): the statistics' gradient needs the same two sums as
+    the bias and weight gradients.
     """
 
     def forward(ctx, x, *wb, mean=None, var=None, eps=1e-5, has_w=True, has_b=True,
                 stats_out=None):
         xp = xp_of(x)
-        x3 = x.reshape(x.shape[0], x.shape[1], -1)
-        count = x3.shape[0] * x3.shape[2]
+        xv, col = _channels_view(x)
+        count = x.size // x.shape[1]
         batch_stats = mean is None
         if batch_stats:  # two passes: the mean, then the squares around it
-            mean = parallel.blockwise(lambda a: a.sum(axis=-1), x3).sum(axis=0) / count
-            mu3 = mean[:, None]
-            var = parallel.blockwise(lambda a: _sum_squares(a - mu3), x3).sum(axis=0) / count
+            mean = _channel_sums(lambda a: a, xv, col)[0] / count
+            mu = _per_channel(mean, col)
+            var = _channel_sums(lambda a: _square(a - mu), xv, col)[0] / count
         rstd = 1 / xp.sqrt(var + eps)
-        mu3, rstd3 = mean[:, None], rstd[:, None]
-        w3 = wb[0][:, None] if has_w else None
-        b3 = wb[-1][:, None] if has_b else None
-
-        def normalise(a):
-            xhat = (a - mu3) * rstd3
-            y = xhat if w3 is None else xhat * w3
-            return (y if b3 is None else y + b3), xhat
-
-        y, xhat = parallel.blockwise(normalise, x3)
+        scale = rstd * wb[0] if has_w else rstd
+        shift = -mean * scale + wb[-1] if has_b else -mean * scale
+        a, c = _per_channel(scale, col), _per_channel(shift, col)
+        y = parallel.blockwise(lambda v: v * a + c, xv)            # x̂ w + b = x a + c
         ctx.batch_stats, ctx.has_w, ctx.has_b = batch_stats, has_w, has_b
-        ctx.save_for_backward(xhat, rstd, w3)
+        ctx.save_for_backward(xv, mean, rstd, wb[0] if has_w else None)
         if stats_out is not None and batch_stats:  # handed back for the running-stat update
             stats_out.extend((mean, var))
         return y.reshape(x.shape)
 
     def backward(ctx, g):
-        xhat, rstd, w3 = ctx.saved_tensors
+        xv, mean, rstd, w = ctx.saved_tensors
         need = ctx.needs_input_grad
-        g3 = g.reshape(xhat.shape)
+        col = xv.ndim == 2
+        gv = g.reshape(xv.shape)
+        mu = _per_channel(mean, col)
         sum_g = sum_gx = None
         if ctx.batch_stats and need[0] or ctx.has_w and need[1] or ctx.has_b and need[-1]:
-            sum_g, sum_gx = (s.sum(axis=0) for s in parallel.blockwise(
-                lambda g, xh: (g.sum(axis=-1), _sum_products(g, xh)), g3, xhat))
+            sum_g, sum_gxc = _channel_sums(lambda g_, v: (g_, g_ * (v - mu)), gv, xv, col)
+            sum_gx = sum_gxc * rstd                                # sum g x̂ = sum g (x - μ) / σ
         gx = None
         if need[0]:
-            k3 = rstd[:, None] if w3 is None else rstd[:, None] * w3  # w / σ per channel
-            if ctx.batch_stats:
-                count = g3.shape[0] * g3.shape[2]
-                mg, mgx = (sum_g / count)[:, None], (sum_gx / count)[:, None]
-                gx = parallel.blockwise(lambda g, xh: (g - mg - xh * mgx) * k3, g3, xhat)
+            k = rstd if w is None else rstd * w                    # w / σ per channel
+            if ctx.batch_stats:  # (g - mean(g) - x̂ mean(g x̂)) k  =  g k + x α + β
+                count = g.size // g.shape[1]
+                q = sum_gx / count * rstd * k
+                alpha, beta = -q, mean * q - sum_g / count * k
+                kc, ac, bc = (_per_channel(v, col) for v in (k, alpha, beta))
+                gx = parallel.blockwise(lambda g_, v: g_ * kc + (v * ac + bc), gv, xv)
             else:
-                gx = parallel.blockwise(lambda g: g * k3, g3)
+                kc = _per_channel(k, col)
+                gx = parallel.blockwise(lambda g_: g_ * kc, gv)
             gx = gx.reshape(g.shape)
         grads = [gx]
         if ctx.has_w:
@@ -155,12 +158,33 @@ class BatchNorm(Function):
         return tuple(grads)
 
 
-def _sum_squares(a):
-    return (a * a).sum(axis=-1)
+def _channels_view(x):
+    """(N, C) stays 2-D (channels in columns); anything longer becomes (N, C, L)."""
+    return (x, True) if x.ndim == 2 else (x.reshape(x.shape[0], x.shape[1], -1), False)
 
 
-def _sum_products(a, b):
-    return (a * b).sum(axis=-1)
+def _per_channel(v, col: bool):
+    """A (C,) vector shaped to broadcast against the view: (C,) for (N, C), (C, 1) for (N, C, L)."""
+    return v if col else v[:, None]
+
+
+def _channel_sums(fn, *arrays_and_col):
+    """Per-channel sums of ``fn(*blocks)`` (one array or a tuple) over every axis but C."""
+    *arrays, col = arrays_and_col
+    if col:
+        out = parallel.sum_rows(fn, *arrays)
+        return out if isinstance(out, tuple) else (out,)
+    outs = parallel.blockwise(lambda *a: tuple(r.sum(axis=-1) for r in _tuple(fn(*a))), *arrays)
+    return tuple(o.sum(axis=0) for o in _tuple(outs))
+
+
+def _tuple(r):
+    return r if isinstance(r, tuple) else (r,)
+
+
+def _square(a):
+    a *= a
+    return a
 
 
 def _raw(t):
