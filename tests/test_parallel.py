@@ -253,3 +253,46 @@ def test_sum_rows_same_for_every_thread_count_and_closer_than_one_sum(threads, m
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-3)
     small = parallel.sum_rows(lambda a: a, g[:10])       # small: the plain sum
     np.testing.assert_array_equal(small, g[:10].sum(axis=0))
+
+
+def test_reshape_copies_permuted_views_on_all_cores_and_keeps_views(threads):
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((8, BIG // 64, 8)).astype(np.float32)
+    v = a.transpose(1, 0, 2)                                  # needs a copy to reshape
+    got = parallel.reshape(v, (-1, 8))
+    np.testing.assert_array_equal(got, v.reshape(-1, 8))
+    assert got.flags.c_contiguous
+    view = parallel.reshape(a, (8, -1))                       # contiguous: a view, no copy
+    assert np.shares_memory(view, a)
+    sliced = a[:, :, :4]                                      # strided, still a view along axis 0
+    np.testing.assert_array_equal(parallel.reshape(sliced, (8, -1)), sliced.reshape(8, -1))
+    with pytest.raises(ValueError):
+        parallel.reshape(v, (7, -1))
+
+
+def test_binary_broadcasting_along_rows_is_bit_identical(threads):
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((16, 8, 8, BIG // 1024 + 3)).astype(np.float32)
+    gate = rng.standard_normal((16, 1, 1, x.shape[-1])).astype(np.float32)
+    for a, b in [(x, gate), (gate, x), (x, x)]:
+        got = parallel.binary(np.multiply, a, b)
+        assert got.shape == x.shape and got.dtype == np.float32
+        np.testing.assert_array_equal(got, a * b)
+    np.testing.assert_array_equal(parallel.binary(np.subtract, gate, x), gate - x)
+
+
+def test_sum_to_on_all_cores_matches_numpy(threads):
+    from minivit.autograd.engine import sum_to
+    rng = np.random.default_rng(14)
+    g = rng.standard_normal((16, 8, 8, BIG // 1024 + 3)).astype(np.float32)
+    # axis 0 kept: per row, bit-identical
+    np.testing.assert_array_equal(sum_to(g, (16, 1, 1, g.shape[-1])),
+                                  g.sum(axis=(1, 2), keepdims=True))
+    # leading axes summed away (a bias, a position embedding): column sums, last bits may differ
+    g64 = g.astype(np.float64)
+    for shape, want in [(g.shape[-1:], g64.sum(axis=(0, 1, 2))),
+                        ((1,) + g.shape[1:], g64.sum(axis=0, keepdims=True)),
+                        (g.shape[2:], g64.sum(axis=(0, 1)))]:
+        got = sum_to(g, shape)
+        assert got.shape == tuple(shape) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 
 from . import backend, parallel
 
@@ -22,10 +23,25 @@ def sum_to(grad, shape: tuple):
         raise ValueError(f"cannot sum a gradient of shape {grad.shape} to shape {tuple(shape)}")
     axes = tuple(range(lead)) + tuple(
         i + lead for i, n in enumerate(shape) if n == 1 and grad.shape[i + lead] != 1)
-    out = grad.sum(axis=axes, keepdims=True)
+    out = _sum_axes(grad, axes)
     if lead:
         out = out.reshape(out.shape[lead:])
     return out
+
+
+def _sum_axes(grad, axes: tuple):
+    """``grad.sum(axis=axes, keepdims=True)``, on all cores for big arrays: per row when axis 0
+    is kept (bit-identical), down the columns when only leading axes go (``sum_rows``)."""
+    if not axes or grad.size < parallel.MIN_ELEMENTS or not backend.device_of(grad) == "cpu":
+        return grad.sum(axis=axes, keepdims=True)
+    if 0 not in axes:
+        return parallel.blockwise(lambda g: g.sum(axis=axes, keepdims=True), grad)
+    k = len(axes)
+    if axes == tuple(range(k)) and grad.flags.c_contiguous:   # (batch..., rest): a bias
+        lead_size = math.prod(grad.shape[:k])
+        out = parallel.sum_rows(lambda g: g, grad.reshape(lead_size, -1))
+        return out.reshape((1,) * k + grad.shape[k:])
+    return grad.sum(axis=axes, keepdims=True)
 
 
 def _check_grad(fn, tensor, grad):

@@ -4,8 +4,9 @@ Entry points: ``blockwise(fn, *arrays)`` for a function of whole arrays (it does
 cutting), ``for_each(fn, items)`` for loops whose iterations write disjoint parts of an
 output (the conv's layout copies, im2col and col2im, one block of channels per item),
 ``matmul(a, b)`` for stacks of small matrix products (attention), which NumPy runs on one core,
-``sum_rows(fn, *arrays)`` for column sums (bias and norm-weight gradients), and ``add`` /
-``add_rows_`` for the residual adds, gradient sums and bias adds.
+``sum_rows(fn, *arrays)`` for column sums (bias and norm-weight gradients), ``binary`` /
+``add`` / ``add_rows_`` for the residual adds, gradient sums, gating products and bias adds,
+and ``reshape`` for the copies that reshaping a permuted view makes.
 
 A chain like ``g * (cdf + x * exp(-x*x/2))`` on a 3M-element array makes each ufunc stream
 12 MB through memory and runs on one core, while BLAS uses all of them. ``blockwise`` cuts
@@ -124,17 +125,44 @@ def blockwise(fn, *arrays):
     return outs if len(outs) > 1 else outs[0]
 
 
-def add(a, b):
-    """``a + b``; for two large NumPy arrays of one shape and dtype, in blocks on all cores.
+def binary(op, a, b):
+    """``op(a, b)`` for a NumPy ufunc such as ``np.add`` or ``np.multiply``; when both are
+    large NumPy arrays of one dtype with the same length along axis 0 (same shape, or
+    broadcasting along the other axes, such as x (B, H, W, C) * gate (B, 1, 1, C)), in blocks
+    of rows on all cores. Elementwise, so bit-identical to ``op(a, b)``.
 
-    The residual adds and the engine's gradient sums are whole-array passes that NumPy would
-    run on one core. Elementwise, so bit-identical to ``a + b``.
+    The residual adds, the engine's gradient sums and gating products are whole-array passes
+    that NumPy would run on one core.
     """
-    if (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
-            and a.dtype == b.dtype and a.flags.c_contiguous and b.flags.c_contiguous
-            and a.size >= MIN_ELEMENTS):
-        return blockwise(np.add, a.reshape(-1), b.reshape(-1)).reshape(a.shape)
-    return a + b
+    if (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == b.ndim >= 1
+            and a.shape[0] == b.shape[0] and a.dtype == b.dtype
+            and max(a.size, b.size) >= MIN_ELEMENTS):
+        if a.size >= b.size:
+            return blockwise(op, a, b)
+        return blockwise(lambda y, x: op(x, y), b, a)   # blockwise sizes blocks by its first
+    return op(a, b)
+
+
+def add(a, b):
+    """``a + b``, on all cores for large arrays (see ``binary``)."""
+    return binary(np.add, a, b)
+
+
+def reshape(a, shape):
+    """``a.reshape(shape)``; when that has to copy a large strided NumPy array (a transposed
+    or permuted view), the copy is made block by block along axis 0 on all cores."""
+    if (not isinstance(a, np.ndarray) or a.flags.c_contiguous or a.size < MIN_ELEMENTS
+            or NUM_THREADS <= 1 or a.shape[0] < 2):
+        return a.reshape(shape)
+    try:
+        return np.reshape(a, shape, copy=False)   # a view after all (NumPy >= 2.1)
+    except (ValueError, TypeError):
+        pass
+    out = np.empty(a.shape, dtype=a.dtype)
+    step = -(-a.shape[0] // (4 * NUM_THREADS))   # a few blocks per thread
+    for_each(lambda s: out.__setitem__(slice(s, s + step), a[s:s + step]),
+             range(0, a.shape[0], step))
+    return out.reshape(shape)
 
 
 def add_rows_(a, row) -> None:

@@ -34,12 +34,14 @@ class Sub(Function):
 class Mul(Function):
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
-        return a * b
+        return parallel.binary(xp_of(a).multiply, a, b)   # a * b (large ones on all cores)
 
     def backward(ctx, g):
         a, b = ctx.saved_tensors
         da, db = ctx.needs_input_grad
-        return (g * b if da else None), (g * a if db else None)
+        mul = xp_of(g).multiply
+        return (parallel.binary(mul, g, b) if da else None), \
+            (parallel.binary(mul, g, a) if db else None)
 
 
 class Div(Function):

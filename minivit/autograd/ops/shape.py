@@ -1,7 +1,7 @@
 """Ops that move elements without changing them: their backward moves the gradient back."""
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, parallel
 from ..function import Function
 from .reduce import normalize_axis
 
@@ -12,13 +12,13 @@ class Reshape(Function):
     def forward(ctx, x, shape=()):
         ctx.shape = x.shape
         try:
-            return x.reshape(shape)
+            return parallel.reshape(x, shape)  # a view, or a copy made on all cores
         except ValueError:
             raise ValueError(f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
                              f"into shape {tuple(shape)}") from None
 
     def backward(ctx, g):
-        return g.reshape(ctx.shape)
+        return parallel.reshape(g, ctx.shape)
 
 
 class Permute(Function):
