@@ -68,10 +68,15 @@ def _softmax_rows(s):
     """softmax along each row of s (rows, keys); rows in blocks on all cores (blockwise)."""
     xp = xp_of(s)
     m = s.max(axis=-1, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0)  # a fully masked row: exp(-inf - 0) = 0
-    p = xp.exp(s - m)
-    den = p.sum(axis=-1, keepdims=True)
-    p /= xp.where(den > 0, den, 1)
+    # a fully masked row has max -inf: take 0 there, so exp(-inf - 0) = 0 (the check is a
+    # small pass on the CPU; on the GPU it would cost a device sync, so it always masks)
+    finite = backend.device_of(s) == "cpu" and bool(xp.isfinite(m).all())
+    if not finite:
+        m = xp.where(xp.isfinite(m), m, 0)
+    p = s - m
+    xp.exp(p, out=p)
+    den = p.sum(axis=-1, keepdims=True)  # >= 1 (the max itself gives e^0) unless fully masked
+    p *= 1 / (den if finite else xp.where(den > 0, den, 1))
     return p
 
 
