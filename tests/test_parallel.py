@@ -296,3 +296,12 @@ def test_sum_to_on_all_cores_matches_numpy(threads):
         got = sum_to(g, shape)
         assert got.shape == tuple(shape) and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_add_columns_in_place(threads):
+    rng = np.random.default_rng(15)
+    a = rng.standard_normal((37, BIG // 37), dtype=np.float32)
+    col = rng.standard_normal(37, dtype=np.float32)
+    want = a + col[:, None]
+    parallel.add_columns_(a, col)
+    np.testing.assert_array_equal(a, want)

@@ -174,6 +174,16 @@ def add_rows_(a, row) -> None:
     for_each(lambda s: a[s:s + step].__iadd__(row), range(0, a.shape[0], step))
 
 
+def add_columns_(a, col) -> None:
+    """``a += col[:, None]`` in place for a 2-D NumPy array (a bias per row), on all cores."""
+    if not isinstance(a, np.ndarray) or a.size < MIN_ELEMENTS or NUM_THREADS <= 1:
+        a += col[:, None]
+        return
+    step = max(1, BLOCK_ELEMENTS // max(a.shape[1], 1))
+    for_each(lambda s: a[s:s + step].__iadd__(col[s:s + step, None]),
+             range(0, a.shape[0], step))
+
+
 def sum_rows(fn, *arrays):
     """The column sums ``fn(*arrays).sum(axis=0)`` (``fn`` may return a tuple: one sum each),
     computed on fixed blocks of rows on all cores and added up in block order.

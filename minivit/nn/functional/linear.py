@@ -62,7 +62,7 @@ class LinearColumns(Function):
         y = w @ x
         add_flops(2 * y.size * w.shape[1])
         if b is not None:
-            y += b[:, None]
+            parallel.add_columns_(y, b)   # y += b[:, None], on all cores
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
         return y
@@ -74,7 +74,7 @@ class LinearColumns(Function):
         gw = g @ x.T if need[1] else None
         if not ctx.has_bias:
             return gx, gw
-        return gx, gw, (g.sum(axis=1) if need[2] else None)
+        return gx, gw, (parallel.blockwise(lambda a: a.sum(axis=1), g) if need[2] else None)
 
 
 def linear_columns(x, weight, bias=None):
