@@ -18,24 +18,39 @@ xp_of = backend.get_array_module
 
 
 def _layer_norm_rows(x, w, b, eps):
-    """Rows of x (rows, D) normalised: y = x̂ w + b, x̂ and 1/σ (rows, 1) kept for backward."""
+    """Rows of x (rows, D) normalised: y = x̂ w + b, x̂ and 1/σ (rows, 1) kept for backward.
+
+    The row means are matrix-vector products (x 1 / D, a BLAS gemv: several times faster than
+    NumPy's reduction along rows of a few hundred numbers), the variance a row-wise dot."""
     if cuda_kernels.enabled(x):
         return cuda_kernels.layer_norm_rows(x, w, b, eps)
     xp = xp_of(x)
-    xc = x - x.mean(axis=-1, keepdims=True)
-    rstd = 1 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    inv_d = 1.0 / x.shape[-1]
+    xc = x - (x @ xp.ones(x.shape[-1], x.dtype))[:, None] * inv_d         # x - μ
+    rstd = (1 / xp.sqrt(xp.einsum("ij,ij->i", xc, xc) * inv_d + eps))[:, None]
     xc *= rstd  # x̂
-    y = xc if w is None else xc * w
-    return (y if b is None else y + b), xc, rstd
+    if w is None:
+        return (xc if b is None else xc + b), xc, rstd
+    y = xc * w
+    if b is not None:
+        y += b
+    return y, xc, rstd
 
 
 def _layer_norm_rows_backward(g, xhat, rstd, w):
-    """dx = (1/σ) (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) along each row, ĝ = g w."""
+    """dx = (1/σ) (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) along each row, ĝ = g w; with the row means
+    as gemvs: mean(ĝ) = g w / D and mean(ĝ x̂) = (g x̂) w / D."""
     if cuda_kernels.enabled(g):
         return cuda_kernels.layer_norm_rows_backward(g, xhat, rstd, w)
-    gh = g if w is None else g * w
-    return rstd * (gh - gh.mean(axis=-1, keepdims=True)
-                   - xhat * (gh * xhat).mean(axis=-1, keepdims=True))
+    inv_d = 1.0 / g.shape[-1]
+    if w is None:
+        gh, m1, m2 = g, g.mean(axis=-1, keepdims=True), (g * xhat).mean(axis=-1, keepdims=True)
+    else:
+        gh, m1, m2 = g * w, (g @ w)[:, None] * inv_d, ((g * xhat) @ w)[:, None] * inv_d
+    dx = gh - m1
+    dx -= xhat * m2
+    dx *= rstd
+    return dx
 
 
 class LayerNorm(Function):
