@@ -251,8 +251,18 @@ def test_sum_rows_same_for_every_thread_count_and_closer_than_one_sum(threads, m
         assert a.dtype == np.float32 and a.shape == (24,)
         assert np.abs(a - e).max() <= np.abs(plain - e).max() + 1e-6
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-3)
-    small = parallel.sum_rows(lambda a: a, g[:10])       # small: the plain sum
-    np.testing.assert_array_equal(small, g[:10].sum(axis=0))
+    small = parallel.sum_rows(lambda a: a, g[:10])       # small: one column-sum gemv
+    np.testing.assert_array_equal(small, parallel.column_sums(g[:10]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_and_column_sums_are_the_sums(dtype):
+    a = np.random.default_rng(16).standard_normal((300, 70)).astype(dtype)
+    for got, want in [(parallel.row_sums(a), a.astype(np.float64).sum(axis=1)),
+                      (parallel.column_sums(a), a.astype(np.float64).sum(axis=0))]:
+        assert got.dtype == dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
 def test_reshape_copies_permuted_views_on_all_cores_and_keeps_views(threads):

@@ -184,6 +184,20 @@ def add_columns_(a, col) -> None:
              range(0, a.shape[0], step))
 
 
+# NumPy's reductions along the rows or down the columns of a (rows, D) float array run several
+# times slower than BLAS's matrix-vector product with a vector of ones (measured here:
+# (682, 192) column sums 22 -> 8 us, row sums 35 -> 7 us). These two are that product.
+
+def row_sums(a):
+    """``a.sum(axis=-1)`` of a 2-D float array, as the gemv ``a @ 1``."""
+    return a @ _xp(a).ones(a.shape[-1], a.dtype)
+
+
+def column_sums(a):
+    """``a.sum(axis=0)`` of a 2-D float array, as the gemv ``1 @ a``."""
+    return _xp(a).ones(a.shape[0], a.dtype) @ a
+
+
 def sum_rows(fn, *arrays):
     """The column sums ``fn(*arrays).sum(axis=0)`` (``fn`` may return a tuple: one sum each),
     computed on fixed blocks of rows on all cores and added up in block order.
@@ -196,7 +210,7 @@ def sum_rows(fn, *arrays):
     a0 = arrays[0]
     if (NUM_THREADS == 0 or a0.ndim < 2 or a0.size < MIN_ELEMENTS
             or not all(isinstance(a, np.ndarray) for a in arrays)):
-        return _tuple_or_one(tuple(r.sum(axis=0) for r in _as_tuple(fn(*arrays))))
+        return _tuple_or_one(tuple(column_sums(r) for r in _as_tuple(fn(*arrays))))
     n = a0.shape[0]
     rows = max(1, BLOCK_ELEMENTS // (a0.size // n))
     starts = list(range(0, n, rows))
@@ -204,7 +218,7 @@ def sum_rows(fn, *arrays):
 
     def run(k):
         s = starts[k]
-        parts[k] = tuple(r.sum(axis=0) for r in _as_tuple(fn(*[a[s:s + rows] for a in arrays])))
+        parts[k] = tuple(column_sums(r) for r in _as_tuple(fn(*[a[s:s + rows] for a in arrays])))
 
     for_each(run, range(len(starts)))
     return _tuple_or_one(tuple(np.sum(np.stack(col), axis=0) for col in zip(*parts)))

@@ -75,7 +75,7 @@ def _softmax_rows(s):
         m = xp.where(xp.isfinite(m), m, 0)
     p = s - m
     xp.exp(p, out=p)
-    den = p.sum(axis=-1, keepdims=True)  # >= 1 (the max itself gives e^0) unless fully masked
+    den = parallel.row_sums(p)[:, None]  # >= 1 (the max itself gives e^0) unless fully masked
     p *= 1 / (den if finite else xp.where(den > 0, den, 1))
     return p
 
@@ -84,7 +84,7 @@ def _softmax_rows_backward(p, dp):
     """dS = P (dP - sum_k dP P) along each row."""
     if cuda_kernels.enabled(p):
         return cuda_kernels.softmax_backward(p, dp, -1)
-    return p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+    return p * (dp - xp_of(p).einsum("ij,ij->i", dp, p)[:, None])
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0,

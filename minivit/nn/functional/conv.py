@@ -139,7 +139,7 @@ class Conv2d(Function):
         gt = to_cnl(g) if ctx.pointwise else to_chwn(g, (0, 0))     # (O, Ho*Wo*N) in some order
         gb = None
         if ctx.has_bias and ctx.needs_input_grad[2]:  # contiguous rows, not a strided NCHW sum
-            gb = gt.reshape(geo.o, -1).sum(axis=1)
+            gb = parallel.row_sums(gt.reshape(geo.o, -1))
         if ctx.pointwise:
             xt, w2 = saved, weight.reshape(geo.o, geo.c)
             gw = (gt @ xt.T).reshape(weight.shape) if need_w else None

@@ -115,7 +115,7 @@ class DepthwiseConv2dNHWC(Function):
             for t, (rows, cols) in enumerate(windows):
                 if need_w:  # <dout, window(i, j)> per channel: a sum over whole rows of C
                     xp.multiply(gb, xb[:, rows, cols], out=tmp)
-                    partial[k, t] = tmp.reshape(-1, c).sum(axis=0)
+                    partial[k, t] = parallel.column_sums(tmp.reshape(-1, c))
                 if need_x:
                     dxb[:, rows, cols] += xp.multiply(gb, taps[t], out=tmp)
             if need_x:
@@ -125,7 +125,7 @@ class DepthwiseConv2dNHWC(Function):
         gw = partial.sum(axis=0).T.reshape(w_shape) if need_w else None
         if not ctx.has_bias:
             return gx, gw
-        gb = g.reshape(-1, c).sum(axis=0) if ctx.needs_input_grad[2] else None
+        gb = parallel.sum_rows(lambda a: a, g.reshape(-1, c)) if ctx.needs_input_grad[2] else None
         return gx, gw, gb
 
 

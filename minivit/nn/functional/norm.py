@@ -189,8 +189,12 @@ def _channel_sums(fn, *arrays_and_col):
     if col:
         out = parallel.sum_rows(fn, *arrays)
         return out if isinstance(out, tuple) else (out,)
-    outs = parallel.blockwise(lambda *a: tuple(r.sum(axis=-1) for r in _tuple(fn(*a))), *arrays)
-    return tuple(o.sum(axis=0) for o in _tuple(outs))
+    def sums_along_l(*blocks):  # (n, C, L) -> (n, C): sums of contiguous runs of L, as gemvs
+        return tuple(parallel.row_sums(r.reshape(-1, r.shape[-1])).reshape(r.shape[:2])
+                     for r in _tuple(fn(*blocks)))
+
+    outs = parallel.blockwise(sums_along_l, *arrays)
+    return tuple(parallel.column_sums(o) for o in _tuple(outs))
 
 
 def _tuple(r):
