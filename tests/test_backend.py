@@ -185,3 +185,31 @@ def test_openblas_thread_timeout_default_and_override():
     env["OPENBLAS_THREAD_TIMEOUT"] = "20"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "20", out.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1000, 300_000])
+def test_erf_into_out(dtype, n):
+    """erf(x, out=...) fills ``out`` (contiguous or not) with the same numbers as erf(x)."""
+    x = np.linspace(-5, 5, n).astype(dtype)
+    want = backend.erf(x)
+    out = np.empty_like(x)
+    assert backend.erf(x, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    strided = np.empty(2 * n, dtype)[::2]
+    backend.erf(x, out=strided)
+    np.testing.assert_array_equal(strided, want)
+
+
+def test_normal_cdf_block_matches_the_erf_definition():
+    """Φ(x) with the constants folded into the rational function: float32 error like erf's."""
+    import math
+    x64 = np.linspace(-9, 9, 20001)
+    want = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x64])
+    got32 = backend.normal_cdf_block(x64.astype(np.float32))
+    assert got32.dtype == np.float32
+    assert np.abs(got32 - want).max() < 3e-7
+    np.testing.assert_allclose(backend.normal_cdf_block(x64), want, rtol=1e-14, atol=1e-15)
+    out = np.empty(x64.shape, np.float32)
+    assert backend.normal_cdf_block(x64.astype(np.float32), out=out) is out
+    np.testing.assert_array_equal(out, got32)

@@ -315,3 +315,24 @@ def test_add_columns_in_place(threads):
     want = a + col[:, None]
     parallel.add_columns_(a, col)
     np.testing.assert_array_equal(a, want)
+
+
+def test_blockwise_into_out_is_bit_identical(threads):
+    rng = np.random.default_rng(17)
+    x, y = rng.standard_normal((2, BIG), dtype=np.float32)
+
+    def fn(a, b, out=None):
+        o1, o2 = out if out is not None else (np.empty_like(a), np.empty_like(a))
+        np.multiply(a, b, out=o1)
+        o1 += 1
+        np.exp(-a * a, out=o2)
+        return o1, o2
+
+    out = parallel.empty_like(x, 2)
+    got = parallel.blockwise(fn, x, y, out=out)
+    assert got[0] is out[0] and got[1] is out[1]
+    for g, w in zip(got, fn(x, y)):
+        np.testing.assert_array_equal(g, w)
+    one = parallel.blockwise(lambda a, out: np.negative(a, out=out[0]), x,
+                             out=parallel.empty_like(x))
+    np.testing.assert_array_equal(one, -x)

@@ -200,7 +200,7 @@ _ERF32_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
             -7.37332916720468e-03, -1.42647390514189e-02)  # even denominator
 
 
-def _erf_float32(x):
+def _erf_float32(x, out=None):
     xp = get_array_module(x)
     z = xp.clip(x.reshape(-1), -4.0, 4.0)  # 1-d: arithmetic on 0-d arrays gives scalars
     z2 = z * z
@@ -215,18 +215,71 @@ def _erf_float32(x):
         q *= z2
     q += _ERF32_Q[-1]
     p *= z
+    if out is not None and out.dtype == np.float32 and out.flags.c_contiguous:
+        xp.divide(p, q, out=out.reshape(-1))   # a view of out: the result lands in place
+        return xp.clip(out, -1.0, 1.0, out=out)
     p /= q
     return xp.clip(p, -1.0, 1.0, out=p).astype(x.dtype, copy=False).reshape(x.shape)
 
 
-def erf(x):
-    """Elementwise error function, to the precision of ``x``'s dtype."""
+# Φ(x) = (1 + erf(x/√2)) / 2 with the 1/√2 and the 1/2 folded into the same rational function:
+# with u = x², erf(x/√2) = (x/√2) P(u/2) / Q(u/2), so Φ(x) = 1/2 + x P'(u) / Q(u/2) where P' has
+# P's coefficients times 2^-k (k its power of z²) and 1/(2√2). Two passes fewer than via erf.
+_CDF32_P = tuple(c * 0.5 ** (len(_ERF32_P) - 1 - i) / (2 * math.sqrt(2))
+                 for i, c in enumerate(_ERF32_P))
+_CDF32_Q = tuple(c * 0.5 ** (len(_ERF32_Q) - 1 - i) for i, c in enumerate(_ERF32_Q))
+_CDF32_LIMIT = 4 * math.sqrt(2)  # |x/√2| = 4, where erf rounds to ±1 in float32
+
+
+def normal_cdf_block(x, out=None):
+    """Φ(x), the standard normal CDF, of a float32 block (into ``out`` if given); float64 and
+    the GPU go through ``erf``."""
+    xp = get_array_module(x)
+    if x.dtype != np.float32 or device_of(x) != "cpu":
+        y = erf(x * (1 / math.sqrt(2)))
+        y += 1
+        y *= 0.5
+        if out is None:
+            return y
+        out[...] = y
+        return out
+    z = xp.clip(x, -_CDF32_LIMIT, _CDF32_LIMIT)
+    u = z * z
+    p = u * _CDF32_P[0]
+    for c in _CDF32_P[1:-1]:
+        p += c
+        p *= u
+    p += _CDF32_P[-1]
+    q = u * _CDF32_Q[0]
+    for c in _CDF32_Q[1:-1]:
+        q += c
+        q *= u
+    q += _CDF32_Q[-1]
+    p *= z
+    y = out if out is not None else xp.empty_like(x)
+    xp.divide(p, q, out=y)
+    y += 0.5
+    return xp.clip(y, 0.0, 1.0, out=y)
+
+
+def erf(x, out=None):
+    """Elementwise error function, to the precision of ``x``'s dtype (into ``out`` if given)."""
     if device_of(x) == "cuda":
         import cupyx.scipy.special  # noqa: PLC0415
 
-        return cupyx.scipy.special.erf(x)
-    fn = _erf_float64 if x.dtype == np.float64 else _erf_float32
-    return parallel.blockwise(fn, x.reshape(-1)).reshape(x.shape)  # in blocks, on all cores
+        y = cupyx.scipy.special.erf(x)
+    elif x.dtype == np.float32:
+        if out is not None and x.size < parallel.MIN_ELEMENTS:  # a block: fill out directly
+            y = _erf_float32(x, out=out)
+            if y is out:
+                return out
+        y = parallel.blockwise(_erf_float32, x.reshape(-1)).reshape(x.shape)  # on all cores
+    else:
+        y = parallel.blockwise(_erf_float64, x.reshape(-1)).reshape(x.shape)
+    if out is None:
+        return y
+    out[...] = y
+    return out
 
 
 # --- random numbers ----------------------------------------------------------------------

@@ -11,8 +11,8 @@ and ``reshape`` for the copies that reshaping a permuted view makes.
 A chain like ``g * (cdf + x * exp(-x*x/2))`` on a 3M-element array makes each ufunc stream
 12 MB through memory and runs on one core, while BLAS uses all of them. ``blockwise`` cuts
 the arrays along their first axis into blocks of about ``BLOCK_ELEMENTS`` elements, so the
-whole chain runs on one block while it sits in the L2 cache, and hands contiguous runs of
-blocks to ``NUM_THREADS`` threads (NumPy's ufuncs release the GIL).
+whole chain runs on one block while it sits in the L2 cache, and shares the blocks among
+``NUM_THREADS`` threads, each taking the next block left (NumPy's ufuncs release the GIL).
 
 Every block computes exactly what the whole-array call would for its rows, so the results are
 bit-identical to ``fn(*arrays)``, provided ``fn`` is row-wise (each output row depends only on
@@ -60,22 +60,35 @@ def _as_tuple(r):
     return r if isinstance(r, tuple) else (r,)
 
 
+_DONE = object()
+
+
 def _run_split(run, items: list) -> None:
-    """``run(part)`` over contiguous parts of ``items``, one part per thread, the first here."""
+    """``run((item,))`` for every item, on ``NUM_THREADS`` threads (this one included) that
+    each take the next item left until none is: a thread that started late or met slower
+    items takes fewer, so none waits at the end for another's fixed share."""
     k = min(NUM_THREADS, len(items))
     if k <= 1:
         run(items)
         return
-    bounds = [len(items) * i // k for i in range(k + 1)]
-    parts = [items[bounds[i]:bounds[i + 1]] for i in range(k)]
-    futures = [_get_pool().submit(run, p) for p in parts[1:]]
-    run(parts[0])
+    it, lock = iter(items), threading.Lock()
+
+    def loop():
+        while True:
+            with lock:
+                item = next(it, _DONE)
+            if item is _DONE:
+                return
+            run((item,))
+
+    futures = [_get_pool().submit(loop) for _ in range(k - 1)]
+    loop()
     for f in futures:
         f.result()
 
 
 def for_each(fn, items, *, threaded: bool = True) -> None:
-    """``for item in items: fn(item)``, with contiguous runs of items on ``NUM_THREADS`` threads.
+    """``for item in items: fn(item)``, the items shared among ``NUM_THREADS`` threads.
 
     The iterations must be independent (each writes its own part of some output), so the
     result is the same however they are split. ``threaded=False`` (the GPU, or a small
@@ -96,7 +109,7 @@ def for_each(fn, items, *, threaded: bool = True) -> None:
     _run_split(run, items)
 
 
-def blockwise(fn, *arrays):
+def blockwise(fn, *arrays, out=None):
     """``fn(*arrays)``, computed block by block along axis 0, on all cores.
 
     ``arrays``: NumPy or CuPy arrays with the same length along axis 0 (C-contiguous ones make
@@ -104,15 +117,26 @@ def blockwise(fn, *arrays):
     inputs' length along axis 0; whatever else it needs (weights, constants) it takes from
     its closure. Returns what ``fn(*arrays)`` would return.
 
+    ``out``: a tuple of arrays of the results' shapes, which ``fn`` fills itself: it is called
+    as ``fn(*blocks, out=out_blocks)`` (and ``fn(*arrays, out=out)`` on the plain path). That
+    saves copying each block's result into place, a pass over every output.
+
     ``blockwise(lambda a, b: a * b + 1, x, y)`` == ``x * y + 1`` for same-shape x, y.
     """
     a0 = arrays[0]
     n = a0.shape[0] if a0.ndim else 0
     if (NUM_THREADS == 0 or a0.size < MIN_ELEMENTS or n < 2
             or not all(isinstance(a, np.ndarray) and a.shape[:1] == (n,) for a in arrays)):
-        return fn(*arrays)
+        return fn(*arrays) if out is None else fn(*arrays, out=out)
     rows = max(1, BLOCK_ELEMENTS // (a0.size // n))
     starts = list(range(0, n, rows))
+    if out is not None:
+        def run(block_starts):
+            for s in block_starts:
+                fn(*[a[s:s + rows] for a in arrays], out=tuple(o[s:s + rows] for o in out))
+
+        _run_split(run, starts)
+        return out if len(out) > 1 else out[0]
     probe = _as_tuple(fn(*[a[:1] for a in arrays]))  # one row: the outputs' dtypes and shapes
     outs = tuple(np.empty((n,) + p.shape[1:], p.dtype) for p in probe)
 
@@ -121,8 +145,14 @@ def blockwise(fn, *arrays):
             for o, r in zip(outs, _as_tuple(fn(*[a[s:s + rows] for a in arrays]))):
                 o[s:s + rows] = r
 
-    _run_split(run, starts)  # contiguous runs of blocks, the first one on this thread
+    _run_split(run, starts)
     return outs if len(outs) > 1 else outs[0]
+
+
+def empty_like(a, count: int = 1):
+    """``count`` new arrays of ``a``'s shape and dtype (the ``out`` of a ``blockwise``)."""
+    xp = _xp(a)
+    return tuple(xp.empty(a.shape, a.dtype) for _ in range(count))
 
 
 def binary(op, a, b):

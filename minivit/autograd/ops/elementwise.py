@@ -162,14 +162,17 @@ class Sigmoid(Function):
 
 
 class ReLU(Function):
+    """y = max(x, 0); dx = g where x > 0, else 0 (x is kept: its input tensor lives anyway)."""
+
     def forward(ctx, x):
-        mask = x > 0
-        ctx.save_for_backward(mask)
-        return x * mask
+        ctx.save_for_backward(x)
+        return parallel.blockwise(lambda a, out: xp_of(a).maximum(a, 0, out=out[0]), x,
+                                  out=parallel.empty_like(x))
 
     def backward(ctx, g):
-        (mask,) = ctx.saved_tensors
-        return g * mask
+        (x,) = ctx.saved_tensors
+        return parallel.blockwise(lambda g_, a, out: xp_of(a).multiply(g_, a > 0, out=out[0]),
+                                  g, x, out=parallel.empty_like(g))
 
 
 class Erf(Function):
@@ -182,36 +185,51 @@ class Erf(Function):
         return g * (2 / math.sqrt(math.pi)) * xp_of(x).exp(-x * x)
 
 
-def _gelu_exact(x):
+# Each GELU pass takes ``out``, the arrays it fills (given by ``parallel.blockwise`` one block
+# at a time, so no block result is copied into place); without it, it makes new ones.
+
+def _gelu_exact(x, out=None):
     """y = x Φ(x) and Φ(x) = (1 + erf(x / √2)) / 2, kept for backward."""
-    cdf = backend.erf(x * (1 / math.sqrt(2)))
-    cdf += 1
-    cdf *= 0.5
-    return x * cdf, cdf
+    y, cdf = out if out is not None else (xp_of(x).empty_like(x), xp_of(x).empty_like(x))
+    backend.normal_cdf_block(x, out=cdf)
+    xp_of(x).multiply(x, cdf, out=y)
+    return y, cdf
 
 
-def _gelu_exact_grad(g, x, cdf):
+def _gelu_exact_grad(g, x, cdf, out=None):
     """g (Φ(x) + x φ(x))."""
-    pdf = xp_of(x).exp(-0.5 * (x * x))
-    pdf *= INV_SQRT_2PI
-    return g * (cdf + x * pdf)
+    xp = xp_of(x)
+    d = out[0] if out is not None else xp.empty_like(x)
+    xp.multiply(x, x, out=d)
+    d *= -0.5
+    xp.exp(d, out=d)
+    d *= INV_SQRT_2PI      # φ(x)
+    d *= x
+    d += cdf
+    d *= g
+    return d
 
 
-def _gelu_tanh(x):
+def _gelu_tanh(x, out=None):
     """y = x s and s = (1 + t) / 2, t = tanh(√(2/π) (x + 0.044715 x³)); s kept for backward."""
-    s = x * x  # in place from here: each new array costs more than the arithmetic
+    xp = xp_of(x)
+    y, s = out if out is not None else (xp.empty_like(x), xp.empty_like(x))
+    xp.multiply(x, x, out=s)  # in place from here: each new array costs more than the arithmetic
     s *= 0.044715 * SQRT_2_OVER_PI
     s += SQRT_2_OVER_PI
     s *= x  # √(2/π) (x + 0.044715 x³)
-    xp_of(x).tanh(s, out=s)
+    xp.tanh(s, out=s)
     s += 1
     s *= 0.5
-    return x * s, s
+    xp.multiply(x, s, out=y)
+    return y, s
 
 
-def _gelu_tanh_grad(g, x, s):
+def _gelu_tanh_grad(g, x, s, out=None):
     """g s (1 + 2 x (1 - s) u'), u' = √(2/π) (1 + 3·0.044715 x²), using 1 - t² = 4 s (1 - s)."""
-    d = x * x
+    xp = xp_of(x)
+    d = out[0] if out is not None else xp.empty_like(x)
+    xp.multiply(x, x, out=d)
     d *= 2 * SQRT_2_OVER_PI * 3 * 0.044715
     d += 2 * SQRT_2_OVER_PI  # 2 u'
     d *= x
@@ -240,7 +258,7 @@ class GELU(Function):
             y, saved = cuda_kernels.gelu_forward(xf, approximate)
         else:
             fn = _gelu_tanh if approximate == "tanh" else _gelu_exact
-            y, saved = parallel.blockwise(fn, xf)
+            y, saved = parallel.blockwise(fn, xf, out=parallel.empty_like(xf, 2))
         ctx.save_for_backward(xf, saved)
         return y.reshape(x.shape)
 
@@ -250,7 +268,8 @@ class GELU(Function):
             return cuda_kernels.gelu_backward(g.reshape(-1), xf, saved,
                                               ctx.approximate).reshape(g.shape)
         fn = _gelu_tanh_grad if ctx.approximate == "tanh" else _gelu_exact_grad
-        return parallel.blockwise(fn, g.reshape(-1), xf, saved).reshape(g.shape)
+        return parallel.blockwise(fn, g.reshape(-1), xf, saved,
+                                  out=parallel.empty_like(xf)).reshape(g.shape)
 
 
 class Maximum(Function):

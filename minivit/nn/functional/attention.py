@@ -35,7 +35,8 @@ class ScaledDotProductAttention(Function):
             s = s + bias[0]
         if keep is not None:  # boolean mask: True = attend
             s = xp.where(keep, s, -xp.inf)
-        p = parallel.blockwise(_softmax_rows, s.reshape(-1, s.shape[-1])).reshape(s.shape)
+        s2 = s.reshape(-1, s.shape[-1])
+        p = parallel.blockwise(_softmax_rows, s2, out=parallel.empty_like(s2)).reshape(s.shape)
         drop = None
         pd = p
         if dropout_p > 0.0:
@@ -55,8 +56,9 @@ class ScaledDotProductAttention(Function):
         dp = parallel.matmul(g, xp.swapaxes(v, -1, -2))
         if drop is not None:
             dp = dp * drop * inv_keep
-        ds = parallel.blockwise(_softmax_rows_backward, p.reshape(-1, p.shape[-1]),
-                                dp.reshape(-1, p.shape[-1])).reshape(p.shape)
+        p2 = p.reshape(-1, p.shape[-1])
+        ds = parallel.blockwise(_softmax_rows_backward, p2, dp.reshape(-1, p.shape[-1]),
+                                out=parallel.empty_like(p2)).reshape(p.shape)
         gq = parallel.matmul(ds, k) * ctx.scale if need[0] else None
         gk = parallel.matmul(xp.swapaxes(ds, -1, -2), q) * ctx.scale if need[1] else None
         if ctx.has_bias:
@@ -64,27 +66,32 @@ class ScaledDotProductAttention(Function):
         return gq, gk, gv
 
 
-def _softmax_rows(s):
+def _softmax_rows(s, out=None):
     """softmax along each row of s (rows, keys); rows in blocks on all cores (blockwise)."""
     xp = xp_of(s)
+    p = out[0] if out is not None else xp.empty_like(s)
     m = s.max(axis=-1, keepdims=True)
     # a fully masked row has max -inf: take 0 there, so exp(-inf - 0) = 0 (the check is a
     # small pass on the CPU; on the GPU it would cost a device sync, so it always masks)
     finite = backend.device_of(s) == "cpu" and bool(xp.isfinite(m).all())
     if not finite:
         m = xp.where(xp.isfinite(m), m, 0)
-    p = s - m
+    xp.subtract(s, m, out=p)
     xp.exp(p, out=p)
     den = parallel.row_sums(p)[:, None]  # >= 1 (the max itself gives e^0) unless fully masked
     p *= 1 / (den if finite else xp.where(den > 0, den, 1))
     return p
 
 
-def _softmax_rows_backward(p, dp):
+def _softmax_rows_backward(p, dp, out=None):
     """dS = P (dP - sum_k dP P) along each row."""
     if cuda_kernels.enabled(p):
         return cuda_kernels.softmax_backward(p, dp, -1)
-    return p * (dp - xp_of(p).einsum("ij,ij->i", dp, p)[:, None])
+    xp = xp_of(p)
+    ds = out[0] if out is not None else xp.empty_like(p)
+    xp.subtract(dp, xp.einsum("ij,ij->i", dp, p)[:, None], out=ds)
+    ds *= p
+    return ds
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0,

@@ -17,37 +17,43 @@ from ...autograd.tensor import Tensor
 xp_of = backend.get_array_module
 
 
-def _layer_norm_rows(x, w, b, eps):
-    """Rows of x (rows, D) normalised: y = x̂ w + b, x̂ and 1/σ (rows, 1) kept for backward.
+def _layer_norm_rows(x, w, b, eps, out=None):
+    """Rows of x (rows, D) normalised: y = x̂ w + b, x̂ and 1/σ (rows, 1) kept for backward
+    (into ``out`` = (y, x̂, 1/σ) when given: see ``parallel.blockwise``).
 
     The row means are matrix-vector products (x 1 / D, a BLAS gemv: several times faster than
     NumPy's reduction along rows of a few hundred numbers), the variance a row-wise dot."""
     if cuda_kernels.enabled(x):
         return cuda_kernels.layer_norm_rows(x, w, b, eps)
     xp = xp_of(x)
+    y, xc, rstd = out if out is not None else (xp.empty_like(x), xp.empty_like(x),
+                                               xp.empty((x.shape[0], 1), x.dtype))
     inv_d = 1.0 / x.shape[-1]
-    xc = x - (x @ xp.ones(x.shape[-1], x.dtype))[:, None] * inv_d         # x - μ
-    rstd = (1 / xp.sqrt(xp.einsum("ij,ij->i", xc, xc) * inv_d + eps))[:, None]
+    xp.subtract(x, (x @ xp.ones(x.shape[-1], x.dtype))[:, None] * inv_d, out=xc)   # x - μ
+    rstd[:, 0] = 1 / xp.sqrt(xp.einsum("ij,ij->i", xc, xc) * inv_d + eps)
     xc *= rstd  # x̂
     if w is None:
-        return (xc if b is None else xc + b), xc, rstd
-    y = xc * w
+        y[...] = xc
+    else:
+        xp.multiply(xc, w, out=y)
     if b is not None:
         y += b
     return y, xc, rstd
 
 
-def _layer_norm_rows_backward(g, xhat, rstd, w):
+def _layer_norm_rows_backward(g, xhat, rstd, w, out=None):
     """dx = (1/σ) (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) along each row, ĝ = g w; with the row means
     as gemvs: mean(ĝ) = g w / D and mean(ĝ x̂) = (g x̂) w / D."""
     if cuda_kernels.enabled(g):
         return cuda_kernels.layer_norm_rows_backward(g, xhat, rstd, w)
+    xp = xp_of(g)
+    dx = out[0] if out is not None else xp.empty_like(g)
     inv_d = 1.0 / g.shape[-1]
     if w is None:
         gh, m1, m2 = g, g.mean(axis=-1, keepdims=True), (g * xhat).mean(axis=-1, keepdims=True)
     else:
         gh, m1, m2 = g * w, (g @ w)[:, None] * inv_d, ((g * xhat) @ w)[:, None] * inv_d
-    dx = gh - m1
+    xp.subtract(gh, m1, out=dx)
     dx -= xhat * m2
     dx *= rstd
     return dx
@@ -65,7 +71,11 @@ class LayerNorm(Function):
         x2 = x.reshape(math.prod(x.shape[:x.ndim - k]), math.prod(norm_shape))
         w = wb[0].reshape(-1) if has_w else None
         b = wb[-1].reshape(-1) if has_b else None
-        y, xhat, rstd = parallel.blockwise(lambda a: _layer_norm_rows(a, w, b, eps), x2)
+        out = None
+        if backend.device_of(x2) == "cpu":
+            out = parallel.empty_like(x2, 2) + (xp_of(x2).empty((x2.shape[0], 1), x2.dtype),)
+        y, xhat, rstd = parallel.blockwise(
+            lambda a, out=None: _layer_norm_rows(a, w, b, eps, out=out), x2, out=out)
         ctx.norm_shape, ctx.has_w, ctx.has_b = norm_shape, has_w, has_b
         ctx.save_for_backward(xhat, rstd, w)
         return y.reshape(x.shape)
@@ -74,8 +84,10 @@ class LayerNorm(Function):
         xhat, rstd, w = ctx.saved_tensors
         need = ctx.needs_input_grad
         g2 = g.reshape(xhat.shape)
-        grads = [parallel.blockwise(lambda *a: _layer_norm_rows_backward(*a, w), g2, xhat, rstd)
-                 .reshape(g.shape) if need[0] else None]
+        out = parallel.empty_like(g2) if backend.device_of(g2) == "cpu" else None
+        grads = [parallel.blockwise(lambda *a, out=None: _layer_norm_rows_backward(*a, w, out=out),
+                                    g2, xhat, rstd, out=out).reshape(g.shape)
+                 if need[0] else None]
         # the affine parameters are shared by all rows: dw = sum_rows g x̂, db = sum_rows g
         need_w, need_b = ctx.has_w and need[1], ctx.has_b and need[-1]
         if need_w or need_b:
@@ -135,7 +147,8 @@ class BatchNorm(Function):
         scale = rstd * wb[0] if has_w else rstd
         shift = -mean * scale + wb[-1] if has_b else -mean * scale
         a, c = _per_channel(scale, col), _per_channel(shift, col)
-        y = parallel.blockwise(lambda v: v * a + c, xv)            # x̂ w + b = x a + c
+        y = parallel.blockwise(lambda v, out: _scale_shift(v, a, c, out[0]), xv,
+                               out=parallel.empty_like(xv))         # x̂ w + b = x a + c
         ctx.batch_stats, ctx.has_w, ctx.has_b = batch_stats, has_w, has_b
         ctx.save_for_backward(xv, mean, rstd, wb[0] if has_w else None)
         if stats_out is not None and batch_stats:  # handed back for the running-stat update
@@ -160,10 +173,12 @@ class BatchNorm(Function):
                 q = sum_gx / count * rstd * k
                 alpha, beta = -q, mean * q - sum_g / count * k
                 kc, ac, bc = (_per_channel(v, col) for v in (k, alpha, beta))
-                gx = parallel.blockwise(lambda g_, v: g_ * kc + (v * ac + bc), gv, xv)
+                gx = parallel.blockwise(lambda g_, v, out: _input_grad(g_, v, kc, ac, bc, out[0]),
+                                        gv, xv, out=parallel.empty_like(gv))
             else:
                 kc = _per_channel(k, col)
-                gx = parallel.blockwise(lambda g_: g_ * kc, gv)
+                gx = parallel.blockwise(lambda g_, out: xp_of(g_).multiply(g_, kc, out=out[0]),
+                                        gv, out=parallel.empty_like(gv))
             gx = gx.reshape(g.shape)
         grads = [gx]
         if ctx.has_w:
@@ -171,6 +186,22 @@ class BatchNorm(Function):
         if ctx.has_b:
             grads.append(sum_g if need[-1] else None)
         return tuple(grads)
+
+
+def _scale_shift(v, a, c, out):
+    """out = v a + c (a, c per channel)."""
+    xp_of(v).multiply(v, a, out=out)
+    out += c
+    return out
+
+
+def _input_grad(g, v, k, alpha, beta, out):
+    """out = g k + (v α + β) (per-channel k, α, β): the batch-statistics input gradient."""
+    t = v * alpha
+    t += beta
+    xp_of(g).multiply(g, k, out=out)
+    out += t
+    return out
 
 
 def _channels_view(x):
