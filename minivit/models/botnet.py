@@ -6,7 +6,10 @@ Parameter names, shapes, initialisation and forward math follow timm's ``byobnet
 ``bottleneck_attn.py`` (``botnet26t_256``), so a timm state dict loads with ``strict=True``.
 
 Reading order: conv-BN-ReLU unit, stem, relative position logits, MHSA, the two residual
-blocks, the model, then the named configurations.
+blocks, the model, then the named configurations. The stem runs on NCHW images; the stages run
+on channels-last (B, H, W, C) maps, where the 1x1 convs are plain GEMMs on the rows, the 3x3
+convs need no layout copies (``F.conv2d_nhwc``) and the MHSA reads its tokens directly. The
+weights keep timm's conv shapes.
 
     model = create_model("botnet_cifar", num_classes=10)
     logits = model(minivit.randn(8, 3, 32, 32))          # (8, 10)
@@ -59,6 +62,12 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x):
         x = self.bn(self.conv(x))
+        return F.relu(x) if self.apply_act else x
+
+    def forward_nhwc(self, x):
+        """The same unit on a channels-last (N, H, W, C) map (the stages run that way)."""
+        c = self.conv
+        x = self.bn.forward_channels_last(F.conv2d_nhwc(x, c.weight, None, c.stride, c.padding))
         return F.relu(x) if self.apply_act else x
 
 
@@ -168,23 +177,25 @@ class BottleneckAttn(nn.Module):
         self.pos_embed = PosEmbedRel(feat_size, self.dim_head_qk, self.scale)
 
     def forward(self, x):
-        b, _, h, w = x.shape
+        """x: a channels-last (B, H, W, C) map, as the stages run; returns (B, H', W', C')."""
+        b, h, w, c = x.shape
         if (h, w) != (self.pos_embed.height, self.pos_embed.width):
             raise ValueError(f"BottleneckAttn was built for a {self.pos_embed.height}x"
                              f"{self.pos_embed.width} feature map, got {h}x{w}")
         heads, dqk, dv = self.num_heads, self.dim_head_qk, self.dim_head_v
-        qkv = self.qkv(x).reshape(b, 2 * self.dim_out_qk + self.dim_out_v, h * w)
-        q, k, v = minivit.split(qkv, [self.dim_out_qk, 2 * self.dim_out_qk], axis=1)
-        q = q.reshape(b, heads, dqk, h * w).transpose(-1, -2)              # (B, heads, HW, dqk)
-        k = k.reshape(b, heads, dqk, h * w).transpose(-1, -2)
-        v = v.reshape(b, heads, dv, h * w).transpose(-1, -2)
+        wq = self.qkv.weight
+        qkv = F.linear(x.reshape(b, h * w, c), wq.reshape(wq.shape[0], c))  # the 1x1 conv
+        q, k, v = minivit.split(qkv, [self.dim_out_qk, 2 * self.dim_out_qk], axis=2)
+        q = q.reshape(b, h * w, heads, dqk).transpose(1, 2)                # (B, heads, HW, dqk)
+        k = k.reshape(b, h * w, heads, dqk).transpose(1, 2)
+        v = v.reshape(b, h * w, heads, dv).transpose(1, 2)
         rel = self.pos_embed(q.reshape(b * heads, h * w, dqk)).reshape(b, heads, h * w, h * w)
         if self.scale_pos_embed:
             rel = rel * self.scale
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=rel, scale=self.scale)
-        out = out.transpose(-1, -2).reshape(b, self.dim_out_v, h, w)       # (B, heads*dv, H, W)
-        if self.stride == 2:
-            out = F.avg_pool2d(out, 2, stride=2)
+        out = out.transpose(1, 2).reshape(b, h, w, self.dim_out_v)         # (B, H, W, heads*dv)
+        if self.stride == 2:  # 2x2 average pool
+            out = out.reshape(b, h // 2, 2, w // 2, 2, self.dim_out_v).mean(axis=(2, 4))
         return out
 
 
@@ -193,6 +204,10 @@ def _shortcut(in_chs: int, out_chs: int, stride: int) -> nn.Module:
     if in_chs != out_chs or stride != 1:
         return ConvNormAct(in_chs, out_chs, 1, stride=stride, apply_act=False)
     return nn.Identity()
+
+
+def _shortcut_nhwc(shortcut: nn.Module, x):
+    return x if isinstance(shortcut, nn.Identity) else shortcut.forward_nhwc(x)
 
 
 class BottleneckBlock(nn.Module):
@@ -211,9 +226,10 @@ class BottleneckBlock(nn.Module):
         self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, apply_act=False)
         self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x):
-        y = self.conv3_1x1(self.conv2_kxk(self.conv1_1x1(x)))
-        return F.relu(self.drop_path(y) + self.shortcut(x))
+    def forward(self, x):  # x: (B, H, W, C), channels last
+        y = self.conv3_1x1.forward_nhwc(
+            self.conv2_kxk.forward_nhwc(self.conv1_1x1.forward_nhwc(x)))
+        return F.relu(self.drop_path(y) + _shortcut_nhwc(self.shortcut, x))
 
 
 class SelfAttnBlock(nn.Module):
@@ -236,10 +252,10 @@ class SelfAttnBlock(nn.Module):
         self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, apply_act=False)
         self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x):
-        y = F.relu(self.post_attn(self.self_attn(self.conv1_1x1(x))))
-        y = self.conv3_1x1(y)
-        return F.relu(self.drop_path(y) + self.shortcut(x))
+    def forward(self, x):  # x: (B, H, W, C), channels last
+        y = self.self_attn(self.conv1_1x1.forward_nhwc(x))
+        y = self.conv3_1x1.forward_nhwc(F.relu(self.post_attn.forward_channels_last(y)))
+        return F.relu(self.drop_path(y) + _shortcut_nhwc(self.shortcut, x))
 
 
 class ClassifierHead(nn.Module):
@@ -345,7 +361,8 @@ class BoTNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.img_size:
             raise ValueError(f"{type(self).__name__} expects input of shape (B, {self.in_chans}, "
                              f"{self.img_size[0]}, {self.img_size[1]}), got {tuple(x.shape)}")
-        return self.stages(self.stem(x))
+        x = self.stages(self.stem(x).permute(0, 2, 3, 1))   # the stages run channels-last
+        return x.permute(0, 3, 1, 2)                        # NCHW features, as timm
 
     def forward(self, x):
         return self.head(self.forward_features(x))

@@ -1,6 +1,6 @@
 """``minivit.nn.functional`` (``import minivit.nn.functional as F``): PyTorch's names and
-argument order. Convolution and pooling live in ``conv.py`` and ``pooling.py``; the channels-last depthwise
-convolution in ``depthwise.py``."""
+argument order. Convolution and pooling live in ``conv.py`` and ``pooling.py``; the
+channels-last convolutions in ``conv_nhwc.py`` and ``depthwise.py``."""
 from __future__ import annotations
 
 import importlib.util
@@ -28,10 +28,12 @@ def _lazy(module: str, name: str):
 
 if importlib.util.find_spec(f"{__name__}.conv") is not None:
     from .conv import conv2d
+    from .conv_nhwc import conv2d_nhwc
     from .depthwise import depthwise_conv2d_nhwc
 else:  # pragma: no cover
     conv2d = _lazy("conv", "conv2d")
     depthwise_conv2d_nhwc = _lazy("depthwise", "depthwise_conv2d_nhwc")
+    conv2d_nhwc = _lazy("conv_nhwc", "conv2d_nhwc")
 
 if importlib.util.find_spec(f"{__name__}.pooling") is not None:
     from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
@@ -40,7 +42,7 @@ else:  # pragma: no cover
     avg_pool2d = _lazy("pooling", "avg_pool2d")
     adaptive_avg_pool2d = _lazy("pooling", "adaptive_avg_pool2d")
 
-__all__ = ["linear", "linear_columns", "conv2d", "depthwise_conv2d_nhwc", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "layer_norm",
+__all__ = ["linear", "linear_columns", "conv2d", "conv2d_nhwc", "depthwise_conv2d_nhwc", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "layer_norm",
            "batch_norm", "gelu", "relu", "silu", "sigmoid", "tanh", "softmax", "log_softmax",
            "dropout", "drop_path", "scaled_dot_product_attention", "cross_entropy", "nll_loss",
            "mse_loss"]
