@@ -61,14 +61,13 @@ class ConvNormAct(nn.Module):
         return _conv_out(size, self.kernel_size, self.stride, self.padding)
 
     def forward(self, x):
-        x = self.bn(self.conv(x))
-        return F.relu(x) if self.apply_act else x
+        return self.bn(self.conv(x), relu=self.apply_act)          # BN + ReLU: one fused op
 
     def forward_nhwc(self, x):
         """The same unit on a channels-last (N, H, W, C) map (the stages run that way)."""
         c = self.conv
-        x = self.bn.forward_channels_last(F.conv2d_nhwc(x, c.weight, None, c.stride, c.padding))
-        return F.relu(x) if self.apply_act else x
+        return self.bn.forward_channels_last(F.conv2d_nhwc(x, c.weight, None, c.stride,
+                                                           c.padding), relu=self.apply_act)
 
 
 class Stem(nn.Module):
@@ -254,7 +253,7 @@ class SelfAttnBlock(nn.Module):
 
     def forward(self, x):  # x: (B, H, W, C), channels last
         y = self.self_attn(self.conv1_1x1.forward_nhwc(x))
-        y = self.conv3_1x1.forward_nhwc(F.relu(self.post_attn.forward_channels_last(y)))
+        y = self.conv3_1x1.forward_nhwc(self.post_attn.forward_channels_last(y, relu=True))
         return F.relu(self.drop_path(y) + _shortcut_nhwc(self.shortcut, x))
 
 

@@ -131,10 +131,15 @@ class BatchNorm(Function):
     than keeping a second array of x's size alive. With ĝ = g w per channel, mean(ĝ) = w
     mean(g) and mean(ĝ x̂) = w mean(g x̂): the statistics' gradient needs the same two sums as
     the bias and weight gradients.
+
+    ``relu=True`` fuses a ReLU: y = max(x a + c, 0). Backward then first masks the incoming
+    gradient, g' = g [x a + c > 0] (recomputed from x in cache), in the same sweep that takes
+    the two sums, and the rest is the BatchNorm backward of g': two memory passes fewer than a
+    separate ReLU, and no array of its own for the ReLU.
     """
 
     def forward(ctx, x, *wb, mean=None, var=None, eps=1e-5, has_w=True, has_b=True,
-                stats_out=None):
+                stats_out=None, relu=False):
         xp = xp_of(x)
         xv, col = _channels_view(x)
         count = x.size // x.shape[1]
@@ -147,22 +152,35 @@ class BatchNorm(Function):
         scale = rstd * wb[0] if has_w else rstd
         shift = -mean * scale + wb[-1] if has_b else -mean * scale
         a, c = _per_channel(scale, col), _per_channel(shift, col)
-        y = parallel.blockwise(lambda v, out: _scale_shift(v, a, c, out[0]), xv,
+        y = parallel.blockwise(lambda v, out: _scale_shift(v, a, c, out[0], relu), xv,
                                out=parallel.empty_like(xv))         # x̂ w + b = x a + c
-        ctx.batch_stats, ctx.has_w, ctx.has_b = batch_stats, has_w, has_b
-        ctx.save_for_backward(xv, mean, rstd, wb[0] if has_w else None)
+        ctx.batch_stats, ctx.has_w, ctx.has_b, ctx.relu = batch_stats, has_w, has_b, relu
+        ctx.save_for_backward(xv, mean, rstd, wb[0] if has_w else None,
+                              (a, c) if relu else None)
         if stats_out is not None and batch_stats:  # handed back for the running-stat update
             stats_out.extend((mean, var))
         return y.reshape(x.shape)
 
     def backward(ctx, g):
-        xv, mean, rstd, w = ctx.saved_tensors
+        xv, mean, rstd, w, affine = ctx.saved_tensors
         need = ctx.needs_input_grad
         col = xv.ndim == 2
         gv = g.reshape(xv.shape)
         mu = _per_channel(mean, col)
-        sum_g = sum_gx = None
-        if ctx.batch_stats and need[0] or ctx.has_w and need[1] or ctx.has_b and need[-1]:
+        masked = None
+        if ctx.relu:  # g' = g where x a + c > 0: written block by block while the sums run
+            masked, (a, c) = xp_of(g).empty(xv.shape, g.dtype), affine
+
+            def mask_and_sums(g_, v, gm):  # gm: this block's view of ``masked``, filled here
+                t = v * a
+                t += c
+                xp_of(g_).multiply(g_, t > 0, out=gm)
+                return gm, gm * (v - mu)
+
+            sum_g, sum_gxc = _channel_sums(mask_and_sums, gv, xv, masked, col)
+            sum_gx = sum_gxc * rstd
+            gv = masked
+        elif ctx.batch_stats and need[0] or ctx.has_w and need[1] or ctx.has_b and need[-1]:
             sum_g, sum_gxc = _channel_sums(lambda g_, v: (g_, g_ * (v - mu)), gv, xv, col)
             sum_gx = sum_gxc * rstd                                # sum g x̂ = sum g (x - μ) / σ
         gx = None
@@ -188,10 +206,13 @@ class BatchNorm(Function):
         return tuple(grads)
 
 
-def _scale_shift(v, a, c, out):
-    """out = v a + c (a, c per channel)."""
-    xp_of(v).multiply(v, a, out=out)
+def _scale_shift(v, a, c, out, relu=False):
+    """out = v a + c (a, c per channel), then max(out, 0) with ``relu``."""
+    xp = xp_of(v)
+    xp.multiply(v, a, out=out)
     out += c
+    if relu:
+        xp.maximum(out, 0, out=out)
     return out
 
 
@@ -242,13 +263,14 @@ def _raw(t):
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5):
+               momentum: float = 0.1, eps: float = 1e-5, *, relu: bool = False):
     """Batch normalisation over axis 1 of (N, C), (N, C, L) or (N, C, H, W).
 
     ``training=True``: normalise with the batch mean and biased variance, and update the running
     statistics in place: ``running = (1 - momentum) running + momentum batch`` (the variance
     with the UNBIASED batch variance, as PyTorch). ``training=False``: use the running
     statistics. ``running_mean``/``running_var`` may be None (always batch statistics).
+    ``relu=True`` (not in PyTorch's signature) returns relu(batch_norm(x)) from one fused op.
     """
     if x.ndim < 2:
         raise ValueError(f"batch_norm: expected input (N, C, ...), got shape {tuple(x.shape)}")
@@ -269,7 +291,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
     var = None if use_batch else _raw(running_var).astype(dtype, copy=False)
     stats = []
     y = BatchNorm.apply(x, *wb, mean=mean, var=var, eps=eps, has_w=weight is not None,
-                        has_b=bias is not None, stats_out=stats)
+                        has_b=bias is not None, stats_out=stats, relu=relu)
     if training and running_mean is not None and running_var is not None:
         mu, v = stats
         _ema(_raw(running_mean), mu, momentum)
