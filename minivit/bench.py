@@ -4,7 +4,8 @@ For each model: forward images/s (eval, no grad), training-step images/s (forwar
 backward, AdamW step), peak memory (RSS on the CPU, CuPy pool bytes on the GPU), the model's
 forward FLOPs per image as counted by the engine, and utilisation: the training step's
 achieved FLOP/s (3x forward FLOPs) over the float32 matmul FLOP/s that this same process
-measures first (a 1024x1024x1024 product). Figures are medians of ``--steps`` timed steps
+measures first (a 1024x1024x1024 product), right before the model: on a shared machine
+whose speed drifts, each model is compared with the rate of its own moment. Figures are medians of ``--steps`` timed steps
 after warm-up, with min and max.
 """
 from __future__ import annotations
@@ -74,11 +75,14 @@ def _peak_rss_mb() -> float:
 
 def bench_model(name: str, batch: int = 128, device: str = "cpu", steps: int = 10,
                 matmul: float | None = None) -> dict:
-    """Measure one model; returns the JSON row of ``minivit bench --json``."""
+    """Measure one model; returns the JSON row of ``minivit bench --json``. Without ``matmul``
+    this process measures the float32 matmul rate itself, just before the model."""
     from . import optim
     from .models import create_model
     from .nn import functional as F
 
+    if matmul is None:
+        matmul = matmul_gflops(device)
     minivit.manual_seed(0)
     model = create_model(name, num_classes=10).to(device)
     rng = np.random.default_rng(0)
@@ -121,11 +125,12 @@ def bench_model(name: str, batch: int = 128, device: str = "cpu", steps: int = 1
     return row
 
 
-def _bench_in_subprocess(name: str, args, matmul: float) -> dict:
+def _bench_in_subprocess(name: str, args) -> dict:
+    """One model in a fresh process, which measures its own matmul rate first."""
     cmd = [sys.executable, "-c",
            "import json, sys; from minivit.bench import bench_model; "
            "print(json.dumps(bench_model(*json.loads(sys.argv[1]))))",
-           json.dumps([name, args.batch, args.device, args.steps, matmul])]
+           json.dumps([name, args.batch, args.device, args.steps])]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark of {name} failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -140,23 +145,23 @@ def main(args) -> int:
     unknown = [n for n in names if n not in list_models()]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(list_models())}")
-    mm = matmul_gflops(device)
-    print(f"float32 matmul 1024^3 on {device}: {mm:.1f} GFLOP/s "
-          f"(batch {args.batch}, median of {args.steps} steps after warm-up)")
+    print(f"{device}, batch {args.batch}, median of {args.steps} steps after warm-up; each "
+          f"model's process first measures the float32 matmul rate (1024^3) it is compared with")
     head = (f"{'model':18s} {'fwd img/s':>10s} {'train img/s':>12s} {'step s (min-max)':>18s} "
-            f"{'peak MB':>8s} {'GFLOP/img':>10s} {'util':>6s}")
+            f"{'peak MB':>8s} {'GFLOP/img':>10s} {'matmul':>7s} {'util':>6s}")
     print(head)
     rows = []
     for name in names:
         if len(names) == 1:
-            r = bench_model(name, args.batch, device, args.steps, mm)
+            r = bench_model(name, args.batch, device, args.steps)
         else:  # a fresh process per model, so each peak memory is that model's own
-            r = _bench_in_subprocess(name, args, mm)
+            r = _bench_in_subprocess(name, args)
         rows.append(r)
         s = r["train_step_s"]
         print(f"{name:18s} {r['fwd_imgs_per_s']:10.1f} {r['train_imgs_per_s']:12.1f} "
               f"{s['median']:7.3f} ({s['min']:.2f}-{s['max']:.2f}) {r['peak_mem_mb']:8.0f} "
-              f"{r['gflops_per_img']:10.3f} {100 * r['utilisation']:5.1f}%")
+              f"{r['gflops_per_img']:10.3f} {r['matmul_gflops']:7.1f} "
+              f"{100 * r['utilisation']:5.1f}%")
         sys.stdout.flush()
     if args.json:
         from .checkpoint import atomic_write
