@@ -200,20 +200,21 @@ _ERF32_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
             -7.37332916720468e-03, -1.42647390514189e-02)  # even denominator
 
 
+def _polynomial(u, coeffs):
+    """sum_k coeffs[k] u^(n-k) by Horner's rule, in place (new arrays are the cost here)."""
+    p = u * coeffs[0]
+    for c in coeffs[1:-1]:
+        p += c
+        p *= u
+    p += coeffs[-1]
+    return p
+
+
 def _erf_float32(x, out=None):
     xp = get_array_module(x)
     z = xp.clip(x.reshape(-1), -4.0, 4.0)  # 1-d: arithmetic on 0-d arrays gives scalars
     z2 = z * z
-    p = z2 * _ERF32_P[0]
-    for c in _ERF32_P[1:-1]:  # Horner, in place (new arrays are the cost here)
-        p += c
-        p *= z2
-    p += _ERF32_P[-1]
-    q = z2 * _ERF32_Q[0]
-    for c in _ERF32_Q[1:-1]:
-        q += c
-        q *= z2
-    q += _ERF32_Q[-1]
+    p, q = _polynomial(z2, _ERF32_P), _polynomial(z2, _ERF32_Q)
     p *= z
     if out is not None and out.dtype == np.float32 and out.flags.c_contiguous:
         xp.divide(p, q, out=out.reshape(-1))   # a view of out: the result lands in place
@@ -245,16 +246,7 @@ def normal_cdf_block(x, out=None):
         return out
     z = xp.clip(x, -_CDF32_LIMIT, _CDF32_LIMIT)
     u = z * z
-    p = u * _CDF32_P[0]
-    for c in _CDF32_P[1:-1]:
-        p += c
-        p *= u
-    p += _CDF32_P[-1]
-    q = u * _CDF32_Q[0]
-    for c in _CDF32_Q[1:-1]:
-        q += c
-        q *= u
-    q += _CDF32_Q[-1]
+    p, q = _polynomial(u, _CDF32_P), _polynomial(u, _CDF32_Q)
     p *= z
     y = out if out is not None else xp.empty_like(x)
     xp.divide(p, q, out=y)

@@ -19,8 +19,9 @@ from __future__ import annotations
 from ...autograd import backend, parallel
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
-from .conv import out_size, pair, window_slice
-from .depthwise import _image_blocks, _pad_into, _padding, _threaded
+from .conv import pair
+from .depthwise import (_image_blocks, _pad_into, _padding, _threaded, check_nhwc, expect_nhwc,
+                        windows)
 
 xp_of = backend.get_array_module
 
@@ -34,9 +35,7 @@ class Conv2dNHWC(Function):
 
     def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=((0, 0), (0, 0)),
                 dilation=(1, 1)):
-        if x.ndim != 4:
-            raise ValueError(f"expected a 4-D channels-last input (N, H, W, C), got {x.ndim}-D")
-        n, h, w, c = x.shape
+        n, h, w, c = expect_nhwc(x)
         if weight.ndim != 4 or weight.shape[1] != c:
             raise ValueError(f"expected a weight of shape (out_channels, {c}, kh, kw) for an "
                              f"input with {c} channels (last axis), got {tuple(weight.shape)}")
@@ -44,17 +43,11 @@ class Conv2dNHWC(Function):
         if bias is not None and tuple(bias.shape) != (o,):
             raise ValueError(f"bias of shape {tuple(bias.shape)} does not match out_channels={o} "
                              f"(expected ({o},))")
-        (pt, pb), (pl, pr) = padding
-        hp, wp = h + pt + pb, w + pl + pr
-        (sh, sw), (dh, dw) = stride, dilation
-        if dh * (kh - 1) + 1 > hp or dw * (kw - 1) + 1 > wp:
-            raise ValueError(f"kernel {kh}x{kw} (dilation {dilation}) is larger than the padded "
-                             f"input {hp}x{wp} (padding {padding})")
-        ho, wo = out_size(hp, kh, sh, 0, dh), out_size(wp, kw, sw, 0, dw)
+        ho, wo = check_nhwc(x, (kh, kw), padding, stride, dilation)
         add_flops(2 * n * ho * wo * o * c * kh * kw)
         xp = xp_of(x)
         wm = weight.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)     # (O, (i, j, c)), a copy
-        pointwise = (kh, kw, sh, sw) == (1, 1, 1, 1) and padding == ((0, 0), (0, 0))
+        pointwise = (kh, kw) + tuple(stride) == (1, 1, 1, 1) and padding == ((0, 0), (0, 0))
         cols = x.reshape(n * h * w, c) if pointwise else _im2col(x, (kh, kw), padding, stride,
                                                                  dilation, (ho, wo))
         y = cols @ wm.T
@@ -84,18 +77,12 @@ class Conv2dNHWC(Function):
         return gx, gw, (parallel.sum_rows(lambda a: a, g2) if need[2] else None)
 
 
-def _windows(kernel, stride, dilation, out_hw):
-    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
-    return [(window_slice(i, dh, sh, ho), window_slice(j, dw, sw, wo))
-            for i in range(kh) for j in range(kw)]
-
-
 def _im2col(x, kernel, padding, stride, dilation, out_hw):
     """(N*Ho*Wo, kh*kw*C) columns, built a few images at a time from the padded input."""
     xp = xp_of(x)
     n, h, w, c = x.shape
     (kh, kw), ((pt, pb), (pl, pr)), (ho, wo) = kernel, padding, out_hw
-    windows = _windows(kernel, stride, dilation, out_hw)
+    offsets = windows(kernel, stride, dilation, out_hw)
     cols = xp.empty((n, ho, wo, kh * kw, c), dtype=x.dtype)
     blocks = _image_blocks(n, (h + pt + pb) * (w + pl + pr) * c, backend.device_of(x))
 
@@ -105,7 +92,7 @@ def _im2col(x, kernel, padding, stride, dilation, out_hw):
             xpad = xp.empty((xb.shape[0], h + pt + pb, w + pl + pr, c), dtype=x.dtype)
             _pad_into(xpad, xb, pt, pl)
             xb = xpad
-        for t, (rows, cs) in enumerate(windows):
+        for t, (rows, cs) in enumerate(offsets):
             cols[blk, :, :, t] = xb[:, rows, cs]
 
     parallel.for_each(block, blocks, threaded=_threaded(cols))
@@ -118,7 +105,7 @@ def _col2im(dcols, x_shape, kernel, padding, stride, dilation, out_hw):
     xp = xp_of(dcols)
     n, h, w, c = x_shape
     (kh, kw), ((pt, pb), (pl, pr)), (ho, wo) = kernel, padding, out_hw
-    windows = _windows(kernel, stride, dilation, out_hw)
+    offsets = windows(kernel, stride, dilation, out_hw)
     d5 = dcols.reshape(n, ho, wo, kh * kw, c)
     gx = xp.empty(x_shape, dtype=dcols.dtype)
     blocks = _image_blocks(n, (h + pt + pb) * (w + pl + pr) * c, backend.device_of(dcols))
@@ -126,7 +113,7 @@ def _col2im(dcols, x_shape, kernel, padding, stride, dilation, out_hw):
     def block(blk):
         d = d5[blk]
         dxpad = xp.zeros((d.shape[0], h + pt + pb, w + pl + pr, c), dtype=dcols.dtype)
-        for t, (rows, cs) in enumerate(windows):
+        for t, (rows, cs) in enumerate(offsets):
             dxpad[:, rows, cs] += d[:, :, :, t]
         gx[blk] = dxpad[:, pt:pt + h, pl:pl + w]
 

@@ -38,6 +38,31 @@ def _padding(padding, op: str) -> tuple[tuple[int, int], tuple[int, int]]:
     return (ph, ph), (pw, pw)
 
 
+def expect_nhwc(x) -> tuple[int, int, int, int]:
+    """(N, H, W, C) of a channels-last input, or the error that says what was expected."""
+    if x.ndim != 4:
+        raise ValueError(f"expected a 4-D channels-last input (N, H, W, C), got {x.ndim}-D")
+    return x.shape
+
+
+def check_nhwc(x, kernel, padding, stride, dilation) -> tuple[int, int]:
+    """Check that the (dilated) kernel fits the padded channels-last input; returns the
+    output size (Ho, Wo). Shared with ``conv2d_nhwc``."""
+    (kh, kw), ((pt, pb), (pl, pr)), (sh, sw), (dh, dw) = kernel, padding, stride, dilation
+    hp, wp = x.shape[1] + pt + pb, x.shape[2] + pl + pr
+    if dh * (kh - 1) + 1 > hp or dw * (kw - 1) + 1 > wp:
+        raise ValueError(f"kernel {kh}x{kw} (dilation {dilation}) is larger than the padded "
+                         f"input {hp}x{wp} (padding {padding})")
+    return out_size(hp, kh, sh, 0, dh), out_size(wp, kw, sw, 0, dw)
+
+
+def windows(kernel, stride, dilation, out_hw) -> list[tuple[slice, slice]]:
+    """(rows, cols) of the padded input read by each kernel offset (i, j), row-major."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    return [(window_slice(i, dh, sh, ho), window_slice(j, dw, sw, wo))
+            for i in range(kh) for j in range(kw)]
+
+
 def _image_blocks(n: int, per_image: int, device: str) -> list[slice]:
     """Runs of images of about CACHE_BLOCK numbers each on the CPU; all at once on the GPU."""
     step = max(1, CACHE_BLOCK // max(per_image, 1)) if device == "cpu" else n
@@ -51,9 +76,7 @@ class DepthwiseConv2dNHWC(Function):
 
     def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=((0, 0), (0, 0)),
                 dilation=(1, 1)):
-        if x.ndim != 4:
-            raise ValueError(f"expected a 4-D channels-last input (N, H, W, C), got {x.ndim}-D")
-        n, h, w, c = x.shape
+        n, h, w, c = expect_nhwc(x)
         if weight.ndim != 4 or tuple(weight.shape[:2]) != (c, 1):
             raise ValueError(f"expected a depthwise weight of shape ({c}, 1, kh, kw) for an "
                              f"input with {c} channels (last axis), got {tuple(weight.shape)}")
@@ -61,26 +84,20 @@ class DepthwiseConv2dNHWC(Function):
             raise ValueError(f"bias of shape {tuple(bias.shape)} does not match the {c} "
                              f"channels (expected ({c},))")
         kh, kw = weight.shape[2:]
+        ho, wo = check_nhwc(x, (kh, kw), padding, stride, dilation)
         (pt, pb), (pl, pr) = padding
-        hp, wp = h + pt + pb, w + pl + pr
-        (sh, sw), (dh, dw) = stride, dilation
-        if dh * (kh - 1) + 1 > hp or dw * (kw - 1) + 1 > wp:
-            raise ValueError(f"kernel {kh}x{kw} (dilation {dilation}) is larger than the padded "
-                             f"input {hp}x{wp} (padding {padding})")
-        ho, wo = out_size(hp, kh, sh, 0, dh), out_size(wp, kw, sw, 0, dw)
         add_flops(2 * n * ho * wo * c * kh * kw)
         xp = xp_of(x)
-        xpad = xp.empty((n, hp, wp, c), dtype=x.dtype)
+        xpad = xp.empty((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
         taps = weight.reshape(c, kh * kw).T.copy()                  # (kh*kw, C): one row a tap
-        windows = [(window_slice(i, dh, sh, ho), window_slice(j, dw, sw, wo))
-                   for i in range(kh) for j in range(kw)]
+        offsets = windows((kh, kw), stride, dilation, (ho, wo))
         out = xp.empty((n, ho, wo, c), dtype=x.dtype)
 
         def block(blk):
             o, xb = out[blk], xpad[blk]
             _pad_into(xb, x[blk], pt, pl)   # the padded copy, block by block while in cache
             tmp = xp.empty_like(o)
-            for t, (rows, cols) in enumerate(windows):
+            for t, (rows, cols) in enumerate(offsets):
                 if t == 0:
                     xp.multiply(xb[:, rows, cols], taps[0], out=o)
                 else:
@@ -91,19 +108,19 @@ class DepthwiseConv2dNHWC(Function):
         blocks = _image_blocks(n, ho * wo * c, backend.device_of(x))
         parallel.for_each(block, blocks, threaded=_threaded(out))
         ctx.save_for_backward(xpad, taps)
-        ctx.geo = (x.shape, weight.shape, (pt, pl), windows, blocks)
+        ctx.geo = (x.shape, weight.shape, (pt, pl), offsets, blocks)
         ctx.has_bias = bias is not None
         return out
 
     def backward(ctx, g):
         xpad, taps = ctx.saved_tensors
-        (n, h, w, c), w_shape, (pt, pl), windows, blocks = ctx.geo
+        (n, h, w, c), w_shape, (pt, pl), offsets, blocks = ctx.geo
         xp = xp_of(g)
         g = xp.ascontiguousarray(g)
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dxpad = xp.empty(xpad.shape, dtype=g.dtype) if need_x else None
         gx = xp.empty((n, h, w, c), dtype=g.dtype) if need_x else None
-        partial = xp.empty((len(blocks), len(windows), c), dtype=g.dtype) if need_w else None
+        partial = xp.empty((len(blocks), len(offsets), c), dtype=g.dtype) if need_w else None
 
         def block(k):
             blk = blocks[k]
@@ -112,7 +129,7 @@ class DepthwiseConv2dNHWC(Function):
             if need_x:
                 dxb = dxpad[blk]
                 dxb[...] = 0
-            for t, (rows, cols) in enumerate(windows):
+            for t, (rows, cols) in enumerate(offsets):
                 if need_w:  # <dout, window(i, j)> per channel: a sum over whole rows of C
                     xp.multiply(gb, xb[:, rows, cols], out=tmp)
                     partial[k, t] = parallel.column_sums(tmp.reshape(-1, c))
