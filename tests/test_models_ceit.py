@@ -147,3 +147,14 @@ def test_reference_logits_and_batchnorm_match_official(fixture):
 @pytest.mark.slow
 def test_overfits_64_cifar_images():
     assert_overfits(lambda: ceit.ceit_cifar(num_classes=10), "ceit_cifar", max_steps=300)
+
+
+@pytest.mark.parametrize("overrides", [dict(leff_with_bn=False), dict(leff_variant="official")])
+def test_leff_options_train_forward_and_backward(overrides):
+    """Without the LeFF BatchNorms (GELU alone) and without the last GELU (BatchNorm alone)."""
+    model = ceit.ceit_cifar(num_classes=10, depth=1, **overrides)
+    y = model(minivit.randn(2, 3, 32, 32))
+    y.sum().backward()
+    assert y.shape == (2, 10)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert hasattr(model.blocks[0].leff, "bn1") != ("leff_with_bn" in overrides)

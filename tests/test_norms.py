@@ -194,10 +194,15 @@ def test_batch_norm_without_running_stats_uses_batch_stats_in_eval():
     np.testing.assert_allclose(bn(x).numpy().mean(axis=0), 0, atol=1e-5)
 
 
+ACTS = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}
+
+
+@pytest.mark.parametrize("act", sorted(ACTS))
 @pytest.mark.parametrize("shape", [(64, 5), (6, 4, 3, 5), (700, 400)])
 @pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_fused_relu_is_relu_of_batch_norm(shape, training):
-    """relu=True: the same output and gradients (input, weight, bias) as F.relu(F.batch_norm)."""
+def test_batch_norm_fused_activation_is_the_activation_of_batch_norm(shape, training, act):
+    """act=...: the same output, running stats and gradients (input, weight, bias) as the
+    activation applied to F.batch_norm's output."""
     rng = np.random.default_rng(sum(shape))
     x, g = rng.standard_normal(shape), rng.standard_normal(shape)
     c = shape[1]
@@ -208,20 +213,25 @@ def test_batch_norm_fused_relu_is_relu_of_batch_norm(shape, training):
         t = [minivit.tensor(a, requires_grad=True) for a in (x, w, b)]
         stats = (minivit.tensor(rm.copy()), minivit.tensor(rv.copy()))
         if fused:
-            y = F.batch_norm(t[0], *stats, t[1], t[2], training=training, relu=True)
+            y = F.batch_norm(t[0], *stats, t[1], t[2], training=training, act=act)
         else:
-            y = F.relu(F.batch_norm(t[0], *stats, t[1], t[2], training=training))
+            y = ACTS[act](F.batch_norm(t[0], *stats, t[1], t[2], training=training))
         (y * minivit.tensor(g)).sum().backward()
         results.append([y.numpy(), stats[1].numpy()] + [a.grad.numpy() for a in t])
-    assert (results[0][0] == 0).any() and (results[0][0] > 0).any()
+    assert act != "relu" or ((results[0][0] == 0).any() and (results[0][0] > 0).any())
     for a, b_ in zip(*results):
         np.testing.assert_allclose(a, b_, rtol=1e-10, atol=1e-10)
 
 
-def test_batchnorm_layers_fuse_relu_in_both_layouts():
+def test_batchnorm_layers_fuse_activations_in_both_layouts():
     bn = nn.BatchNorm2d(3).double()
     x = minivit.tensor(np.random.default_rng(1).standard_normal((4, 3, 2, 2)))
-    np.testing.assert_allclose(bn(x, relu=True).numpy(), F.relu(bn(x)).numpy(), atol=1e-12)
+    np.testing.assert_allclose(bn(x, act="relu").numpy(), F.relu(bn(x)).numpy(), atol=1e-12)
     xl = x.permute(0, 2, 3, 1)
-    np.testing.assert_allclose(bn.forward_channels_last(xl, relu=True).numpy(),
-                               F.relu(bn(x)).permute(0, 2, 3, 1).numpy(), atol=1e-12)
+    np.testing.assert_allclose(bn.forward_channels_last(xl, act="gelu").numpy(),
+                               F.gelu(bn(x)).permute(0, 2, 3, 1).numpy(), atol=1e-12)
+    check_grad(lambda t: F.batch_norm(t, None, None, training=True, act="gelu_tanh"),
+               np.random.default_rng(2).standard_normal((5, 3, 2)))
+    with pytest.raises(ValueError, match="act must be None, 'relu', 'gelu' or 'gelu_tanh', got "
+                                         "'tanh'"):
+        F.batch_norm(x, None, None, training=True, act="tanh")

@@ -56,18 +56,19 @@ class ConvNormAct(nn.Module):
                               padding=self.padding, bias=False)
         self.bn = nn.BatchNorm2d(out_chs, eps=bn_eps)
         self.apply_act = apply_act
+        self.act = "relu" if apply_act else None
 
     def out_size(self, size: int) -> int:
         return _conv_out(size, self.kernel_size, self.stride, self.padding)
 
     def forward(self, x):
-        return self.bn(self.conv(x), relu=self.apply_act)          # BN + ReLU: one fused op
+        return self.bn(self.conv(x), act=self.act)                  # BN + ReLU: one fused op
 
     def forward_nhwc(self, x):
         """The same unit on a channels-last (N, H, W, C) map (the stages run that way)."""
         c = self.conv
         return self.bn.forward_channels_last(F.conv2d_nhwc(x, c.weight, None, c.stride,
-                                                           c.padding), relu=self.apply_act)
+                                                           c.padding), act=self.act)
 
 
 class Stem(nn.Module):
@@ -253,7 +254,7 @@ class SelfAttnBlock(nn.Module):
 
     def forward(self, x):  # x: (B, H, W, C), channels last
         y = self.self_attn(self.conv1_1x1.forward_nhwc(x))
-        y = self.conv3_1x1.forward_nhwc(self.post_attn.forward_channels_last(y, relu=True))
+        y = self.conv3_1x1.forward_nhwc(self.post_attn.forward_channels_last(y, act="relu"))
         return F.relu(self.drop_path(y) + _shortcut_nhwc(self.shortcut, x))
 
 

@@ -151,19 +151,20 @@ class LeFF(nn.Module):
         if N - 1 != h * w:
             raise ValueError(f"LeFF expects 1 + {h}*{w} tokens, got {N}")
         cls_token, t = x[:, :1], x[:, 1:]
-        t = self.conv1(t)
-        t = self.act(self.bn1.forward_channels_last(t) if self.with_bn else t)
+        t = self._bn_act("bn1", self.conv1(t))
         t = t.reshape(B, h, w, self.hidden)                    # restore to 2-D, channels last
         c2 = self.conv2
-        t = F.depthwise_conv2d_nhwc(t, c2.weight, c2.bias, c2.stride, c2.padding)
-        t = self.act(self.bn2.forward_channels_last(t) if self.with_bn else t)
+        t = self._bn_act("bn2", F.depthwise_conv2d_nhwc(t, c2.weight, c2.bias, c2.stride,
+                                                            c2.padding))
         t = t.reshape(B, h * w, self.hidden)                   # flatten
-        t = self.conv3(t)
-        if self.with_bn:
-            t = self.bn3.forward_channels_last(t)
-        if self.act_last:
-            t = self.act(t)
+        t = self._bn_act("bn3", self.conv3(t), act=self.act_last)
         return minivit.cat([cls_token, t], axis=1)
+
+    def _bn_act(self, bn: str, t, act: bool = True):
+        """GELU(BN(t)) on channels-last tokens (one fused op), with either part optional."""
+        if self.with_bn:
+            return getattr(self, bn).forward_channels_last(t, act="gelu" if act else None)
+        return self.act(t) if act else t
 
 
 class Block(nn.Module):

@@ -118,13 +118,11 @@ class BatchNormAct2d(nn.BatchNorm2d):
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.act = act
 
-    def forward(self, x):
-        x = super().forward(x)
-        return F.gelu(x, approximate="tanh") if self.act else x
+    def forward(self, x):  # BN and tanh GELU as one fused op
+        return super().forward(x, act="gelu_tanh" if self.act else None)
 
     def forward_channels_last(self, x):
-        x = super().forward_channels_last(x)
-        return F.gelu(x, approximate="tanh") if self.act else x
+        return super().forward_channels_last(x, act="gelu_tanh" if self.act else None)
 
 
 def pointwise(conv: nn.Conv2d, x):

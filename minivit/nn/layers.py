@@ -174,24 +174,24 @@ class _BatchNorm(Module):
             self.running_var.data[...] = 1
             self.num_batches_tracked.data[...] = 0
 
-    def forward(self, x, relu: bool = False):
-        """``relu=True``: relu(BN(x)) as one fused op (the ResNet unit's BN + ReLU)."""
+    def forward(self, x, act: str | None = None):
+        """``act`` ("relu", "gelu", "gelu_tanh"): that activation of BN(x), as one fused op."""
         if x.ndim not in self.expected_dims or x.shape[1] != self.num_features:
             dims = " or ".join(f"{d}-D" for d in self.expected_dims)
             raise ValueError(f"{self!r}: expected a {dims} input with {self.num_features} "
                              f"channels on axis 1, got {tuple(x.shape)}")
-        return self._normalise(x, relu)
+        return self._normalise(x, act)
 
-    def forward_channels_last(self, x, relu: bool = False):
+    def forward_channels_last(self, x, act: str | None = None):
         """The same normalisation for channels on the LAST axis, (..., C): statistics over all
         the other axes, exactly what ``forward`` computes on the channels-first layout (used
         by models that keep tokens or NHWC maps, so no transpose is needed)."""
         if x.ndim < 2 or x.shape[-1] != self.num_features:
             raise ValueError(f"{self!r}: expected a channels-last input (..., "
                              f"{self.num_features}), got {tuple(x.shape)}")
-        return self._normalise(x.reshape(-1, self.num_features), relu).reshape(x.shape)
+        return self._normalise(x.reshape(-1, self.num_features), act).reshape(x.shape)
 
-    def _normalise(self, x, relu: bool = False):
+    def _normalise(self, x, act: str | None = None):
         momentum = self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.data[...] += 1
@@ -199,7 +199,7 @@ class _BatchNorm(Module):
                 momentum = 1.0 / int(self.num_batches_tracked.data)
         use_batch = self.training or not self.track_running_stats
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch, 0.0 if momentum is None else momentum, self.eps, relu=relu)
+                            use_batch, 0.0 if momentum is None else momentum, self.eps, act=act)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
