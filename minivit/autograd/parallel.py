@@ -174,8 +174,8 @@ def binary(op, a, b):
 
 
 def add(a, b):
-    """``a + b``, on all cores for large arrays (see ``binary``)."""
-    return binary(np.add, a, b)
+    """``a + b``, on all cores for large arrays (see ``binary``); CuPy arrays add on the GPU."""
+    return binary(_xp(a).add, a, b) if hasattr(a, "shape") else a + b
 
 
 def reshape(a, shape):
