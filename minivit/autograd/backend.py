@@ -262,13 +262,12 @@ def erf(x, out=None):
         y = cupyx.scipy.special.erf(x)
     elif x.dtype == np.float32:
         if out is not None and x.size < parallel.MIN_ELEMENTS:  # a block: fill out directly
-            y = _erf_float32(x, out=out)
-            if y is out:
-                return out
-        y = parallel.blockwise(_erf_float32, x.reshape(-1)).reshape(x.shape)  # on all cores
+            y = _erf_float32(x, out=out)   # out itself, or a new array if out is strided
+        else:
+            y = parallel.blockwise(_erf_float32, x.reshape(-1)).reshape(x.shape)  # all cores
     else:
         y = parallel.blockwise(_erf_float64, x.reshape(-1)).reshape(x.shape)
-    if out is None:
+    if out is None or y is out:
         return y
     out[...] = y
     return out

@@ -32,7 +32,7 @@ def sum_to(grad, shape: tuple):
 def _sum_axes(grad, axes: tuple):
     """``grad.sum(axis=axes, keepdims=True)``, on all cores for big arrays: per row when axis 0
     is kept (bit-identical), down the columns when only leading axes go (``sum_rows``)."""
-    if not axes or grad.size < parallel.MIN_ELEMENTS or not backend.device_of(grad) == "cpu":
+    if not axes or grad.size < parallel.MIN_ELEMENTS or backend.device_of(grad) != "cpu":
         return grad.sum(axis=axes, keepdims=True)
     if 0 not in axes:
         return parallel.blockwise(lambda g: g.sum(axis=axes, keepdims=True), grad)
