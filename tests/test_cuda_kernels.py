@@ -72,6 +72,22 @@ def test_gelu(dtype, approximate):
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
+@pytest.mark.parametrize("columns", [False, True])
+def test_linear_act_gelu(dtype, act, columns):
+    """F.linear / F.linear_columns with act= on the GPU: the bias add before the fused GELU
+    kernel and the bias gradient after it, against the plain path."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 33) if columns else (33, 40)).astype(dtype)
+    w = (rng.standard_normal((24, 40)) * 0.3).astype(dtype)
+    b = rng.standard_normal(24).astype(dtype)
+    op = F.linear_columns if columns else F.linear
+    _assert_agree(*_run_both(lambda *a: _value_and_grads(
+        lambda x, w, b: op(x, w, b, act=act), *a), x, w, b), dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim", [-1, 0, 1])
 def test_softmax(dtype, dim):
     x = np.random.default_rng(0).standard_normal((4, 33, 17)).astype(dtype)

@@ -69,6 +69,59 @@ def test_linear_columns_shape_errors_name_shapes():
         F.linear_columns(minivit.randn(4, 2), minivit.randn(3, 4), minivit.randn(2))
 
 
+GELU_REFS = {
+    "gelu": lambda y: 0.5 * y * (1 + erf_ref(y / math.sqrt(2))),
+    "gelu_tanh": lambda y: 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y ** 3))),
+}
+
+
+@settings(max_examples=15)
+@given(st.data(), st.sampled_from(sorted(GELU_REFS)), st.booleans(), st.integers(1, 4),
+       st.integers(1, 4), st.integers(1, 5), st.booleans())
+def test_linear_act_gelu_grad_and_forward(data, act, columns, n_in, n_out, m, bias):
+    """F.linear / F.linear_columns with act=: GELU of the affine map by the formula, and its
+    gradients (bias included) against finite differences."""
+    x = data.draw(arrays((n_in, m) if columns else (m, n_in)))
+    w = data.draw(arrays((n_out, n_in)))
+    b = data.draw(arrays((n_out,)))
+    affine = (w @ x + (b[:, None] if bias else 0)) if columns else x @ w.T + (b if bias else 0)
+    op = F.linear_columns if columns else F.linear
+    got = op(minivit.tensor(x), minivit.tensor(w), minivit.tensor(b) if bias else None, act=act)
+    np.testing.assert_allclose(got.numpy(), GELU_REFS[act](affine), rtol=1e-7, atol=1e-9)
+    if bias:
+        check_grad(lambda x, w, b: op(x, w, b, act=act), x, w, b)
+    else:
+        check_grad(lambda x, w: op(x, w, act=act), x, w)
+
+
+@pytest.mark.parametrize("act", sorted(GELU_REFS))
+@pytest.mark.parametrize("columns", [False, True])
+def test_linear_act_gelu_matches_the_two_ops_on_large_float32(act, columns):
+    """Large enough for the block-by-block passes on all cores (the bias add inside the GELU's
+    pass, the bias gradient summed in its derivative's): the same numbers as Linear then GELU."""
+    minivit.manual_seed(0)
+    shape, approximate = ((64, 6000) if columns else (6000, 64)), ("tanh" if act == "gelu_tanh" else "none")
+    x0 = minivit.randn(*shape)
+    w0, b0 = minivit.randn(96, 64) * 0.2, minivit.randn(96)
+    g = minivit.randn(*((96, 6000) if columns else (6000, 96)))
+    results = []
+    for fused in (True, False):
+        x, w, b = (t.detach().requires_grad_() for t in (x0, w0, b0))
+        op = F.linear_columns if columns else F.linear
+        y = op(x, w, b, act=act) if fused else F.gelu(op(x, w, b), approximate=approximate)
+        (y * g).sum().backward()
+        results.append([y.numpy(), x.grad.numpy(), w.grad.numpy(), b.grad.numpy()])
+    for got, want, name in zip(*results, ["y", "dx", "dW", "db"]):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3, err_msg=name)
+
+
+def test_linear_act_rejects_unknown_activations():
+    with pytest.raises(ValueError, match=r"act must be None, 'gelu' or 'gelu_tanh', got 'relu'"):
+        F.linear(minivit.randn(2, 3), minivit.randn(4, 3), act="relu")
+    with pytest.raises(ValueError, match=r"got 'swish'"):
+        F.linear_columns(minivit.randn(3, 2), minivit.randn(4, 3), act="swish")
+
+
 # --- activations and softmax -----------------------------------------------------------------
 
 def _softmax_ref(x, axis):

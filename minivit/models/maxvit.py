@@ -275,7 +275,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        fc1 = self.fc1   # fc1 and the GELU in one op: its bias rides on the GELU's passes
+        return self.fc2(F.linear(x, fc1.weight, fc1.bias, act="gelu_tanh"))
 
 
 class PartitionAttention(nn.Module):

@@ -254,22 +254,77 @@ class GELU(Function):
     def forward(ctx, x, approximate="none"):
         ctx.approximate = approximate
         xf = x.reshape(-1)
-        if cuda_kernels.enabled(x):
-            y, saved = cuda_kernels.gelu_forward(xf, approximate)
-        else:
-            fn = _gelu_tanh if approximate == "tanh" else _gelu_exact
-            y, saved = parallel.blockwise(fn, xf, out=parallel.empty_like(xf, 2))
+        y, saved = gelu_forward(xf, approximate)
         ctx.save_for_backward(xf, saved)
         return y.reshape(x.shape)
 
     def backward(ctx, g):
         xf, saved = ctx.saved_tensors
-        if cuda_kernels.enabled(g):
-            return cuda_kernels.gelu_backward(g.reshape(-1), xf, saved,
-                                              ctx.approximate).reshape(g.shape)
-        fn = _gelu_tanh_grad if ctx.approximate == "tanh" else _gelu_exact_grad
-        return parallel.blockwise(fn, g.reshape(-1), xf, saved,
-                                  out=parallel.empty_like(xf)).reshape(g.shape)
+        return gelu_backward(g.reshape(-1), xf, saved, ctx.approximate).reshape(g.shape)
+
+
+def gelu_forward(x, approximate: str = "none", bias=None):
+    """GELU of a raw array: (y, saved), saved = Φ(x) (exact) or s (tanh) for ``gelu_backward``.
+
+    ``bias``: an array that broadcasts against the blocks of x's rows (a row (F,) for x (N, F),
+    a column (N, 1)); it is added to x *in place* first, in the same pass over each block, so
+    x ends up holding the GELU's input x + bias (``F.linear(..., act="gelu")`` uses this).
+    """
+    if cuda_kernels.enabled(x):
+        if bias is not None:
+            x += bias
+        return cuda_kernels.gelu_forward(x, approximate)
+    fn = _gelu_tanh if approximate == "tanh" else _gelu_exact
+    out = parallel.empty_like(x, 2)
+    if bias is None:
+        return parallel.blockwise(fn, x, out=out)
+    if bias.ndim == x.ndim and bias.shape[0] == x.shape[0] and x.shape[0] > 1:  # a column
+        def shifted(xb, bb, out):
+            xb += bb
+            return fn(xb, out=out)
+
+        return parallel.blockwise(shifted, x, bias, out=out)
+
+    def shifted_row(xb, out):
+        xb += bias
+        return fn(xb, out=out)
+
+    return parallel.blockwise(shifted_row, x, out=out)
+
+
+def gelu_backward(g, x, saved, approximate: str = "none", bias_grad: str | None = None):
+    """dL/dx of ``gelu_forward`` from its x and saved array.
+
+    ``bias_grad="row"`` also returns the column sums of dL/dx (the gradient of a row bias),
+    ``"column"`` its row sums (a column bias), each summed block by block in the same pass.
+    """
+    if cuda_kernels.enabled(g):
+        gx = cuda_kernels.gelu_backward(g, x, saved, approximate)
+    else:
+        fn = _gelu_tanh_grad if approximate == "tanh" else _gelu_exact_grad
+        if bias_grad == "row":
+            gx = parallel.empty_like(x)[0]
+
+            def fill(gb, xb, sb, ob):
+                return fn(gb, xb, sb, out=(ob,))
+
+            return gx, parallel.sum_rows(fill, g, x, saved, gx)
+        if bias_grad == "column":
+            gx, gb = parallel.empty_like(x)[0], xp_of(x).empty(x.shape[0], x.dtype)
+
+            def fill_and_sum(gb_, xb, sb, out):
+                fn(gb_, xb, sb, out=out[:1])
+                out[1][...] = parallel.row_sums(out[0])
+                return out
+
+            parallel.blockwise(fill_and_sum, g, x, saved, out=(gx, gb))
+            return gx, gb
+        gx = parallel.blockwise(fn, g, x, saved, out=parallel.empty_like(x))
+    if bias_grad == "row":
+        return gx, parallel.column_sums(gx)
+    if bias_grad == "column":
+        return gx, parallel.row_sums(gx)
+    return gx
 
 
 class Maximum(Function):

@@ -5,14 +5,29 @@ from __future__ import annotations
 from ...autograd import backend, parallel
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
+from ...autograd.ops.elementwise import gelu_backward, gelu_forward
 
 xp_of = backend.get_array_module
 
+_GELU = {"gelu": "none", "gelu_tanh": "tanh"}   # act -> GELU's ``approximate``
+
+
+def _check_act(act):
+    if act is not None and act not in _GELU:
+        raise ValueError(f"act must be None, 'gelu' or 'gelu_tanh', got {act!r}")
+
 
 class Linear(Function):
-    """y = x2 @ W^T + b with x2 = x.reshape(-1, in);  dx = g @ W,  dW = g^T x2,  db = sum_rows g."""
+    """y = x2 @ W^T + b with x2 = x.reshape(-1, in);  dx = g @ W,  dW = g^T x2,  db = sum_rows g.
 
-    def forward(ctx, x, w, b=None):
+    ``act="gelu"`` (or ``"gelu_tanh"``) returns h = GELU(y) instead, the first half of a
+    transformer MLP, with the bias add inside the GELU's pass over each block of y (one pass
+    fewer) and, in backward, the bias gradient summed in the GELU derivative's pass:
+    dy = g GELU'(y), then dx, dW, db from dy as above.
+    """
+
+    def forward(ctx, x, w, b=None, act=None):
+        _check_act(act)
         if w.ndim != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
         if x.ndim == 0 or x.shape[-1] != w.shape[1]:
@@ -24,21 +39,32 @@ class Linear(Function):
         x2 = x.reshape(-1, w.shape[1])
         y = x2 @ w.T
         add_flops(2 * y.size * w.shape[1])
+        ctx.x_shape, ctx.has_bias, ctx.act = x.shape, b is not None, act
+        if act is not None:
+            h, saved = gelu_forward(y, _GELU[act], bias=b)   # y += b in place, h = GELU(y)
+            ctx.save_for_backward(x2, w, y, saved)
+            return h.reshape(*x.shape[:-1], w.shape[0])
         if b is not None:
             parallel.add_rows_(y, b)      # y += b, on all cores
         ctx.save_for_backward(x2, w)
-        ctx.x_shape, ctx.has_bias = x.shape, b is not None
         return y.reshape(*x.shape[:-1], w.shape[0])
 
     def backward(ctx, g):
-        x2, w = ctx.saved_tensors
+        x2, w = ctx.saved_tensors[:2]
         g2 = g.reshape(-1, w.shape[0])
         need = ctx.needs_input_grad
+        gb = None
+        if ctx.act is not None:           # through the GELU first: dy = g GELU'(y)
+            y, saved = ctx.saved_tensors[2:]
+            if ctx.has_bias and need[2]:
+                g2, gb = gelu_backward(g2, y, saved, _GELU[ctx.act], bias_grad="row")
+            else:
+                g2 = gelu_backward(g2, y, saved, _GELU[ctx.act])
+        elif ctx.has_bias and need[2]:
+            gb = parallel.sum_rows(lambda a: a, g2)
         gx = (g2 @ w).reshape(ctx.x_shape) if need[0] else None
         gw = g2.T @ x2 if need[1] else None
-        if not ctx.has_bias:
-            return gx, gw
-        return gx, gw, (parallel.sum_rows(lambda a: a, g2) if need[2] else None)
+        return (gx, gw, gb) if ctx.has_bias else (gx, gw)
 
 
 class LinearColumns(Function):
@@ -52,7 +78,8 @@ class LinearColumns(Function):
 
     name = "linear_columns"
 
-    def forward(ctx, x, w, b=None):
+    def forward(ctx, x, w, b=None, act=None):
+        _check_act(act)
         if w.ndim != 2 or x.ndim != 2 or x.shape[0] != w.shape[1]:
             raise ValueError(f"expected a weight (out, in) and an input (in, M), got weight "
                              f"{w.shape} and input {x.shape}")
@@ -61,37 +88,51 @@ class LinearColumns(Function):
                              f"expected ({w.shape[0]},)")
         y = w @ x
         add_flops(2 * y.size * w.shape[1])
+        ctx.has_bias, ctx.act = b is not None, act
+        if act is not None:               # y += b[:, None] in place, h = GELU(y)
+            h, saved = gelu_forward(y, _GELU[act], bias=None if b is None else b[:, None])
+            ctx.save_for_backward(x, w, y, saved)
+            return h
         if b is not None:
             parallel.add_columns_(y, b)   # y += b[:, None], on all cores
         ctx.save_for_backward(x, w)
-        ctx.has_bias = b is not None
         return y
 
     def backward(ctx, g):
-        x, w = ctx.saved_tensors
+        x, w = ctx.saved_tensors[:2]
         need = ctx.needs_input_grad
+        gb = None
+        if ctx.act is not None:           # dy = g GELU'(y), and db its row sums in that pass
+            y, saved = ctx.saved_tensors[2:]
+            if ctx.has_bias and need[2]:
+                g, gb = gelu_backward(g, y, saved, _GELU[ctx.act], bias_grad="column")
+            else:
+                g = gelu_backward(g, y, saved, _GELU[ctx.act])
+        elif ctx.has_bias and need[2]:
+            gb = parallel.row_sums(g)
         gx = w.T @ g if need[0] else None
         gw = g @ x.T if need[1] else None
-        if not ctx.has_bias:
-            return gx, gw
-        return gx, gw, (parallel.row_sums(g) if need[2] else None)
+        return (gx, gw, gb) if ctx.has_bias else (gx, gw)
 
 
-def linear_columns(x, weight, bias=None):
-    """``weight @ x + bias[:, None]``: a Linear applied to each column of x (in, M).
+def linear_columns(x, weight, bias=None, act=None):
+    """``weight @ x + bias[:, None]``: a Linear applied to each column of x (in, M); with
+    ``act="gelu"`` (or ``"gelu_tanh"``) GELU of that, fused (see ``Linear``).
 
     ``F.linear_columns(minivit.ones(3, 5), minivit.ones(4, 3)).shape`` -> ``(4, 5)``.
     """
     if bias is None:
-        return LinearColumns.apply(x, weight)
-    return LinearColumns.apply(x, weight, bias)
+        return LinearColumns.apply(x, weight, act=act)
+    return LinearColumns.apply(x, weight, bias, act=act)
 
 
-def linear(x, weight, bias=None):
-    """``x @ weight.T + bias`` with weight (out_features, in_features), PyTorch's layout.
+def linear(x, weight, bias=None, act=None):
+    """``x @ weight.T + bias`` with weight (out_features, in_features), PyTorch's layout; with
+    ``act="gelu"`` (exact) or ``"gelu_tanh"``, ``gelu(x @ weight.T + bias)`` in one op whose
+    bias add and bias gradient ride on the GELU's passes.
 
     ``F.linear(minivit.ones(2, 3), minivit.ones(4, 3)).shape`` -> ``(2, 4)``.
     """
     if bias is None:
-        return Linear.apply(x, weight)
-    return Linear.apply(x, weight, bias)
+        return Linear.apply(x, weight, act=act)
+    return Linear.apply(x, weight, bias, act=act)
