@@ -17,6 +17,21 @@ def _check_act(act):
         raise ValueError(f"act must be None, 'gelu' or 'gelu_tanh', got {act!r}")
 
 
+def _grad_before_act(ctx, g, bias_layout: str):
+    """(dy, db) from the gradient g of the op's output: dy = g GELU'(y) when the op ends in a
+    GELU (db summed in that same pass), else g itself; db is None when not wanted.
+    ``bias_layout``: "row" (one bias per column of y, Linear) or "column" (LinearColumns)."""
+    want_bias = ctx.has_bias and ctx.needs_input_grad[2]
+    if ctx.act is not None:
+        y, saved = ctx.saved_tensors[2:]
+        if want_bias:
+            return gelu_backward(g, y, saved, _GELU[ctx.act], bias_grad=bias_layout)
+        return gelu_backward(g, y, saved, _GELU[ctx.act]), None
+    if not want_bias:
+        return g, None
+    return g, (parallel.sum_rows(lambda a: a, g) if bias_layout == "row" else parallel.row_sums(g))
+
+
 class Linear(Function):
     """y = x2 @ W^T + b with x2 = x.reshape(-1, in);  dx = g @ W,  dW = g^T x2,  db = sum_rows g.
 
@@ -53,15 +68,7 @@ class Linear(Function):
         x2, w = ctx.saved_tensors[:2]
         g2 = g.reshape(-1, w.shape[0])
         need = ctx.needs_input_grad
-        gb = None
-        if ctx.act is not None:           # through the GELU first: dy = g GELU'(y)
-            y, saved = ctx.saved_tensors[2:]
-            if ctx.has_bias and need[2]:
-                g2, gb = gelu_backward(g2, y, saved, _GELU[ctx.act], bias_grad="row")
-            else:
-                g2 = gelu_backward(g2, y, saved, _GELU[ctx.act])
-        elif ctx.has_bias and need[2]:
-            gb = parallel.sum_rows(lambda a: a, g2)
+        g2, gb = _grad_before_act(ctx, g2, "row")
         gx = (g2 @ w).reshape(ctx.x_shape) if need[0] else None
         gw = g2.T @ x2 if need[1] else None
         return (gx, gw, gb) if ctx.has_bias else (gx, gw)
@@ -101,15 +108,7 @@ class LinearColumns(Function):
     def backward(ctx, g):
         x, w = ctx.saved_tensors[:2]
         need = ctx.needs_input_grad
-        gb = None
-        if ctx.act is not None:           # dy = g GELU'(y), and db its row sums in that pass
-            y, saved = ctx.saved_tensors[2:]
-            if ctx.has_bias and need[2]:
-                g, gb = gelu_backward(g, y, saved, _GELU[ctx.act], bias_grad="column")
-            else:
-                g = gelu_backward(g, y, saved, _GELU[ctx.act])
-        elif ctx.has_bias and need[2]:
-            gb = parallel.row_sums(g)
+        g, gb = _grad_before_act(ctx, g, "column")
         gx = w.T @ g if need[0] else None
         gw = g @ x.T if need[1] else None
         return (gx, gw, gb) if ctx.has_bias else (gx, gw)
