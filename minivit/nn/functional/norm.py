@@ -43,22 +43,24 @@ def _layer_norm_rows(x, w, b, eps, out=None):
     return y, xc, rstd
 
 
-def _layer_norm_rows_backward(g, xhat, rstd, w, out=None):
+def _layer_norm_rows_backward(g, xhat, rstd, w, out=None, with_sums=False):
     """dx = (1/σ) (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) along each row, ĝ = g w; with the row means
-    as gemvs: mean(ĝ) = g w / D and mean(ĝ x̂) = (g x̂) w / D."""
-    if cuda_kernels.enabled(g):
-        return cuda_kernels.layer_norm_rows_backward(g, xhat, rstd, w)
+    as gemvs: mean(ĝ) = g w / D and mean(ĝ x̂) = (g x̂) w / D.
+
+    ``with_sums``: also return g x̂ and g, whose column sums are dw and db, so the affine
+    gradients come out of the same pass over the block (``parallel.sum_rows`` sums them)."""
     xp = xp_of(g)
     dx = out[0] if out is not None else xp.empty_like(g)
     inv_d = 1.0 / g.shape[-1]
+    gx = g * xhat
     if w is None:
-        gh, m1, m2 = g, g.mean(axis=-1, keepdims=True), (g * xhat).mean(axis=-1, keepdims=True)
+        gh, m1, m2 = g, g.mean(axis=-1, keepdims=True), gx.mean(axis=-1, keepdims=True)
     else:
-        gh, m1, m2 = g * w, (g @ w)[:, None] * inv_d, ((g * xhat) @ w)[:, None] * inv_d
+        gh, m1, m2 = g * w, (g @ w)[:, None] * inv_d, (gx @ w)[:, None] * inv_d
     xp.subtract(gh, m1, out=dx)
     dx -= xhat * m2
     dx *= rstd
-    return dx
+    return (gx, g) if with_sums else dx
 
 
 class LayerNorm(Function):
@@ -86,15 +88,25 @@ class LayerNorm(Function):
         xhat, rstd, w = ctx.saved_tensors
         need = ctx.needs_input_grad
         g2 = g.reshape(xhat.shape)
-        out = parallel.empty_like(g2) if backend.device_of(g2) == "cpu" else None
-        grads = [parallel.blockwise(lambda *a, out=None: _layer_norm_rows_backward(*a, w, out=out),
-                                    g2, xhat, rstd, out=out).reshape(g.shape)
-                 if need[0] else None]
-        # the affine parameters are shared by all rows: dw = sum_rows g x̂, db = sum_rows g
         need_w, need_b = ctx.has_w and need[1], ctx.has_b and need[-1]
+        if cuda_kernels.enabled(g2):
+            dx = cuda_kernels.layer_norm_rows_backward(g2, xhat, rstd, w) if need[0] else None
+            if need_w or need_b:
+                dw, db = parallel.column_sums(g2 * xhat), parallel.column_sums(g2)
+        elif need_w or need_b:
+            # one pass: each block's dx, and its g x̂ and g summed down the rows for the affine
+            # parameters shared by all rows (dw = sum_rows g x̂, db = sum_rows g)
+            dx = parallel.empty_like(g2)[0]
+            dw, db = parallel.sum_rows(
+                lambda g_, xh, r, d: _layer_norm_rows_backward(g_, xh, r, w, out=(d,),
+                                                               with_sums=True),
+                g2, xhat, rstd, dx)
+        else:
+            dx = parallel.blockwise(lambda *a, out=None: _layer_norm_rows_backward(*a, w, out=out),
+                                    g2, xhat, rstd, out=parallel.empty_like(g2))
+        grads = [dx.reshape(g.shape) if need[0] and dx is not None else None]
         if need_w or need_b:
-            sums = parallel.sum_rows(lambda g, xh: (g * xh, g), g2, xhat)
-            dw, db = (s.reshape(ctx.norm_shape) for s in sums)
+            dw, db = dw.reshape(ctx.norm_shape), db.reshape(ctx.norm_shape)
         if ctx.has_w:
             grads.append(dw if need_w else None)
         if ctx.has_b:
