@@ -3,10 +3,13 @@
 same way, so the two engines can be compared on this machine. Runs OUTSIDE the project's
 environment, in a scratch one that has torch and timm (never a minivit dependency):
 
-    python3 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install torch==2.13.0 timm
+    python3 -m venv /tmp/refvenv
+    /tmp/refvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm
     /tmp/refvenv/bin/python tools/bench_torch.py [--batch 128] [--steps 10]
 
 then ``minivit bench --model vit_cifar mlp_mixer_cifar`` right after, on the idle machine.
+(timm imports torchvision, and PyPI's torchvision does not import beside the torch 2.13.0 CPU
+file on this machine's disk, hence the matching 2.14.1 pair.)
 """
 from __future__ import annotations
 

@@ -70,11 +70,7 @@ class MixerBlock(nn.Module):
         S, B, C = h.shape
         m = self.mlp_tokens
         h = h.reshape(S, B * C)
-        if type(m.act) is nn.GELU and m.act.approximate == "none":   # fc1 + GELU, one op
-            h = F.linear_columns(h, m.fc1.weight, m.fc1.bias, act="gelu")
-        else:
-            h = m.act(F.linear_columns(h, m.fc1.weight, m.fc1.bias))
-        h = m.drop1(h)
+        h = m.drop1(m.fc1_act(h, linear=F.linear_columns))
         h = m.drop2(F.linear_columns(h, m.fc2.weight, m.fc2.bias))
         return h.reshape(S, B, C)
 

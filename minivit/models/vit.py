@@ -110,13 +110,14 @@ class Mlp(nn.Module):
     def forward(self, x):
         return self.drop2(self.fc2(self.drop1(self.fc1_act(x))))
 
-    def fc1_act(self, x):
-        """GELU(fc1(x)): with the default GELU one op, ``F.linear(..., act="gelu")``, whose
+    def fc1_act(self, x, linear=F.linear):
+        """act(fc1(x)), fc1 applied by ``linear`` (``F.linear``, or ``F.linear_columns`` for
+        the Mixer's token MLP). With a GELU that is one op, ``linear(..., act="gelu")``, whose
         bias add and bias gradient ride on the GELU's own passes (the same numbers)."""
         if type(self.act) is nn.GELU:
             act = "gelu" if self.act.approximate == "none" else "gelu_tanh"
-            return F.linear(x, self.fc1.weight, self.fc1.bias, act=act)
-        return self.act(self.fc1(x))
+            return linear(x, self.fc1.weight, self.fc1.bias, act=act)
+        return self.act(linear(x, self.fc1.weight, self.fc1.bias))
 
 
 class Block(nn.Module):

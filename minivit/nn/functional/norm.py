@@ -104,7 +104,7 @@ class LayerNorm(Function):
         else:
             dx = parallel.blockwise(lambda *a, out=None: _layer_norm_rows_backward(*a, w, out=out),
                                     g2, xhat, rstd, out=parallel.empty_like(g2))
-        grads = [dx.reshape(g.shape) if need[0] and dx is not None else None]
+        grads = [dx.reshape(g.shape) if need[0] else None]
         if need_w or need_b:
             dw, db = dw.reshape(ctx.norm_shape), db.reshape(ctx.norm_shape)
         if ctx.has_w:
