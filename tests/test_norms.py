@@ -58,6 +58,29 @@ def test_layer_norm_grad_and_forward(data, lead, d, k, affine, with_bias):
     check_grad(fn, *args)
 
 
+@pytest.mark.parametrize("which", ["weight", "bias", "both"])
+@pytest.mark.parametrize("rows", [5, 4096])   # the plain call and the blocked, threaded one
+def test_layer_norm_affine_grads_without_input_grad(which, rows):
+    # An input that needs no gradient (a constant, a frozen stem): only dw / db are computed.
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((2, rows, 96))
+    w, b = rng.standard_normal((2, 96))
+    wt = minivit.tensor(w, requires_grad=which in ("weight", "both"))
+    bt = minivit.tensor(b, requires_grad=which in ("bias", "both"))
+    xt = minivit.tensor(x)
+    F.layer_norm(xt, 96, wt, bt).backward(minivit.tensor(g))
+    xhat = layer_norm_ref(x, 1)
+    assert xt.grad is None
+    if which != "bias":
+        np.testing.assert_allclose(wt.grad.numpy(), (g * xhat).sum(0), rtol=1e-10, atol=1e-9)
+    else:
+        assert wt.grad is None
+    if which != "weight":
+        np.testing.assert_allclose(bt.grad.numpy(), g.sum(0), rtol=1e-10, atol=1e-9)
+    else:
+        assert bt.grad is None
+
+
 def test_layer_norm_float32_and_eps():
     x = minivit.randn(4, 8) * 100 + 3
     y = F.layer_norm(x, 8, eps=1e-6)

@@ -4,6 +4,7 @@ import pytest
 
 import minivit
 from minivit.autograd import backend, parallel
+from minivit.autograd.ops import elementwise
 from minivit.nn import functional as F
 
 BIG = (3 * parallel.MIN_ELEMENTS) // 2 + 7  # above the threshold, not a multiple of a block
@@ -336,3 +337,28 @@ def test_blockwise_into_out_is_bit_identical(threads):
     one = parallel.blockwise(lambda a, out: np.negative(a, out=out[0]), x,
                              out=parallel.empty_like(x))
     np.testing.assert_array_equal(one, -x)
+
+
+@pytest.mark.parametrize("layout", ["row", "column"])
+def test_gelu_forward_adds_its_bias_in_the_blocked_pass(threads, layout):
+    # The bias rides on the GELU's pass over each block of x: same result as adding it first.
+    rng = np.random.default_rng(6)
+    x0 = rng.standard_normal((BIG // 64, 64)).astype(np.float32)
+    bias = rng.standard_normal(64 if layout == "row" else x0.shape[0]).astype(np.float32)
+    shifted = x0 + (bias if layout == "row" else bias[:, None])
+    want = elementwise.gelu_forward(shifted.copy())
+    x = x0.copy()
+    got = elementwise.gelu_forward(x, bias=bias, bias_layout=layout)
+    np.testing.assert_array_equal(x, shifted)          # x now holds the GELU's input
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_gelu_forward_bias_errors_name_the_shapes():
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"row bias .* shape \(3,\).* got \(4,\)"):
+        elementwise.gelu_forward(x, bias=np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=r"column bias .* shape \(4,\).* got \(3,\)"):
+        elementwise.gelu_forward(x, bias=np.zeros(3, np.float32), bias_layout="column")
+    with pytest.raises(ValueError, match="bias_layout must be 'row' or 'column', got 'rows'"):
+        elementwise.gelu_forward(x, bias=np.zeros(3, np.float32), bias_layout="rows")

@@ -263,13 +263,24 @@ class GELU(Function):
         return gelu_backward(g.reshape(-1), xf, saved, ctx.approximate).reshape(g.shape)
 
 
-def gelu_forward(x, approximate: str = "none", bias=None):
+def gelu_forward(x, approximate: str = "none", bias=None, bias_layout: str = "row"):
     """GELU of a raw array: (y, saved), saved = Φ(x) (exact) or s (tanh) for ``gelu_backward``.
 
-    ``bias``: an array that broadcasts against the blocks of x's rows (a row (F,) for x (N, F),
-    a column (N, 1)); it is added to x *in place* first, in the same pass over each block, so
-    x ends up holding the GELU's input x + bias (``F.linear(..., act="gelu")`` uses this).
+    ``bias``: added to x *in place* first, in the same pass over each block, so x ends up
+    holding the GELU's input x + bias (``F.linear(..., act="gelu")`` uses this).
+    ``bias_layout="row"``: one bias per column, shape (F,) for x (N, F), as Linear's;
+    ``"column"``: one per row, shape (N,), as LinearColumns' (the same names as
+    ``gelu_backward``'s ``bias_grad``).
     """
+    if bias is not None:
+        want = {"row": x.shape[-1:], "column": x.shape[:1]}.get(bias_layout)
+        if want is None:
+            raise ValueError(f"bias_layout must be 'row' or 'column', got {bias_layout!r}")
+        if x.ndim != 2 or bias.shape != want:
+            raise ValueError(f"a {bias_layout} bias for an input of shape {x.shape} must have "
+                             f"shape {want} (and the input must be 2-D), got {bias.shape}")
+        if bias_layout == "column":
+            bias = bias[:, None]
     if cuda_kernels.enabled(x):
         if bias is not None:
             x += bias
@@ -278,14 +289,14 @@ def gelu_forward(x, approximate: str = "none", bias=None):
     out = parallel.empty_like(x, 2)
     if bias is None:
         return parallel.blockwise(fn, x, out=out)
-    if bias.ndim == x.ndim and bias.shape[0] == x.shape[0] and x.shape[0] > 1:  # a column
+    if bias_layout == "column":          # the bias is cut into blocks with x's rows
         def shifted(xb, bb, out):
             xb += bb
             return fn(xb, out=out)
 
         return parallel.blockwise(shifted, x, bias, out=out)
 
-    def shifted_row(xb, out):
+    def shifted_row(xb, out):            # every block gets the whole row of biases
         xb += bias
         return fn(xb, out=out)
 

@@ -97,7 +97,7 @@ class LinearColumns(Function):
         add_flops(2 * y.size * w.shape[1])
         ctx.has_bias, ctx.act = b is not None, act
         if act is not None:               # y += b[:, None] in place, h = GELU(y)
-            h, saved = gelu_forward(y, _GELU[act], bias=None if b is None else b[:, None])
+            h, saved = gelu_forward(y, _GELU[act], bias=b, bias_layout="column")
             ctx.save_for_backward(x, w, y, saved)
             return h
         if b is not None:

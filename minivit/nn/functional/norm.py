@@ -93,6 +93,10 @@ class LayerNorm(Function):
             dx = cuda_kernels.layer_norm_rows_backward(g2, xhat, rstd, w) if need[0] else None
             if need_w or need_b:
                 dw, db = parallel.column_sums(g2 * xhat), parallel.column_sums(g2)
+        elif (need_w or need_b) and not need[0]:   # affine gradients only: no dx to compute
+            dx = None
+            dw = parallel.sum_rows(lambda g_, xh: g_ * xh, g2, xhat) if need_w else None
+            db = parallel.sum_rows(lambda g_: g_, g2) if need_b else None
         elif need_w or need_b:
             # one pass: each block's dx, and its g x̂ and g summed down the rows for the affine
             # parameters shared by all rows (dw = sum_rows g x̂, db = sum_rows g)
@@ -105,8 +109,10 @@ class LayerNorm(Function):
             dx = parallel.blockwise(lambda *a, out=None: _layer_norm_rows_backward(*a, w, out=out),
                                     g2, xhat, rstd, out=parallel.empty_like(g2))
         grads = [dx.reshape(g.shape) if need[0] else None]
-        if need_w or need_b:
-            dw, db = dw.reshape(ctx.norm_shape), db.reshape(ctx.norm_shape)
+        if need_w:
+            dw = dw.reshape(ctx.norm_shape)
+        if need_b:
+            db = db.reshape(ctx.norm_shape)
         if ctx.has_w:
             grads.append(dw if need_w else None)
         if ctx.has_b:
