@@ -159,3 +159,17 @@ def test_mhsa_dropout_only_in_training_and_errors():
         attn(minivit.randn(2, 4, 6))
     with pytest.raises(ValueError, match="not divisible by num_heads"):
         nn.MultiheadSelfAttention(10, 3)
+
+
+@pytest.mark.parametrize("proj_drop", [0.0, 0.5])
+def test_mhsa_residual_is_added_after_the_projection(proj_drop):
+    # residual= gives residual + attn(x): fused into the projection without a dropout after it
+    # (and in eval), the plain add with one (same random draw: same seed).
+    attn = nn.MultiheadSelfAttention(8, 2, proj_drop=proj_drop)
+    x, r = minivit.randn(2, 4, 8), minivit.randn(2, 4, 8)
+    for training in (True, False):
+        attn.train(training)
+        minivit.manual_seed(3)
+        want = (r + attn(x)).numpy()
+        minivit.manual_seed(3)
+        np.testing.assert_allclose(attn(x, residual=r).numpy(), want, rtol=1e-6, atol=1e-6)

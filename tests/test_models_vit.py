@@ -92,3 +92,18 @@ def test_reference_logits_match_timm(fixture):
 @pytest.mark.slow
 def test_overfits_64_cifar_images():
     assert_overfits(lambda: vit.vit_cifar(num_classes=10), "vit_cifar", max_steps=300)
+
+
+@pytest.mark.parametrize("proj_drop", [0.0, 0.3])
+def test_block_residual_adds_match_the_paper_equations(proj_drop):
+    # Block.forward hands x to attn / mlp as their residual (added in the last Linear's bias
+    # pass, or after the dropout when there is one): x + MSA(LN(x)), then + MLP(LN(.)).
+    blk = vit.Block(dim=8, num_heads=2, mlp_ratio=2.0, proj_drop=proj_drop)
+    x = minivit.randn(2, 5, 8)
+    for training in (True, False):
+        blk.train(training)
+        minivit.manual_seed(1)
+        a = x + blk.attn(blk.norm1(x))
+        want = (a + blk.mlp(blk.norm2(a))).numpy()
+        minivit.manual_seed(1)
+        np.testing.assert_allclose(blk(x).numpy(), want, rtol=1e-6, atol=1e-6)

@@ -122,6 +122,59 @@ def test_linear_act_rejects_unknown_activations():
         F.linear_columns(minivit.randn(3, 2), minivit.randn(4, 3), act="swish")
 
 
+@settings(max_examples=15)
+@given(st.data(), st.booleans(), st.integers(1, 4), st.integers(1, 4), st.integers(1, 5),
+       st.booleans())
+def test_linear_residual_grad_and_forward(data, columns, n_in, n_out, m, bias):
+    """residual= r: r + the affine map, and the gradients of x, W, b and r."""
+    x = data.draw(arrays((n_in, m) if columns else (m, n_in)))
+    w = data.draw(arrays((n_out, n_in)))
+    b = data.draw(arrays((n_out,)))
+    r = data.draw(arrays((n_out, m) if columns else (m, n_out)))
+    affine = (w @ x + (b[:, None] if bias else 0)) if columns else x @ w.T + (b if bias else 0)
+    op = F.linear_columns if columns else F.linear
+    got = op(minivit.tensor(x), minivit.tensor(w), minivit.tensor(b) if bias else None,
+             residual=minivit.tensor(r))
+    np.testing.assert_allclose(got.numpy(), r + affine, rtol=1e-12, atol=1e-12)
+    if bias:
+        check_grad(lambda x, w, b, r: op(x, w, b, residual=r), x, w, b, r)
+    else:
+        check_grad(lambda x, w, r: op(x, w, residual=r), x, w, r)
+
+
+@pytest.mark.parametrize("columns", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_residual_matches_the_two_ops_on_large_float32(columns, bias):
+    """Large enough for the blocked pass on all cores: r + Linear(x) as two ops gives the same
+    output and gradients (the residual's gradient is the incoming one)."""
+    minivit.manual_seed(0)
+    shape, out = ((64, 6000), (96, 6000)) if columns else ((2, 3000, 64), (2, 3000, 96))
+    x0, w0, b0 = minivit.randn(*shape), minivit.randn(96, 64) * 0.2, minivit.randn(96)
+    r0, g = minivit.randn(*out), minivit.randn(*out)
+    results = []
+    for fused in (True, False):
+        x, w, b, r = (t.detach().requires_grad_() for t in (x0, w0, b0, r0))
+        op = F.linear_columns if columns else F.linear
+        bb = b if bias else None
+        y = op(x, w, bb, residual=r) if fused else r + op(x, w, bb)
+        (y * g).sum().backward()
+        results.append([y.numpy(), x.grad.numpy(), w.grad.numpy(), r.grad.numpy()]
+                       + ([b.grad.numpy()] if bias else []))
+    for got, want, name in zip(*results, ["y", "dx", "dW", "dr", "db"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_linear_residual_errors_name_shapes():
+    with pytest.raises(ValueError, match=r"residual of shape \(2, 3\) does not match the output "
+                                         r"shape \(2, 4\)"):
+        F.linear(minivit.randn(2, 3), minivit.randn(4, 3), residual=minivit.randn(2, 3))
+    with pytest.raises(ValueError, match=r"residual of shape \(4, 3\) does not match the output "
+                                         r"shape \(4, 2\)"):
+        F.linear_columns(minivit.randn(3, 2), minivit.randn(4, 3), residual=minivit.randn(4, 3))
+    with pytest.raises(ValueError, match="cannot follow act="):
+        F.linear(minivit.randn(2, 3), minivit.randn(4, 3), act="gelu", residual=minivit.randn(2, 4))
+
+
 # --- activations and softmax -----------------------------------------------------------------
 
 def _softmax_ref(x, axis):

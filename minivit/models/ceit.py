@@ -186,9 +186,11 @@ class Block(nn.Module):
         self.drop_path = _drop_path(drop_path)
 
     def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        x = x + self.drop_path(self.leff(self.norm2(x)))
-        return x
+        if isinstance(self.drop_path, nn.Identity):   # the add inside attn.proj's bias pass
+            x = self.attn(self.norm1(x), residual=x)
+        else:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.leff(self.norm2(x)))   # LeFF ends in BN + GELU
 
 
 class ClassTokenAttention(nn.Module):

@@ -125,9 +125,11 @@ class BatchNormAct2d(nn.BatchNorm2d):
         return super().forward_channels_last(x, act="gelu_tanh" if self.act else None)
 
 
-def pointwise(conv: nn.Conv2d, x):
-    """A 1x1 conv on a channels-last (..., C) map is a Linear with the conv's weight."""
-    return F.linear(x, conv.weight.reshape(conv.out_channels, conv.in_channels), conv.bias)
+def pointwise(conv: nn.Conv2d, x, residual=None):
+    """A 1x1 conv on a channels-last (..., C) map is a Linear with the conv's weight (plus
+    ``residual``, added in the bias pass, when given)."""
+    return F.linear(x, conv.weight.reshape(conv.out_channels, conv.in_channels), conv.bias,
+                    residual=residual)
 
 
 def depthwise(conv, x):
@@ -210,8 +212,9 @@ class MbConvBlock(nn.Module):
         x = self.norm1.forward_channels_last(
             pointwise(self.conv1_1x1, self.pre_norm.forward_channels_last(x)))
         x = self.se(self.norm2.forward_channels_last(depthwise(self.conv2_kxk, x)))
-        x = pointwise(self.conv3_1x1, x)
-        return self.drop_path(x) + shortcut
+        if isinstance(self.drop_path, nn.Identity):   # the shortcut add in conv3's bias pass
+            return pointwise(self.conv3_1x1, x, residual=shortcut)
+        return self.drop_path(pointwise(self.conv3_1x1, x)) + shortcut
 
 
 class RelPosBiasTf(nn.Module):
@@ -274,9 +277,11 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x):
-        fc1 = self.fc1   # fc1 and the GELU in one op: its bias rides on the GELU's passes
-        return self.fc2(F.linear(x, fc1.weight, fc1.bias, act="gelu_tanh"))
+    def forward(self, x, residual=None):
+        """fc2(GELU(fc1(x))) (+ ``residual``, added in fc2's bias pass)."""
+        fc1, fc2 = self.fc1, self.fc2   # fc1 + GELU in one op, its bias in the GELU's passes
+        h = F.linear(x, fc1.weight, fc1.bias, act="gelu_tanh")
+        return F.linear(h, fc2.weight, fc2.bias, residual=residual)
 
 
 class PartitionAttention(nn.Module):
@@ -313,6 +318,8 @@ class PartitionAttention(nn.Module):
 
     def forward(self, x):
         x = x + self.drop_path(self._partition_attn(self.norm1(x)))
+        if isinstance(self.drop_path, nn.Identity):   # the add inside fc2's bias pass
+            return self.mlp(self.norm2(x), residual=x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

@@ -60,19 +60,26 @@ class MixerBlock(nn.Module):
         self.mlp_channels = Mlp(dim, channels_dim, drop=drop)
 
     def forward(self, x):                                              # x: (S, B, C)
+        if isinstance(self.drop_path, nn.Identity):   # each residual add in the fc2's bias pass
+            x = self.token_mixing(self.norm1(x), residual=x)
+            return self.mlp_channels(self.norm2(x), residual=x)
         x = x + self._drop_path(self.token_mixing(self.norm1(x)))
         x = x + self._drop_path(self.mlp_channels(self.norm2(x)))
         return x
 
-    def token_mixing(self, h):
+    def token_mixing(self, h, residual=None):
         """``mlp_tokens`` along the S axis of h (S, B, C): the paper's MLP on the transposed
-        (B, C, S) tensor, as one GEMM W (out, S) @ (S, B·C) per Linear (``F.linear_columns``)."""
+        (B, C, S) tensor, as one GEMM W (out, S) @ (S, B·C) per Linear (``F.linear_columns``);
+        with ``residual`` (S, B, C), residual + that, added in fc2's bias pass."""
         S, B, C = h.shape
         m = self.mlp_tokens
         h = h.reshape(S, B * C)
         h = m.drop1(m.fc1_act(h, linear=F.linear_columns))
-        h = m.drop2(F.linear_columns(h, m.fc2.weight, m.fc2.bias))
-        return h.reshape(S, B, C)
+        if residual is not None and isinstance(m.drop2, nn.Identity):
+            r = residual.reshape(S, B * C)
+            return F.linear_columns(h, m.fc2.weight, m.fc2.bias, residual=r).reshape(S, B, C)
+        h = m.drop2(F.linear_columns(h, m.fc2.weight, m.fc2.bias)).reshape(S, B, C)
+        return h if residual is None else residual + h
 
     def _drop_path(self, h):
         """Stochastic depth per sample: the batch is axis 1 here, axis 0 of the (B, S, C) view."""

@@ -107,8 +107,14 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features)
         self.drop2 = _dropout(drop)
 
-    def forward(self, x):
-        return self.drop2(self.fc2(self.drop1(self.fc1_act(x))))
+    def forward(self, x, residual=None):
+        """fc2(drop(act(fc1(x)))); with ``residual``, residual + that, the add riding on fc2's
+        bias pass (``F.linear(..., residual=)``) when no dropout follows fc2."""
+        h = self.drop1(self.fc1_act(x))
+        if residual is not None and isinstance(self.drop2, nn.Identity):
+            return F.linear(h, self.fc2.weight, self.fc2.bias, residual=residual)
+        y = self.drop2(self.fc2(h))
+        return y if residual is None else residual + y
 
     def fc1_act(self, x, linear=F.linear):
         """act(fc1(x)), fc1 applied by ``linear`` (``F.linear``, or ``F.linear_columns`` for
@@ -143,9 +149,15 @@ class Block(nn.Module):
         self.drop_path2 = _drop_path(drop_path)
 
     def forward(self, x):
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x
+        # Without stochastic depth, each residual add is done inside the branch's last Linear
+        # (attn.proj, mlp.fc2), in its bias pass: the same sums, one pass over x fewer.
+        if isinstance(self.drop_path1, nn.Identity):
+            x = self.attn(self.norm1(x), residual=x)
+        else:
+            x = x + self.drop_path1(self.attn(self.norm1(x)))
+        if isinstance(self.drop_path2, nn.Identity):
+            return self.mlp(self.norm2(x), residual=x)
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 # --------------------------------------------------------------------------------------------

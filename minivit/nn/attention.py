@@ -15,9 +15,11 @@ from .module import Module
 class MultiheadSelfAttention(Module):
     """Self-attention over tokens (B, N, dim); children ``qkv`` (dim -> 3 dim) and ``proj``.
 
-    ``forward(x, attn_bias=None)``: ``attn_bias`` is added to the scores before the softmax
-    (float, broadcastable to (B, heads, N, N): relative position bias) or masks them (bool,
-    True = attend).
+    ``forward(x, attn_bias=None, residual=None)``: ``attn_bias`` is added to the scores
+    before the softmax (float, broadcastable to (B, heads, N, N): relative position bias) or
+    masks them (bool, True = attend). ``residual`` (B, N, dim) returns residual + attention,
+    the pre-norm block's ``x + attn(norm1(x))``, the add done in the projection's bias pass
+    (``F.linear(..., residual=)``) when no dropout follows the projection.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True,
@@ -34,7 +36,7 @@ class MultiheadSelfAttention(Module):
         self.proj = Linear(dim, dim)
         self.proj_drop = Dropout(proj_drop)
 
-    def forward(self, x, attn_bias=None):
+    def forward(self, x, attn_bias=None, residual=None):
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"MultiheadSelfAttention(dim={self.dim}): expected input "
                              f"(B, N, {self.dim}), got {tuple(x.shape)}")
@@ -46,7 +48,10 @@ class MultiheadSelfAttention(Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=p,
                                              scale=self.scale)              # (B, H, N, d)
         out = out.permute(0, 2, 1, 3).reshape(B, N, C)
-        return self.proj_drop(self.proj(out))
+        if residual is not None and (self.proj_drop.p == 0 or not self.training):
+            return F.linear(out, self.proj.weight, self.proj.bias, residual=residual)
+        y = self.proj_drop(self.proj(out))
+        return y if residual is None else residual + y
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"
