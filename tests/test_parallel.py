@@ -195,24 +195,28 @@ def test_conv_split_over_threads_is_bit_identical(threads, monkeypatch, geometry
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("shapes", [
-    ((6, 3, 40, 33), (6, 3, 33, 41)),     # split over the threads
-    ((5, 40, 33), (5, 33, 41)),
-    ((7, 8, 4), (7, 4, 8)),               # products too small: one call
-    ((1, 40, 33), (1, 33, 41)),           # a stack of one
-    ((2, 3, 40, 33), (3, 33, 41)),        # broadcast stacks: one call
-    ((40, 33), (33, 41)),                 # 2-D
-], ids=["4d", "3d", "small", "one", "broadcast", "2d"])
-def test_matmul_split_over_threads_is_bit_identical(threads, shapes):
+@pytest.mark.parametrize("shapes, split", [
+    (((8, 4, 64, 65), (8, 4, 65, 66)), True),    # 2^23 multiply-adds and more: split
+    (((2048, 16, 32), (2048, 32, 16)), True),    # MaxViT's 16-token windows: small, but many
+    (((6, 3, 40, 33), (6, 3, 33, 41)), False),   # under 2^23 in all: one call
+    (((1, 400, 330), (1, 330, 410)), False),     # a stack of one
+    (((2, 3, 40, 33), (3, 33, 41)), False),      # broadcast stacks: one call
+    (((40, 33), (33, 41)), False),               # 2-D
+], ids=["4d", "windows", "small", "one", "broadcast", "2d"])
+def test_matmul_split_over_threads_is_bit_identical(threads, shapes, split, monkeypatch):
     rng = np.random.default_rng(0)
     a = rng.standard_normal(shapes[0], dtype=np.float32)
     b = rng.standard_normal(shapes[1], dtype=np.float32)
     b_t = np.swapaxes(rng.standard_normal(shapes[1][:-2] + shapes[1][:-3:-1],
                                           dtype=np.float32), -1, -2)  # a transposed view
+    calls = []
+    for_each = parallel.for_each
+    monkeypatch.setattr(parallel, "for_each", lambda *a, **k: calls.append(1) or for_each(*a, **k))
     for rhs in (b, b_t):
         got = parallel.matmul(a, rhs)
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, np.matmul(a, rhs))
+    assert bool(calls) == (split and threads > 1)
 
 
 def test_add_is_bit_identical_and_falls_back(threads):

@@ -23,6 +23,7 @@ arrays and ``MINIVIT_NUM_THREADS=0`` take the plain path: ``fn(*arrays)``.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -261,10 +262,11 @@ def _tuple_or_one(t: tuple):
 # A stack of small products, (384, 65, 64) @ (384, 64, 65) in attention, is one BLAS call per
 # matrix, each too small for OpenBLAS to thread: NumPy's batched matmul runs on one core (about
 # 75 GFLOP/s here, against 200+ for one large product). Splitting the stack over the threads
-# runs 2.3x faster on 2 cores. Below about 32x32x32 per product the threads lose instead
-# (OpenBLAS serialises its per-call buffer handling): (4096, 16, 32) @ (4096, 32, 16) ran 1.8x
-# slower split, so those stay in one call.
-MATMUL_MIN_PRODUCT = 32 * 32 * 32  # m * k * n of each matrix product
+# runs 1.6-2x faster on 2 cores, for MaxViT's 16x16 windows too ((4096, 16, 32) @ (4096, 32,
+# 16): 2.5-2.9 -> 1.2-1.9 ms, measured 2026-12-02; an older measurement, before minivit set
+# OPENBLAS_THREAD_TIMEOUT, had them 1.8x slower split). What does not pay is handing a small
+# stack to the threads at all (about 0.1 ms): below 2^23 multiply-adds in all, one call.
+MATMUL_MIN_WORK = 1 << 23  # multiply-adds of the whole stack, length * m * k * n
 
 
 def matmul(a, b):
@@ -278,7 +280,7 @@ def matmul(a, b):
             or a.shape[:-2] != b.shape[:-2] or NUM_THREADS <= 1 or a.shape[0] < 2:
         return _xp(a).matmul(a, b)
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    if m * k * n < MATMUL_MIN_PRODUCT or b.shape[-2] != k:
+    if math.prod(a.shape[:-2]) * m * k * n < MATMUL_MIN_WORK or b.shape[-2] != k:
         return np.matmul(a, b)
     out = np.empty(a.shape[:-1] + (n,), dtype=np.result_type(a, b))
     length = a.shape[0]
