@@ -263,9 +263,9 @@ def _tuple_or_one(t: tuple):
 # matrix, each too small for OpenBLAS to thread: NumPy's batched matmul runs on one core (about
 # 75 GFLOP/s here, against 200+ for one large product). Splitting the stack over the threads
 # runs 1.6-2x faster on 2 cores, for MaxViT's 16x16 windows too ((4096, 16, 32) @ (4096, 32,
-# 16): 2.5-2.9 -> 1.2-1.9 ms, measured 2026-12-02; an older measurement, before minivit set
-# OPENBLAS_THREAD_TIMEOUT, had them 1.8x slower split). What does not pay is handing a small
-# stack to the threads at all (about 0.1 ms): below 2^23 multiply-adds in all, one call.
+# 16): 2.5-2.9 -> 1.2-1.9 ms, measured 2026-12-02; an older measurement had them 1.8x slower
+# split, so re-measure if the NumPy/OpenBLAS build changes). What does not pay is handing a
+# small stack to the threads at all (about 0.1 ms): below 2^23 multiply-adds in all, one call.
 MATMUL_MIN_WORK = 1 << 23  # multiply-adds of the whole stack, length * m * k * n
 
 
