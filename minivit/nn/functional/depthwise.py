@@ -130,8 +130,8 @@ class DepthwiseConv2dNHWC(Function):
         def block(k):
             blk = blocks[k]
             gb, xb = g[blk], xpad[blk]
-            tmp = xp.empty_like(gb)
             if need_x:
+                tmp = xp.empty_like(gb)
                 dxb = dxpad[blk]
                 dxb[...] = 0
             for t, (rows, cols) in enumerate(offsets):
