@@ -37,6 +37,9 @@ def _add_train(sub):
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override an entry of the model's configuration, e.g. --model-arg "
                         "depth=2 (repeatable; values are Python literals, else strings)")
+    p.add_argument("--init-weights", default=None, metavar="FILE",
+                   help="start from these weights instead of the seed's initialisation: a "
+                        ".npz of a state dict (timm's names), a checkpoint or a run folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="run folder (config, metrics, checkpoints)")
@@ -62,7 +65,7 @@ def _train(args) -> int:
         lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         augment=args.augment, mixup=args.mixup, cutmix=args.cutmix, clip_grad=args.clip_grad,
-        model_args=model_args, seed=args.seed, device=args.device, out=args.out,
+        model_args=model_args, init_weights=args.init_weights, seed=args.seed, device=args.device, out=args.out,
         train_limit=args.train_limit, test_limit=args.test_limit,
         progress=not args.no_progress)
     if args.resume is not None and args.epochs is None:

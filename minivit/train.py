@@ -21,7 +21,7 @@ import numpy as np
 import minivit
 from . import nn, optim
 from .autograd import backend
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import _META, CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from .data import CIFARLoader, load_dataset
 from .models import create_model, list_models
 from .nn import functional as F
@@ -54,6 +54,7 @@ class TrainConfig:
     cutmix: float = 0.0
     clip_grad: float | None = None
     model_args: dict = field(default_factory=dict)  # overrides of the model configuration
+    init_weights: str | None = None  # start from these weights (a state-dict .npz or checkpoint)
     seed: int = 0
     device: str = "cpu"
     out: str | None = None
@@ -89,6 +90,30 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         return create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
     except TypeError as exc:  # an unknown configuration entry
         raise TrainingError(f"model_args {cfg.model_args} do not fit {cfg.model}: {exc}") from None
+
+
+def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str) -> None:
+    """Copy starting weights into ``model``: a plain ``.npz`` of a state dict (parameter name ->
+    array, e.g. saved from timm with ``np.savez``), a minivit checkpoint, or a run folder."""
+    path = Path(path)
+    file = path / "last.npz" if path.is_dir() else path
+    if not file.is_file():
+        raise TrainingError(f"--init-weights {file}: no such file")
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            state = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise TrainingError(f"--init-weights {file}: not a readable .npz file ({exc})") from None
+    if _META in state:  # a training checkpoint: take its model
+        state = load_checkpoint(file)["model"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:] or lines)
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise TrainingError(f"--init-weights {file} does not fit model {model_name}: "
+                            f"{detail}") from None
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> optim.Optimizer:
@@ -241,7 +266,10 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     out = _prepare_out(cfg.out, resume is not None)
     minivit.manual_seed(cfg.seed)
     ds, train_loader, test_loader = _loaders(cfg)
-    model = build_model(cfg, ds.num_classes).to(device)
+    model = build_model(cfg, ds.num_classes)
+    if cfg.init_weights and resume is None:  # a resumed run takes its weights from last.npz
+        load_init_weights(model, cfg.init_weights, cfg.model)
+    model = model.to(device)
     opt = build_optimizer(model, cfg)
     sched = build_schedule(opt, cfg, len(train_loader))
     start_epoch, best_acc = 0, -1.0

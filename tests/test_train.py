@@ -284,3 +284,43 @@ def test_checkpoint_of_another_model_is_refused(finished_run):
     with pytest.raises(train.CheckpointError, match="checkpoint of model 'vit_cifar', not "
                                                     "'mlp_mixer_cifar'"):
         train.load_run_checkpoint(finished_run, None, "mlp_mixer_cifar")
+
+
+# --- starting weights ------------------------------------------------------------------------
+
+def test_init_weights_start_the_run_from_a_state_dict_npz_or_a_checkpoint(finished_run,
+                                                                          tmp_path):
+    start = train.build_model(tiny_config(None), 10)
+    for p in start.parameters():  # far from any seed's init, so a silent no-op shows
+        p.data[...] = 0.01
+    npz = tmp_path / "start.npz"
+    np.savez(npz, **{k: np.asarray(v) for k, v in start.state_dict().items()})
+    seen = []
+
+    def spy(model, *args, **kwargs):  # the weights the first optimizer sees
+        seen.append({k: np.array(v) for k, v in model.state_dict().items()})
+        return real_build_optimizer(model, *args, **kwargs)
+
+    real_build_optimizer = train.build_optimizer
+    try:
+        train.build_optimizer = spy
+        fit(tiny_config(None, init_weights=str(npz), epochs=1), log=quiet)
+        fit(tiny_config(None, init_weights=str(finished_run), epochs=1), log=quiet)
+    finally:
+        train.build_optimizer = real_build_optimizer
+    assert all(np.all(v == np.float32(0.01)) for k, v in seen[0].items() if "weight" in k)
+    final = load_checkpoint(finished_run / "last.npz")["model"]
+    assert all(np.array_equal(seen[1][k], final[k]) for k in final)
+
+
+def test_init_weights_that_do_not_fit_name_the_file_and_the_keys(tmp_path):
+    npz = tmp_path / "other.npz"
+    np.savez(npz, **{"head.weight": np.zeros((10, 5), np.float32)})
+    with pytest.raises(TrainingError, match=r"other.npz does not fit model vit_cifar: missing "
+                                            r"keys .*cls_token"):
+        fit(tiny_config(None, init_weights=str(npz)), log=quiet)
+    with pytest.raises(TrainingError, match="no such file"):
+        fit(tiny_config(None, init_weights=str(tmp_path / "absent.npz")), log=quiet)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(TrainingError, match="junk.npz: not a readable .npz"):
+        fit(tiny_config(None, init_weights=str(tmp_path / "junk.npz")), log=quiet)
