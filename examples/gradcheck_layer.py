@@ -17,9 +17,8 @@ to a constant). Then dL/dx is exactly what backward computes from the upstream g
 """
 import argparse
 
+import minivit  # before NumPy: it sets OpenBLAS's idle-thread timeout (README, Speed)
 import numpy as np
-
-import minivit
 from minivit import nn
 
 EPS = 1e-6

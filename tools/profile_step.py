@@ -13,9 +13,8 @@ import collections
 import functools
 import time
 
+import minivit  # before NumPy: it sets OpenBLAS's idle-thread timeout (see minivit/__init__.py)
 import numpy as np
-
-import minivit
 from minivit import optim
 from minivit.autograd.flops import count_flops
 from minivit.autograd.function import Function
