@@ -138,6 +138,9 @@ def _bench_in_subprocess(name: str, args) -> dict:
 
 
 def main(args) -> int:
+    if args.batch < 1 or args.steps < 1:
+        raise ValueError(f"--batch and --steps must be >= 1, got --batch {args.batch} and "
+                         f"--steps {args.steps}")
     device = backend.check_device(args.device)
     names = args.model or CIFAR_MODELS
     from .models import list_models

@@ -68,6 +68,32 @@ class TrainConfig:
         d["betas"] = list(self.betas)
         return d
 
+    def validate(self) -> None:
+        """Raise ``TrainingError`` naming the first setting out of range (before a run starts,
+        so nothing is written and no epoch is spent on a setting that fails later)."""
+        def bad(name, value, expected):
+            option = "" if name == "eval_batch_size" else f" (--{name.replace('_', '-')})"
+            raise TrainingError(f"{name}{option} must be {expected}, got {value!r}")
+
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, getattr(self, name), "an integer >= 1")
+        for name in ("train_limit", "test_limit"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                bad(name, v, "an integer >= 1 (or unset: all images)")
+        for name in ("lr", "min_lr", "weight_decay", "mixup", "cutmix"):
+            if not getattr(self, name) >= 0:   # also catches NaN
+                bad(name, getattr(self, name), ">= 0")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            bad("warmup_epochs", self.warmup_epochs, f"between 0 and --epochs ({self.epochs})")
+        if not 0 <= self.label_smoothing < 1:
+            bad("label_smoothing", self.label_smoothing, "in [0, 1)")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            bad("clip_grad", self.clip_grad, "> 0 (or unset: no clipping)")
+        if self.augment not in (None, "none", "standard", "randaugment"):
+            bad("augment", self.augment, "one of 'none', 'standard', 'randaugment'")
+
     @classmethod
     def from_json(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
@@ -262,6 +288,7 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
                                 f"a new run to train for {cfg.epochs}")
         saved.progress = cfg.progress
         cfg, cfg.out = saved, str(run)
+    cfg.validate()
     device = backend.check_device(cfg.device)
     out = _prepare_out(cfg.out, resume is not None)
     minivit.manual_seed(cfg.seed)

@@ -37,3 +37,12 @@ def test_bench_unknown_model_is_a_one_line_error(capsys):
     assert main(["bench", "--model", "resnet9000"]) == 2
     err = capsys.readouterr().err
     assert "unknown model" in err and "vit_cifar" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_refuses_a_batch_or_step_count_below_one():
+    import argparse
+
+    from minivit import bench
+    with pytest.raises(ValueError, match="--batch and --steps must be >= 1, got --batch 0"):
+        bench.main(argparse.Namespace(batch=0, steps=10, device="cpu", model=["vit_cifar"],
+                                      json=None))

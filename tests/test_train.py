@@ -324,3 +324,25 @@ def test_init_weights_that_do_not_fit_name_the_file_and_the_keys(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(TrainingError, match="junk.npz: not a readable .npz"):
         fit(tiny_config(None, init_weights=str(tmp_path / "junk.npz")), log=quiet)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 0}, r"epochs \(--epochs\) must be an integer >= 1, got 0"),
+    ({"train_limit": 0}, r"train_limit \(--train-limit\) must be an integer >= 1"),
+    ({"test_limit": -5}, r"test_limit \(--test-limit\) must be an integer >= 1"),
+    ({"warmup_epochs": 3.0}, r"warmup_epochs \(--warmup-epochs\) must be between 0 and "
+                             r"--epochs \(2\), got 3.0"),
+    ({"label_smoothing": 1.0}, r"label_smoothing \(--label-smoothing\) must be in \[0, 1\)"),
+    ({"lr": float("nan")}, r"lr \(--lr\) must be >= 0, got nan"),
+    ({"weight_decay": -0.1}, r"weight_decay \(--weight-decay\) must be >= 0"),
+    ({"cutmix": -1.0}, r"cutmix \(--cutmix\) must be >= 0"),
+    ({"clip_grad": 0.0}, r"clip_grad \(--clip-grad\) must be > 0"),
+    ({"eval_batch_size": 0}, r"eval_batch_size must be an integer >= 1"),
+    ({"augment": "autoaugment"}, r"augment \(--augment\) must be one of"),
+])
+def test_a_setting_out_of_range_is_refused_before_anything_is_written(tmp_path, change,
+                                                                      message):
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=message):
+        fit(tiny_config(run, **change), log=quiet)
+    assert not run.exists()
