@@ -81,6 +81,22 @@ def test_layer_norm_affine_grads_without_input_grad(which, rows):
         assert bt.grad is None
 
 
+@pytest.mark.parametrize("rows", [5, 4096])   # the plain call and the blocked, threaded one
+def test_layer_norm_without_affine_forward_and_input_grad(rows):
+    # No weight and no bias: the op returns x̂ itself and its backward needs no g x̂ array;
+    # both against the definition, dx = (g - mean(g) - x̂ mean(g x̂)) / σ.
+    rng = np.random.default_rng(1)
+    x, g = rng.standard_normal((2, rows, 96)) * 3 + 1
+    xt = minivit.tensor(x, requires_grad=True)
+    y = F.layer_norm(xt, 96)
+    xhat = layer_norm_ref(x, 1)
+    np.testing.assert_allclose(y.numpy(), xhat, rtol=1e-10, atol=1e-10)
+    y.backward(minivit.tensor(g))
+    sigma = np.sqrt(x.var(axis=-1, keepdims=True) + 1e-5)
+    dx = (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True)) / sigma
+    np.testing.assert_allclose(xt.grad.numpy(), dx, rtol=1e-9, atol=1e-10)
+
+
 def test_layer_norm_float32_and_eps():
     x = minivit.randn(4, 8) * 100 + 3
     y = F.layer_norm(x, 8, eps=1e-6)

@@ -28,13 +28,17 @@ def _layer_norm_rows(x, w, b, eps, out=None):
     if cuda_kernels.enabled(x):
         return cuda_kernels.layer_norm_rows(x, w, b, eps)
     xp = xp_of(x)
+    if out is not None and len(out) == 2:   # (x̂, 1/σ): no affine, x̂ is the output
+        out = (out[0],) + tuple(out)
     y, xc, rstd = out if out is not None else (xp.empty_like(x), xp.empty_like(x),
                                                xp.empty((x.shape[0], 1), x.dtype))
     inv_d = 1.0 / x.shape[-1]
     xp.subtract(x, (x @ xp.ones(x.shape[-1], x.dtype))[:, None] * inv_d, out=xc)   # x - μ
     rstd[:, 0] = 1 / xp.sqrt(xp.einsum("ij,ij->i", xc, xc) * inv_d + eps)
     xc *= rstd  # x̂
-    if w is None:
+    if y is xc:   # no affine, and the output is x̂ itself
+        pass
+    elif w is None:
         y[...] = xc
     else:
         xp.multiply(xc, w, out=y)
@@ -52,6 +56,13 @@ def _layer_norm_rows_backward(g, xhat, rstd, w, out=None, with_sums=False):
     xp = xp_of(g)
     dx = out[0] if out is not None else xp.empty_like(g)
     inv_d = 1.0 / g.shape[-1]
+    if w is None and not with_sums:   # dx = (1/σ)(g - mean(g) - x̂ mean(g x̂)), no g x̂ array
+        m1 = (g @ xp.ones(g.shape[-1], g.dtype))[:, None] * inv_d
+        m2 = xp.einsum("ij,ij->i", g, xhat)[:, None] * inv_d
+        xp.subtract(g, m1, out=dx)
+        dx -= xhat * m2
+        dx *= rstd
+        return dx
     gx = g * xhat
     if w is None:
         gh, m1, m2 = g, g.mean(axis=-1, keepdims=True), gx.mean(axis=-1, keepdims=True)
@@ -77,9 +88,12 @@ class LayerNorm(Function):
         b = wb[-1].reshape(-1) if has_b else None
         out = None
         if backend.device_of(x2) == "cpu":
-            out = parallel.empty_like(x2, 2) + (xp_of(x2).empty((x2.shape[0], 1), x2.dtype),)
-        y, xhat, rstd = parallel.blockwise(
+            # (y, x̂, 1/σ); with no affine the output is x̂ itself: (x̂, 1/σ), a pass fewer
+            n = 1 if w is None and b is None else 2
+            out = parallel.empty_like(x2, n) + (xp_of(x2).empty((x2.shape[0], 1), x2.dtype),)
+        res = parallel.blockwise(
             lambda a, out=None: _layer_norm_rows(a, w, b, eps, out=out), x2, out=out)
+        y, xhat, rstd = res if len(res) == 3 else (res[0],) + tuple(res)
         ctx.norm_shape, ctx.has_w, ctx.has_b = norm_shape, has_w, has_b
         ctx.save_for_backward(xhat, rstd, w)
         return y.reshape(x.shape)
