@@ -81,20 +81,29 @@ def test_layer_norm_affine_grads_without_input_grad(which, rows):
         assert bt.grad is None
 
 
+@pytest.mark.parametrize("affine", [False, True])
 @pytest.mark.parametrize("rows", [5, 4096])   # the plain call and the blocked, threaded one
-def test_layer_norm_without_affine_forward_and_input_grad(rows):
-    # No weight and no bias: the op returns x̂ itself and its backward needs no g x̂ array;
-    # both against the definition, dx = (g - mean(g) - x̂ mean(g x̂)) / σ.
+def test_layer_norm_fused_backward_against_its_formula(rows, affine):
+    # dx = (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) / σ with ĝ = g w, dw = sum_rows g x̂, db = sum_rows g;
+    # without weight and bias the op returns x̂ itself.
     rng = np.random.default_rng(1)
     x, g = rng.standard_normal((2, rows, 96)) * 3 + 1
+    w, b = rng.standard_normal((2, 96))
     xt = minivit.tensor(x, requires_grad=True)
-    y = F.layer_norm(xt, 96)
+    wt, bt = (minivit.tensor(w, requires_grad=True), minivit.tensor(b, requires_grad=True)) \
+        if affine else (None, None)
+    y = F.layer_norm(xt, 96, wt, bt)
     xhat = layer_norm_ref(x, 1)
-    np.testing.assert_allclose(y.numpy(), xhat, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y.numpy(), xhat * w + b if affine else xhat, rtol=1e-10,
+                               atol=1e-10)
     y.backward(minivit.tensor(g))
     sigma = np.sqrt(x.var(axis=-1, keepdims=True) + 1e-5)
-    dx = (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True)) / sigma
+    gh = g * w if affine else g
+    dx = (gh - gh.mean(-1, keepdims=True) - xhat * (gh * xhat).mean(-1, keepdims=True)) / sigma
     np.testing.assert_allclose(xt.grad.numpy(), dx, rtol=1e-9, atol=1e-10)
+    if affine:
+        np.testing.assert_allclose(wt.grad.numpy(), (g * xhat).sum(0), rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(bt.grad.numpy(), g.sum(0), rtol=1e-10, atol=1e-9)
 
 
 def test_layer_norm_float32_and_eps():

@@ -48,30 +48,25 @@ def _layer_norm_rows(x, w, b, eps, out=None):
 
 
 def _layer_norm_rows_backward(g, xhat, rstd, w, out=None, with_sums=False):
-    """dx = (1/σ) (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) along each row, ĝ = g w; with the row means
-    as gemvs: mean(ĝ) = g w / D and mean(ĝ x̂) = (g x̂) w / D.
+    """dx = (1/σ) (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) along each row, ĝ = g w; the row means as a
+    gemv, mean(ĝ) = g w / D, and a row-wise dot, mean(ĝ x̂) = einsum(ĝ, x̂) / D, so no g x̂
+    array is written.
 
-    ``with_sums``: also return g x̂ and g, whose column sums are dw and db, so the affine
-    gradients come out of the same pass over the block (``parallel.sum_rows`` sums them)."""
+    ``with_sums``: also return this block's part of the affine gradients from the same pass:
+    the column sums of g x̂ as one row (an einsum down the columns: dw) and g itself (its
+    column sums are db); ``parallel.sum_rows`` adds them up over the blocks."""
     xp = xp_of(g)
     dx = out[0] if out is not None else xp.empty_like(g)
     inv_d = 1.0 / g.shape[-1]
-    if w is None and not with_sums:   # dx = (1/σ)(g - mean(g) - x̂ mean(g x̂)), no g x̂ array
-        m1 = (g @ xp.ones(g.shape[-1], g.dtype))[:, None] * inv_d
-        m2 = xp.einsum("ij,ij->i", g, xhat)[:, None] * inv_d
-        xp.subtract(g, m1, out=dx)
-        dx -= xhat * m2
-        dx *= rstd
-        return dx
-    gx = g * xhat
-    if w is None:
-        gh, m1, m2 = g, g.mean(axis=-1, keepdims=True), gx.mean(axis=-1, keepdims=True)
-    else:
-        gh, m1, m2 = g * w, (g @ w)[:, None] * inv_d, (gx @ w)[:, None] * inv_d
+    gh = g if w is None else g * w
+    m1 = (g @ (xp.ones(g.shape[-1], g.dtype) if w is None else w))[:, None] * inv_d
+    m2 = xp.einsum("ij,ij->i", gh, xhat)[:, None] * inv_d
     xp.subtract(gh, m1, out=dx)
     dx -= xhat * m2
     dx *= rstd
-    return (gx, g) if with_sums else dx
+    if with_sums:
+        return xp.einsum("ij,ij->j", g, xhat)[None], g
+    return dx
 
 
 class LayerNorm(Function):
