@@ -118,6 +118,14 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         raise TrainingError(f"model_args {cfg.model_args} do not fit {cfg.model}: {exc}") from None
 
 
+def _state_dict_problems(exc: Exception) -> str:
+    """``load_state_dict``'s list of problems as one line (the CLI prints errors as they are),
+    at most 300 characters."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = "; ".join(lines[1:] or lines)
+    return detail if len(detail) <= 300 else detail[:297] + "..."
+
+
 def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str) -> None:
     """Copy starting weights into ``model``: a plain ``.npz`` of a state dict (parameter name ->
     array, e.g. saved from timm with ``np.savez``), a minivit checkpoint, or a run folder."""
@@ -135,11 +143,8 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str
     try:
         model.load_state_dict(state, strict=True)
     except (KeyError, ValueError, RuntimeError) as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = "; ".join(lines[1:] or lines)
-        detail = detail if len(detail) <= 300 else detail[:297] + "..."
         raise TrainingError(f"--init-weights {file} does not fit model {model_name}: "
-                            f"{detail}") from None
+                            f"{_state_dict_problems(exc)}") from None
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> optim.Optimizer:
@@ -246,11 +251,8 @@ def load_run_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
         try:
             model.load_state_dict(ckpt["model"], strict=True)
         except (KeyError, ValueError, RuntimeError) as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            detail = "; ".join(lines[1:] or lines)  # one line: the CLI prints it as is
-            detail = detail if len(detail) <= 300 else detail[:297] + "..."
             raise CheckpointError(f"{file} does not fit model {model_name or ''} (another model "
-                                  f"or configuration?): {detail}") from None
+                                  f"or configuration?): {_state_dict_problems(exc)}") from None
     return ckpt
 
 
