@@ -80,17 +80,33 @@ def save_checkpoint(path: str | os.PathLike, tree: dict) -> None:
     atomic_write(path, lambda f: np.savez(f, **payload))
 
 
+def read_npz(path: Path, what: str) -> dict:
+    """Every array of the existing ``.npz`` file ``path`` (pickles refused); a
+    ``CheckpointError`` saying ``{path}: not a readable {what}`` if it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable {what} ({exc})") from None
+
+
+def is_checkpoint(arrays: dict) -> bool:
+    """Whether arrays read from an ``.npz`` are a checkpoint ``save_checkpoint`` wrote."""
+    return _META in arrays
+
+
+def checkpoint_tree(arrays: dict, path: Path) -> dict:
+    """The tree ``save_checkpoint`` was given, from the arrays of its file (read by ``read_npz``)."""
+    if not is_checkpoint(arrays):
+        raise CheckpointError(f"{path}: not a minivit checkpoint (no {_META} entry)")
+    arrays = dict(arrays)
+    meta = json.loads(arrays.pop(_META).tobytes().decode())
+    return _join(meta, arrays)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load what ``save_checkpoint`` wrote (arrays come back as NumPy arrays)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable minivit checkpoint ({exc})") from None
-    if _META not in arrays:
-        raise CheckpointError(f"{path}: not a minivit checkpoint (no {_META} entry)")
-    meta = json.loads(arrays.pop(_META).tobytes().decode())
-    return _join(meta, arrays)
+    return checkpoint_tree(read_npz(path, "minivit checkpoint"), path)

@@ -65,7 +65,8 @@ def _train(args) -> int:
         lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         augment=args.augment, mixup=args.mixup, cutmix=args.cutmix, clip_grad=args.clip_grad,
-        model_args=model_args, init_weights=args.init_weights, seed=args.seed, device=args.device, out=args.out,
+        model_args=model_args, init_weights=args.init_weights, seed=args.seed,
+        device=args.device, out=args.out,
         train_limit=args.train_limit, test_limit=args.test_limit,
         progress=not args.no_progress)
     if args.resume is not None and args.epochs is None:

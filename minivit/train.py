@@ -21,7 +21,8 @@ import numpy as np
 import minivit
 from . import nn, optim
 from .autograd import backend
-from .checkpoint import _META, CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, atomic_write, checkpoint_tree, is_checkpoint,
+                         load_checkpoint, read_npz, save_checkpoint)
 from .data import CIFARLoader, load_dataset
 from .models import create_model, list_models
 from .nn import functional as F
@@ -134,12 +135,11 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str
     if not file.is_file():
         raise TrainingError(f"--init-weights {file}: no such file")
     try:
-        with np.load(file, allow_pickle=False) as z:
-            state = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise TrainingError(f"--init-weights {file}: not a readable .npz file ({exc})") from None
-    if _META in state:  # a training checkpoint: take its model
-        state = load_checkpoint(file)["model"]
+        state = read_npz(file, ".npz file")
+        if is_checkpoint(state):  # a training checkpoint: take its model
+            state = checkpoint_tree(state, file)["model"]
+    except CheckpointError as exc:
+        raise TrainingError(f"--init-weights {exc}") from None
     try:
         model.load_state_dict(state, strict=True)
     except (KeyError, ValueError, RuntimeError) as exc:
