@@ -366,3 +366,45 @@ def test_gelu_forward_bias_errors_name_the_shapes():
         elementwise.gelu_forward(x, bias=np.zeros(3, np.float32), bias_layout="column")
     with pytest.raises(ValueError, match="bias_layout must be 'row' or 'column', got 'rows'"):
         elementwise.gelu_forward(x, bias=np.zeros(3, np.float32), bias_layout="rows")
+
+
+@pytest.mark.parametrize("keys", [1, 2, 3, 16, 32, 33, 40])
+def test_row_max_equals_numpy_max(keys):
+    rng = np.random.default_rng(17)
+    a = rng.standard_normal((257, keys)).astype(np.float32)
+    a[3] = -np.inf                                  # a fully masked row
+    a[5, keys // 2] = np.nan                        # NaN propagates, as in max
+    a[7, -1] = np.inf
+    got = parallel.row_max(a)
+    assert got.dtype == a.dtype and got.shape == (257,)
+    np.testing.assert_array_equal(got, a.max(axis=-1))
+    strided = a[::2]                                # a view of every other row
+    np.testing.assert_array_equal(parallel.row_max(strided), strided.max(axis=-1))
+
+
+def test_copyto_copies_permuted_views_on_all_cores(threads):
+    rng = np.random.default_rng(18)
+    src = rng.standard_normal((4, BIG // 96, 3, 8)).astype(np.float32).transpose(2, 0, 1, 3)
+    for axis in (0, 1, 2):
+        dst = np.empty(src.shape, np.float32)
+        parallel.copyto(dst, src, axis=axis)
+        np.testing.assert_array_equal(dst, src)
+    small = np.empty((3, 2), np.float32)
+    parallel.copyto(small, src[0, 0, :3, :2])
+    np.testing.assert_array_equal(small, src[0, 0, :3, :2])
+    with pytest.raises(ValueError, match=r"destination \(3, 2\) and source \(2, 3\) differ"):
+        parallel.copyto(small, np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("shape", [(2048, 16, 32), (4, 3, 5)], ids=["threaded", "small"])
+def test_matmul_into_a_strided_out(threads, shape):
+    rng = np.random.default_rng(19)
+    n, m, k = shape
+    a = rng.standard_normal((n, m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k, m), dtype=np.float32)
+    packed = np.zeros((n, m, 3, m), np.float32)     # heads side by side: out is a strided view
+    out = packed[:, :, 1]
+    got = parallel.matmul(a, b, out=out)
+    assert got is out
+    np.testing.assert_array_equal(packed[:, :, 1], np.matmul(a, b))
+    assert not packed[:, :, 0].any() and not packed[:, :, 2].any()
