@@ -106,6 +106,93 @@ def test_sdpa_dropout():
     check_grad(fn, qa, ka, va)
 
 
+# --- self_attention: packed qkv in, heads side by side out ----------------------------------
+
+def self_attention_ref(qkv, heads, mask=None, scale=None):
+    """Split timm's packed qkv (B, N, 3*heads*d) into heads, attend, merge the heads."""
+    B, N, C3 = qkv.shape
+    d = C3 // (3 * heads)
+    t = qkv.reshape(B, N, 3, heads, d).transpose(2, 0, 3, 1, 4)
+    out = sdpa_ref(t[0], t[1], t[2], mask, scale)                  # (B, H, N, d)
+    return out.transpose(0, 2, 1, 3).reshape(B, N, heads * d)
+
+
+@settings(max_examples=20)
+@given(st.data(), st.integers(1, 2), st.integers(1, 3), st.integers(1, 4), st.integers(1, 3),
+       st.sampled_from(["none", "bias", "bias_heads", "bool"]))
+def test_self_attention_grad_and_forward(data, batch, heads, tokens, d, mask_kind):
+    qkv = data.draw(arrays((batch, tokens, 3 * heads * d)))
+    if mask_kind == "none":
+        got = F.self_attention(minivit.tensor(qkv), heads)
+        assert got.shape == (batch, tokens, heads * d)
+        np.testing.assert_allclose(got.numpy(), self_attention_ref(qkv, heads),
+                                   rtol=1e-10, atol=1e-12)
+        check_grad(lambda t: F.self_attention(t, heads), qkv)
+        return
+    if mask_kind == "bool":
+        mask = np.array(data.draw(st.lists(st.booleans(), min_size=tokens * tokens,
+                                           max_size=tokens * tokens))).reshape(tokens, tokens)
+        mask[:, 0] = True
+        got = F.self_attention(minivit.tensor(qkv), heads, attn_mask=mask)
+        np.testing.assert_allclose(got.numpy(), self_attention_ref(qkv, heads, mask),
+                                   rtol=1e-10, atol=1e-12)
+        check_grad(lambda t: F.self_attention(t, heads, attn_mask=mask), qkv)
+        return
+    shape = (heads, tokens, tokens) if mask_kind == "bias_heads" else (batch, 1, tokens, tokens)
+    bias = data.draw(arrays(shape))
+    got = F.self_attention(minivit.tensor(qkv), heads, attn_mask=minivit.tensor(bias))
+    np.testing.assert_allclose(got.numpy(), self_attention_ref(qkv, heads, bias),
+                               rtol=1e-10, atol=1e-12)
+    check_grad(lambda t, b: F.self_attention(t, heads, attn_mask=b), qkv, bias)
+
+
+def test_self_attention_equals_sdpa_on_split_heads_in_float32():
+    rng = np.random.default_rng(5)
+    qkv = rng.standard_normal((3, 16, 3 * 4 * 8)).astype(np.float32)  # big enough to thread
+    bias = rng.standard_normal((4, 16, 16)).astype(np.float32)
+    got = F.self_attention(minivit.tensor(qkv), 4, attn_mask=bias, scale=0.3)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got.numpy(), self_attention_ref(qkv.astype(np.float64), 4,
+                                                               bias, 0.3),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_self_attention_dropout():
+    qkv = minivit.randn(2, 6, 3 * 2 * 4)
+    a = F.self_attention(qkv, 2, dropout_p=0.5).numpy()
+    assert not np.allclose(a, F.self_attention(qkv, 2).numpy())
+    qa = np.random.default_rng(3).standard_normal((1, 3, 3 * 2 * 2))
+
+    def fn(t):
+        minivit.manual_seed(4)
+        return F.self_attention(t, 2, dropout_p=0.4)
+
+    check_grad(fn, qa)
+    # the same draw as scaled_dot_product_attention on the split heads
+    minivit.manual_seed(4)
+    t = qa.reshape(1, 3, 3, 2, 2).transpose(2, 0, 3, 1, 4)
+    want = F.scaled_dot_product_attention(*map(minivit.tensor, t), dropout_p=0.4).numpy()
+    np.testing.assert_allclose(fn(minivit.tensor(qa)).numpy(),
+                               want.transpose(0, 2, 1, 3).reshape(1, 3, 4), rtol=1e-12)
+
+
+def test_self_attention_errors_name_the_values():
+    qkv = minivit.randn(2, 5, 24)
+    with pytest.raises(ValueError, match=r"qkv must have shape \(B, N, 3 \* heads \* head_dim\)"
+                                         r", got \(2, 5, 4, 6\)"):
+        F.self_attention(minivit.randn(2, 5, 4, 6), 2)
+    with pytest.raises(ValueError, match=r"last axis of qkv \(24\) must be 3 \* num_heads \(5\)"):
+        F.self_attention(qkv, 5)
+    with pytest.raises(ValueError, match=r"num_heads must be a positive int, got 0"):
+        F.self_attention(qkv, 0)
+    with pytest.raises(ValueError, match=r"num_heads must be a positive int, got 2.0"):
+        F.self_attention(qkv, 2.0)
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\), got 1.0"):
+        F.self_attention(qkv, 2, dropout_p=1.0)
+    with pytest.raises(ValueError, match=r"\(2, 2, 5, 5\)"):
+        F.self_attention(qkv, 2, attn_mask=np.zeros((3, 5, 5)))
+
+
 # --- the layer -------------------------------------------------------------------------------
 
 def mhsa_ref(x, wqkv, bqkv, wproj, bproj, heads, bias=None):

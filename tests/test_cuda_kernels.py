@@ -108,6 +108,17 @@ def test_attention_softmax(dtype):
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_self_attention_from_packed_qkv(dtype):
+    # the head split/merge copies (parallel.copyto) and matmul(out=) take CuPy's plain paths
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((2, 17, 3 * 3 * 8)).astype(dtype)
+    bias = rng.standard_normal((3, 17, 17)).astype(dtype)
+    _assert_agree(*_run_both(lambda *a: _value_and_grads(
+        lambda t, b: F.self_attention(t, 3, attn_mask=b), *a), qkv, bias), dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm(dtype, affine):
     rng = np.random.default_rng(0)

@@ -260,13 +260,10 @@ class AttentionCl(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x):
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.dim_head)
-        q, k, v = (t.reshape(b, n, self.num_heads, self.dim_head).transpose(1, 2)
-                   for t in minivit.split(qkv, 3, axis=2))                # (B, heads, N, d)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=self.rel_pos.get_bias(),
-                                           scale=self.scale)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+        # qkv (B, N, 3 dim) is (B, N, 3, heads, 32): split into q, k, v inside the op
+        x = F.self_attention(self.qkv(x), self.num_heads, attn_mask=self.rel_pos.get_bias(),
+                             scale=self.scale)                             # (B, N, dim)
+        return self.proj(x)
 
 
 class Mlp(nn.Module):

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-from ..autograd import ops
 from . import functional as F
 from .layers import Dropout, Linear
 from .module import Module
@@ -42,12 +41,10 @@ class MultiheadSelfAttention(Module):
                              f"(B, N, {self.dim}), got {tuple(x.shape)}")
         B, N, C = x.shape
         H, d = self.num_heads, self.head_dim
-        qkv = self.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)   # (3, B, H, N, d)
-        q, k, v = (t.reshape(B, H, N, d) for t in ops.split(qkv, 3, axis=0))
         p = self.attn_drop.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=p,
-                                             scale=self.scale)              # (B, H, N, d)
-        out = out.permute(0, 2, 1, 3).reshape(B, N, C)
+        # qkv (B, N, 3C) is (B, N, 3, H, d): q, k, v of each head, split inside the op
+        out = F.self_attention(self.qkv(x), H, attn_mask=attn_bias, dropout_p=p,
+                               scale=self.scale)                            # (B, N, H d)
         if residual is not None and (self.proj_drop.p == 0 or not self.training):
             return F.linear(out, self.proj.weight, self.proj.bias, residual=residual)
         y = self.proj_drop(self.proj(out))

@@ -1,4 +1,6 @@
 """Scaled dot-product attention: one Function, one batched matmul over all heads each way.
+``scaled_dot_product_attention(q, k, v)`` takes the heads as separate arrays,
+``self_attention(qkv, heads)`` the packed output of a qkv projection (the models use it).
 
     S = q k^T * scale + bias        (bias: an additive float mask, e.g. relative positions)
     P = softmax(S)  along keys      (rows where every key is masked give P = 0, not NaN)
@@ -23,54 +25,130 @@ from .. import _random
 xp_of = backend.get_array_module
 
 
+def _attend(q, k, v, bias, keep, scale, dropout_p, out=None):
+    """The forward math on raw arrays q (..., Nq, d), k (..., Nk, d), v (..., Nk, dv):
+    returns (P v, P, the dropout mask or None); P v goes into ``out`` if given."""
+    xp = xp_of(q)
+    s = parallel.matmul(q, xp.swapaxes(k, -1, -2))
+    add_flops(2 * s.size * q.shape[-1] + 2 * s.size * v.shape[-1])  # q k^T and P v
+    s *= scale
+    if bias is not None:
+        s += bias            # the mask broadcasts to the scores' shape (checked by the callers)
+    if keep is not None:  # boolean mask: True = attend
+        s = xp.where(keep, s, -xp.inf)
+    s2 = s.reshape(-1, s.shape[-1])
+    p = parallel.blockwise(_softmax_rows, s2, out=parallel.empty_like(s2)).reshape(s.shape)
+    drop = None
+    pd = p
+    if dropout_p > 0.0:
+        drop = _random.bernoulli(p.shape, 1.0 - dropout_p, backend.device_of(q))
+        pd = p * drop * (1.0 / (1.0 - dropout_p))
+    return parallel.matmul(pd, v, out=out), p, drop
+
+
+def _attend_backward(g, q, k, v, p, drop, scale, dropout_p, need, out=(None, None, None)):
+    """The backward math: (dq, dk, dv, dS) from the incoming gradient g of P v; dq, dk, dv
+    (each None where ``need`` says so) go into the arrays in ``out`` where given."""
+    xp = xp_of(g)
+    inv_keep = 1.0 / (1.0 - dropout_p)
+    pd = p if drop is None else p * drop * inv_keep
+    gv = parallel.matmul(xp.swapaxes(pd, -1, -2), g, out=out[2]) if need[2] else None
+    dp = parallel.matmul(g, xp.swapaxes(v, -1, -2))
+    if drop is not None:
+        dp = dp * drop * inv_keep
+    p2 = p.reshape(-1, p.shape[-1])
+    ds = parallel.blockwise(_softmax_rows_backward, p2, dp.reshape(-1, p.shape[-1]),
+                            out=parallel.empty_like(p2)).reshape(p.shape)
+    gq = gk = None
+    if need[0]:
+        gq = parallel.matmul(ds, k, out=out[0])
+        gq *= scale
+    if need[1]:
+        gk = parallel.matmul(xp.swapaxes(ds, -1, -2), q, out=out[1])
+        gk *= scale
+    return gq, gk, gv, ds
+
+
 class ScaledDotProductAttention(Function):
     name = "scaled_dot_product_attention"
 
     def forward(ctx, q, k, v, *bias, scale=1.0, keep=None, dropout_p=0.0):
-        xp = xp_of(q)
-        s = parallel.matmul(q, xp.swapaxes(k, -1, -2))
-        add_flops(2 * s.size * q.shape[-1] + 2 * s.size * v.shape[-1])  # q k^T and P v
-        s *= scale
-        if bias:
-            s = s + bias[0]
-        if keep is not None:  # boolean mask: True = attend
-            s = xp.where(keep, s, -xp.inf)
-        s2 = s.reshape(-1, s.shape[-1])
-        p = parallel.blockwise(_softmax_rows, s2, out=parallel.empty_like(s2)).reshape(s.shape)
-        drop = None
-        pd = p
-        if dropout_p > 0.0:
-            drop = _random.bernoulli(p.shape, 1.0 - dropout_p, backend.device_of(q))
-            pd = p * drop * (1.0 / (1.0 - dropout_p))
+        out, p, drop = _attend(q, k, v, bias[0] if bias else None, keep, scale, dropout_p)
         ctx.scale, ctx.dropout_p, ctx.has_bias = scale, dropout_p, bool(bias)
         ctx.save_for_backward(q, k, v, p, drop)
-        return parallel.matmul(pd, v)
+        return out
 
     def backward(ctx, g):
         q, k, v, p, drop = ctx.saved_tensors
-        xp = xp_of(g)
         need = ctx.needs_input_grad
-        inv_keep = 1.0 / (1.0 - ctx.dropout_p)
-        pd = p if drop is None else p * drop * inv_keep
-        gv = parallel.matmul(xp.swapaxes(pd, -1, -2), g) if need[2] else None
-        dp = parallel.matmul(g, xp.swapaxes(v, -1, -2))
-        if drop is not None:
-            dp = dp * drop * inv_keep
-        p2 = p.reshape(-1, p.shape[-1])
-        ds = parallel.blockwise(_softmax_rows_backward, p2, dp.reshape(-1, p.shape[-1]),
-                                out=parallel.empty_like(p2)).reshape(p.shape)
-        gq = parallel.matmul(ds, k) * ctx.scale if need[0] else None
-        gk = parallel.matmul(xp.swapaxes(ds, -1, -2), q) * ctx.scale if need[1] else None
+        gq, gk, gv, ds = _attend_backward(g, q, k, v, p, drop, ctx.scale, ctx.dropout_p, need)
         if ctx.has_bias:
             return gq, gk, gv, (ds if need[3] else None)
         return gq, gk, gv
+
+
+# Self-attention straight from the packed projections. qkv = x W_qkv^T + b comes out of its
+# GEMM as (B, N, 3, heads, d) (timm's column order); the heads' products want stacks of
+# contiguous (N, d) matrices: BLAS runs MaxViT's 16x32 ones about twice as fast contiguous as
+# through strided views of the packed array (each product is small enough that its call and
+# memory access, not its arithmetic, set the time). So q, k, v are copied once, on all cores,
+# into one (3, B, heads, N, d) array, their gradients are written by the products into one
+# such array, and the output and the input gradient are copied back to the tokens' layouts:
+# four copies, where splitting qkv into q, k, v Tensors and joining their gradients took
+# five, and left every product on strided operands.
+
+def _split_heads(x, parts: int, heads: int):
+    """(B, N, parts·heads·d) -> a new contiguous (parts, B, heads, N, d) array."""
+    B, N, C = x.shape
+    d = C // (parts * heads)
+    out = xp_of(x).empty((parts, B, heads, N, d), x.dtype)
+    parallel.copyto(out, x.reshape(B, N, parts, heads, d).transpose(2, 0, 3, 1, 4), axis=1)
+    return out
+
+
+def _merge_heads(x):
+    """(parts, B, heads, N, d) -> a new contiguous (B, N, parts·heads·d) array."""
+    parts, B, heads, N, d = x.shape
+    out = xp_of(x).empty((B, N, parts, heads, d), x.dtype)
+    parallel.copyto(out, x.transpose(1, 3, 0, 2, 4), axis=0)
+    return out.reshape(B, N, parts * heads * d)
+
+
+class SelfAttention(Function):
+    """softmax(q k^T * scale + bias) v for every head, from packed qkv (B, N, 3·heads·d) to
+    the heads side by side, (B, N, heads·d): the same math as ``ScaledDotProductAttention``,
+    without splitting q, k and v into separate Tensors (see the comment above)."""
+    name = "self_attention"
+
+    def forward(ctx, qkv, *bias, num_heads=1, scale=1.0, keep=None, dropout_p=0.0):
+        t = _split_heads(qkv, 3, num_heads)                      # (3, B, heads, N, d)
+        out, p, drop = _attend(t[0], t[1], t[2], bias[0] if bias else None, keep, scale,
+                               dropout_p)
+        ctx.num_heads, ctx.scale, ctx.dropout_p, ctx.has_bias = (num_heads, scale, dropout_p,
+                                                                 bool(bias))
+        ctx.save_for_backward(t, p, drop)
+        return _merge_heads(out[None])
+
+    def backward(ctx, g):
+        t, p, drop = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        gt = xp_of(g).empty_like(t) if need[0] else None
+        g4 = _split_heads(g, 1, ctx.num_heads)[0]                 # (B, heads, N, d)
+        need_qkv = (need[0],) * 3
+        _, _, _, ds = _attend_backward(g4, t[0], t[1], t[2], p, drop, ctx.scale,
+                                       ctx.dropout_p, need_qkv,
+                                       out=tuple(gt) if need[0] else (None, None, None))
+        gqkv = _merge_heads(gt) if need[0] else None
+        if ctx.has_bias:
+            return gqkv, (ds if need[1] else None)
+        return gqkv
 
 
 def _softmax_rows(s, out=None):
     """softmax along each row of s (rows, keys); rows in blocks on all cores (blockwise)."""
     xp = xp_of(s)
     p = out[0] if out is not None else xp.empty_like(s)
-    m = s.max(axis=-1, keepdims=True)
+    m = parallel.row_max(s)[:, None]
     # a fully masked row has max -inf: take 0 there, so exp(-inf - 0) = 0 (the check is a
     # small pass on the CPU; on the GPU it would cost a device sync, so it always masks)
     finite = backend.device_of(s) == "cpu" and bool(xp.isfinite(m).all())
@@ -123,8 +201,16 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"{name}: dropout_p must be in [0, 1), got {dropout_p}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    bias, keep = _mask_inputs(name, attn_mask, scores, q)
+    return ScaledDotProductAttention.apply(q, k, v, *bias, scale=scale, keep=keep,
+                                           dropout_p=dropout_p)
+
+
+def _mask_inputs(name: str, attn_mask, scores: tuple, like):
+    """The mask as the Functions take it: (bias,) and keep=None for a float mask, () and the
+    boolean array for a boolean one, () and None for none; checks that it broadcasts."""
     if attn_mask is None:
-        return ScaledDotProductAttention.apply(q, k, v, scale=scale, dropout_p=dropout_p)
+        return (), None
     mshape = tuple(attn_mask.shape)
     try:
         ok = np.broadcast_shapes(mshape, scores) == scores
@@ -135,7 +221,35 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
                          f"attention scores of shape {scores} (..., Nq, Nk)")
     raw = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
     if getattr(raw, "dtype", None) == np.bool_:
-        keep = xp_of(q.data).asarray(raw)
-        return ScaledDotProductAttention.apply(q, k, v, scale=scale, keep=keep,
-                                               dropout_p=dropout_p)
-    return ScaledDotProductAttention.apply(q, k, v, attn_mask, scale=scale, dropout_p=dropout_p)
+        return (), xp_of(like.data).asarray(raw)
+    return (attn_mask,), None
+
+
+def self_attention(qkv, num_heads: int, attn_mask=None, dropout_p: float = 0.0,
+                   scale: float | None = None):
+    """Multi-head self-attention from packed projections: ``qkv`` (B, N, 3·num_heads·d), its
+    last axis ordered (q/k/v, head, d) as timm's ``qkv(x).reshape(B, N, 3, heads, d)``;
+    returns (B, N, num_heads·d), the heads side by side, ready for the output projection.
+
+    The same as splitting qkv into q, k, v of shape (B, heads, N, d), calling
+    ``scaled_dot_product_attention`` and merging the heads, in one op (fewer copies, and the
+    heads' products on contiguous matrices). ``attn_mask``, ``dropout_p`` and ``scale``
+    (default 1/sqrt(d)) as there; the mask broadcasts to (B, heads, N, N).
+    """
+    name = "self_attention"
+    if qkv.ndim != 3:
+        raise ValueError(f"{name}: qkv must have shape (B, N, 3 * heads * head_dim), got "
+                         f"{tuple(qkv.shape)}")
+    if not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
+        raise ValueError(f"{name}: num_heads must be a positive int, got {num_heads!r}")
+    B, N, C3 = qkv.shape
+    if C3 % (3 * num_heads) or C3 == 0:
+        raise ValueError(f"{name}: the last axis of qkv ({C3}) must be 3 * num_heads "
+                         f"({num_heads}) * head_dim for some head_dim >= 1")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{name}: dropout_p must be in [0, 1), got {dropout_p}")
+    d = C3 // (3 * num_heads)
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    bias, keep = _mask_inputs(name, attn_mask, (B, num_heads, N, N), qkv)
+    return SelfAttention.apply(qkv, *bias, num_heads=int(num_heads), scale=scale, keep=keep,
+                               dropout_p=dropout_p)
