@@ -240,6 +240,36 @@ def test_no_grad_keeps_nothing_alive():
     assert ref() is None
 
 
+def test_activations_that_no_backward_saved_are_freed_in_the_forward():
+    # the graph links ops by Edges (op, output index, shape, dtype), not by the input Tensors:
+    # an array that no op saved for its backward dies when the forward code drops it
+    x = leaf(np.arange(6.0).reshape(2, 3))
+    h = x * 2.0                                # h's array: needed by no backward below
+    alive = weakref.ref(h.data)
+    out = (h + 1.0).reshape(3, 2)              # add and reshape save no arrays
+    edge = out.creator.inputs[0]
+    assert edge.creator is not None and edge.shape == (2, 3) and edge.dtype == np.float64
+    assert "output 0 of 'add'" in repr(edge)
+    del h
+    gc.collect()
+    assert alive() is None, "the graph kept an unsaved activation alive"
+    w = leaf(np.ones((3, 2)))
+    ((out * w).sum() + (out * out).sum()).backward()   # out used twice: gradients add up
+    want = 2.0 * (1.0 + 2.0 * (2.0 * np.arange(6.0) + 1.0))
+    np.testing.assert_allclose(x.grad.numpy().ravel(), want)
+    np.testing.assert_allclose(w.grad.numpy().ravel(), 2.0 * np.arange(6.0) + 1.0)
+
+
+def test_leaves_that_require_grad_stay_in_the_graph_constants_do_not():
+    x = leaf([1.0, 2.0])
+    c = minivit.tensor([3.0, 4.0], dtype=np.float64)
+    y = x * c
+    fx, fc = y.creator.inputs
+    assert fx is x                              # its .grad is filled in
+    assert fc is not c and not fc.requires_grad and fc.creator is None
+    assert "a constant" in repr(fc)
+
+
 # --- memory: the graph dies with the loss -----------------------------------------------------
 
 def _live(kind):

@@ -12,6 +12,7 @@ import itertools
 import math
 
 from . import backend, parallel
+from .function import Edge
 
 
 def sum_to(grad, shape: tuple):
@@ -47,7 +48,8 @@ def _sum_axes(grad, axes: tuple):
 def _check_grad(fn, tensor, grad):
     """Reduce a broadcast gradient, then insist on the tensor's own shape and dtype."""
     if not backend.is_array(grad):  # a NumPy scalar (0-d arithmetic returns those) or a number
-        grad = backend.get_array_module(tensor.data).asarray(grad)
+        xp = tensor.xp if isinstance(tensor, Edge) else backend.get_array_module(tensor.data)
+        grad = xp.asarray(grad)
     if grad.shape != tensor.shape:
         try:
             grad = sum_to(grad, tensor.shape)
@@ -86,7 +88,8 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
         _accumulate_leaf(root, grad)
         return
 
-    pending = {id(root): (root, grad)}  # gradients not yet passed on, by tensor
+    # gradients not yet passed on, by (op, output index): the tensors themselves may be gone
+    pending = {(id(root.creator), root.output_index): grad}
     heap, seen, order = [], set(), itertools.count()
 
     def push(fn):
@@ -100,12 +103,12 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
         if fn._freed:
             raise RuntimeError(fn.freed_message())
         grads_out = []
-        for ref, (shape, dtype, out_xp) in zip(fn.outputs, fn.output_meta):
+        for i, (ref, (shape, dtype, out_xp)) in enumerate(zip(fn.outputs, fn.output_meta)):
+            g = pending.pop((id(fn), i), None)
             out = ref()
-            entry = pending.pop(id(out), None) if out is not None else None
-            if entry is not None and out.retains_grad:
-                out.grad = Tensor(entry[1])
-            grads_out.append(out_xp.zeros(shape, dtype) if entry is None else entry[1])
+            if g is not None and out is not None and out.retains_grad:
+                out.grad = Tensor(g)
+            grads_out.append(out_xp.zeros(shape, dtype) if g is None else g)
         grads_in = fn.backward(*grads_out)
         if not isinstance(grads_in, tuple):
             grads_in = (grads_in,)
@@ -121,10 +124,12 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
             g = _check_grad(fn, t, g)
             if t.creator is None:
                 _accumulate_leaf(t, g)
-            elif id(t) in pending:
-                pending[id(t)] = (t, parallel.add(pending[id(t)][1], g))  # out of place
+                continue
+            key = (id(t.creator), t.index)   # the op stays alive in the heap until it runs
+            if key in pending:
+                pending[key] = parallel.add(pending[key], g)  # out of place
             else:
-                pending[id(t)] = (t, g)
+                pending[key] = g
                 push(t.creator)
 
 

@@ -30,6 +30,29 @@ from . import backend
 from .grad_mode import is_grad_enabled
 
 
+class Edge:
+    """An input of a recorded op, without its data: which op made it and which of that op's
+    outputs it was (``creator``, ``index``), its shape and dtype (to check the gradient that
+    flows back), and whether it wants one. The graph links ops through these, so an
+    activation that no backward saved is freed as soon as the forward code drops it (a qkv
+    projection that attention copies into heads, a reshape's input): only
+    ``save_for_backward`` keeps arrays alive. Leaves that require grad stay in the graph as
+    the Tensors themselves, since their ``.grad`` is filled in."""
+
+    __slots__ = ("creator", "index", "shape", "dtype", "xp", "requires_grad")
+
+    def __init__(self, t):
+        self.creator, self.index = t.creator, t.output_index
+        self.shape, self.dtype = t.shape, t.dtype
+        self.xp = backend.get_array_module(t.data)
+        self.requires_grad = t.requires_grad
+
+    def __repr__(self) -> str:
+        made_by = "a constant" if self.creator is None else f"output {self.index} of " \
+            f"'{self.creator.op_name()}'"
+        return f"Edge({made_by}, shape={self.shape}, dtype={self.dtype})"
+
+
 class Function:
     """A node of the graph: the op that made some tensors, and what its backward needs."""
 
@@ -97,13 +120,14 @@ class Function:
         record = is_grad_enabled() and any(t.requires_grad for t in tensors)
         outputs = tuple(Tensor._from_op(a, record) for a in arrays)
         if record:
-            ctx.inputs = tensors
+            ctx.inputs = tuple(t if t.creator is None and t.requires_grad else Edge(t)
+                               for t in tensors)
             ctx.needs_input_grad = tuple(t.requires_grad for t in tensors)
             ctx.generation = max(t.generation for t in tensors)
             ctx.output_meta = tuple((a.shape, a.dtype, backend.get_array_module(a)) for a in arrays)
             ctx.outputs = tuple(weakref.ref(t) for t in outputs)
-            for t in outputs:
-                t.creator = ctx
+            for i, t in enumerate(outputs):
+                t.creator, t.output_index = ctx, i
                 t.generation = ctx.generation + 1
         return outputs if many else outputs[0]
 

@@ -37,6 +37,7 @@ class Tensor:
         self.data = data
         self.grad: Tensor | None = None
         self.creator = None
+        self.output_index = 0   # which of its creator's outputs this is
         self.generation = 0
         self.retains_grad = False
         self.requires_grad = False
@@ -48,7 +49,7 @@ class Tensor:
         if isinstance(array, np.generic):  # NumPy ops on 0-d arrays return scalars
             array = np.asarray(array)
         t = cls.__new__(cls)
-        t.data, t.grad, t.creator, t.generation = array, None, None, 0
+        t.data, t.grad, t.creator, t.output_index, t.generation = array, None, None, 0, 0
         t.retains_grad = False
         t.requires_grad = requires_grad and array.dtype.kind == "f"
         return t
