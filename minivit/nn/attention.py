@@ -39,12 +39,10 @@ class MultiheadSelfAttention(Module):
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"MultiheadSelfAttention(dim={self.dim}): expected input "
                              f"(B, N, {self.dim}), got {tuple(x.shape)}")
-        B, N, C = x.shape
-        H, d = self.num_heads, self.head_dim
         p = self.attn_drop.p if self.training else 0.0
-        # qkv (B, N, 3C) is (B, N, 3, H, d): q, k, v of each head, split inside the op
-        out = F.self_attention(self.qkv(x), H, attn_mask=attn_bias, dropout_p=p,
-                               scale=self.scale)                            # (B, N, H d)
+        # qkv (B, N, 3C) is (B, N, 3, heads, head_dim): q, k, v of each head, split in the op
+        out = F.self_attention(self.qkv(x), self.num_heads, attn_mask=attn_bias, dropout_p=p,
+                               scale=self.scale)                            # (B, N, C)
         if residual is not None and (self.proj_drop.p == 0 or not self.training):
             return F.linear(out, self.proj.weight, self.proj.bias, residual=residual)
         y = self.proj_drop(self.proj(out))
