@@ -190,9 +190,7 @@ def reshape(a, shape):
     except (ValueError, TypeError):
         pass
     out = np.empty(a.shape, dtype=a.dtype)
-    step = -(-a.shape[0] // (4 * NUM_THREADS))   # a few blocks per thread
-    for_each(lambda s: out.__setitem__(slice(s, s + step), a[s:s + step]),
-             range(0, a.shape[0], step))
+    copyto(out, a)
     return out.reshape(shape)
 
 
