@@ -25,9 +25,9 @@ from .. import _random
 xp_of = backend.get_array_module
 
 
-def _attend(q, k, v, bias, keep, scale, dropout_p, out=None):
+def _attend(q, k, v, bias, keep, scale, dropout_p):
     """The forward math on raw arrays q (..., Nq, d), k (..., Nk, d), v (..., Nk, dv):
-    returns (P v, P, the dropout mask or None); P v goes into ``out`` if given."""
+    returns (P v, P, the dropout mask or None)."""
     xp = xp_of(q)
     s = parallel.matmul(q, xp.swapaxes(k, -1, -2))
     add_flops(2 * s.size * q.shape[-1] + 2 * s.size * v.shape[-1])  # q k^T and P v
@@ -43,7 +43,7 @@ def _attend(q, k, v, bias, keep, scale, dropout_p, out=None):
     if dropout_p > 0.0:
         drop = _random.bernoulli(p.shape, 1.0 - dropout_p, backend.device_of(q))
         pd = p * drop * (1.0 / (1.0 - dropout_p))
-    return parallel.matmul(pd, v, out=out), p, drop
+    return parallel.matmul(pd, v), p, drop
 
 
 def _attend_backward(g, q, k, v, p, drop, scale, dropout_p, need, out=(None, None, None)):
