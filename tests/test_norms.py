@@ -283,3 +283,79 @@ def test_batchnorm_layers_fuse_activations_in_both_layouts():
     with pytest.raises(ValueError, match="act must be None, 'relu', 'gelu' or 'gelu_tanh', got "
                                          "'tanh'"):
         F.batch_norm(x, None, None, training=True, act="tanh")
+
+
+@pytest.mark.parametrize("act", [None, "relu"])
+@pytest.mark.parametrize("shape", [(64, 5), (6, 4, 3, 5), (700, 400)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_residual_is_the_activation_of_batch_norm_plus_residual(shape, training, act):
+    """residual=r: the same output, running stats and gradients (x, w, b, r) as
+    act(F.batch_norm(x) + r) from separate ops."""
+    rng = np.random.default_rng(sum(shape) + 1)
+    x, r, g = (rng.standard_normal(shape) for _ in range(3))
+    c = shape[1]
+    w, b = rng.standard_normal(c), rng.standard_normal(c)
+    rm, rv = rng.standard_normal(c) * 0.1, 1 + rng.random(c)
+    results = []
+    for fused in (True, False):
+        t = [minivit.tensor(a, requires_grad=True) for a in (x, w, b, r)]
+        stats = (minivit.tensor(rm.copy()), minivit.tensor(rv.copy()))
+        if fused:
+            y = F.batch_norm(t[0], *stats, t[1], t[2], training=training, act=act, residual=t[3])
+        else:
+            y = F.batch_norm(t[0], *stats, t[1], t[2], training=training) + t[3]
+            y = F.relu(y) if act else y
+        (y * minivit.tensor(g)).sum().backward()
+        results.append([y.numpy(), stats[0].numpy(), stats[1].numpy()]
+                       + [a.grad.numpy() for a in t])
+    assert act is None or ((results[0][0] == 0).any() and (results[0][0] > 0).any())
+    for a, b_ in zip(*results):
+        np.testing.assert_allclose(a, b_, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.data(), st.sampled_from([(6, 3), (3, 2, 4), (2, 3, 2, 2)]), st.booleans())
+def test_batch_norm_residual_grad(data, shape, affine):
+    x = data.draw(arrays(shape))
+    r = data.draw(arrays(shape))
+    c = shape[1]
+    if affine:
+        w = data.draw(arrays((c,), 0.5, 2.0))
+        b = data.draw(arrays((c,)))
+        check_grad(lambda x, r, w, b: F.batch_norm(x, None, None, w, b, training=True,
+                                                   residual=r), x, r, w, b)
+    else:
+        check_grad(lambda x, r: F.batch_norm(x, None, None, training=True, residual=r), x, r)
+
+
+def test_batch_norm_residual_relu_grad_and_layer():
+    """Finite differences through act="relu" + residual (every pre-activation at least 0.01
+    from the kink), and the layers' residual= in both layouts against the separate ops."""
+    rng = np.random.default_rng(1)
+    x, r = rng.standard_normal((8, 3, 2, 2)), rng.standard_normal((8, 3, 2, 2))
+    xh = (x - x.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(
+        x.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    assert np.abs(xh + r).min() > 0.01
+    check_grad(lambda x, r: F.batch_norm(x, None, None, training=True, act="relu", residual=r),
+               x, r)
+    bn = nn.BatchNorm2d(3).double()
+    xt, rt = minivit.tensor(x), minivit.tensor(r)
+    np.testing.assert_allclose(bn(xt, act="relu", residual=rt).numpy(),
+                               F.relu(bn(xt) + rt).numpy(), atol=1e-12)
+    xl, rl = xt.permute(0, 2, 3, 1), rt.permute(0, 2, 3, 1)
+    np.testing.assert_allclose(bn.forward_channels_last(xl, act="relu", residual=rl).numpy(),
+                               F.relu(bn(xt) + rt).permute(0, 2, 3, 1).numpy(), atol=1e-12)
+
+
+def test_batch_norm_residual_errors():
+    x = minivit.randn(4, 3, 2)
+    with pytest.raises(ValueError, match=r"residual has shape \(4, 3\), expected the input's "
+                                         r"\(4, 3, 2\)"):
+        F.batch_norm(x, None, None, training=True, residual=minivit.randn(4, 3))
+    with pytest.raises(ValueError, match="residual= goes with act None or 'relu', got "
+                                         "act='gelu'"):
+        F.batch_norm(x, None, None, training=True, act="gelu", residual=minivit.randn(4, 3, 2))
+    with pytest.raises(ValueError, match=r"residual has shape \(2, 3\), expected the input's "
+                                         r"\(2, 2, 3\)"):
+        nn.BatchNorm2d(3).forward_channels_last(minivit.randn(2, 2, 3),
+                                                residual=minivit.randn(2, 3))

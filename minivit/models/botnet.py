@@ -66,9 +66,12 @@ class ConvNormAct(nn.Module):
 
     def forward_nhwc(self, x):
         """The same unit on a channels-last (N, H, W, C) map (the stages run that way)."""
+        return self.bn.forward_channels_last(self.conv_nhwc(x), act=self.act)
+
+    def conv_nhwc(self, x):
+        """The convolution alone, channels last."""
         c = self.conv
-        return self.bn.forward_channels_last(F.conv2d_nhwc(x, c.weight, None, c.stride,
-                                                           c.padding), act=self.act)
+        return F.conv2d_nhwc(x, c.weight, None, c.stride, c.padding)
 
 
 class Stem(nn.Module):
@@ -210,6 +213,16 @@ def _shortcut_nhwc(shortcut: nn.Module, x):
     return x if isinstance(shortcut, nn.Identity) else shortcut.forward_nhwc(x)
 
 
+def _block_end(unit: ConvNormAct, h, drop_path: nn.Module, shortcut: nn.Module, x):
+    """relu(drop_path(BN(conv(h))) + shortcut(x)), the end of both residual blocks. With no
+    drop-path (the default), BN, the add and the ReLU are one op, one pass over the map
+    (``residual=``); the shortcut runs after the conv, as in the unfused order."""
+    if not isinstance(drop_path, nn.Identity):
+        return F.relu(drop_path(unit.forward_nhwc(h)) + _shortcut_nhwc(shortcut, x))
+    y = unit.conv_nhwc(h)
+    return unit.bn.forward_channels_last(y, act="relu", residual=_shortcut_nhwc(shortcut, x))
+
+
 class BottleneckBlock(nn.Module):
     """ResNet bottleneck (He et al. 2016, Fig. 5): 1x1 -> 3x3 (stride) -> 1x1, + shortcut, ReLU.
 
@@ -227,9 +240,8 @@ class BottleneckBlock(nn.Module):
         self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):  # x: (B, H, W, C), channels last
-        y = self.conv3_1x1.forward_nhwc(
-            self.conv2_kxk.forward_nhwc(self.conv1_1x1.forward_nhwc(x)))
-        return F.relu(self.drop_path(y) + _shortcut_nhwc(self.shortcut, x))
+        h = self.conv2_kxk.forward_nhwc(self.conv1_1x1.forward_nhwc(x))
+        return _block_end(self.conv3_1x1, h, self.drop_path, self.shortcut, x)
 
 
 class SelfAttnBlock(nn.Module):
@@ -254,8 +266,8 @@ class SelfAttnBlock(nn.Module):
 
     def forward(self, x):  # x: (B, H, W, C), channels last
         y = self.self_attn(self.conv1_1x1.forward_nhwc(x))
-        y = self.conv3_1x1.forward_nhwc(self.post_attn.forward_channels_last(y, act="relu"))
-        return F.relu(self.drop_path(y) + _shortcut_nhwc(self.shortcut, x))
+        h = self.post_attn.forward_channels_last(y, act="relu")
+        return _block_end(self.conv3_1x1, h, self.drop_path, self.shortcut, x)
 
 
 class ClassifierHead(nn.Module):

@@ -174,24 +174,29 @@ class _BatchNorm(Module):
             self.running_var.data[...] = 1
             self.num_batches_tracked.data[...] = 0
 
-    def forward(self, x, act: str | None = None):
-        """``act`` ("relu", "gelu", "gelu_tanh"): that activation of BN(x), as one fused op."""
+    def forward(self, x, act: str | None = None, residual=None):
+        """``act`` ("relu", "gelu", "gelu_tanh"): that activation of BN(x), as one fused op;
+        ``residual`` (x's shape; act None or "relu"): act(BN(x) + residual), the same one op."""
         if x.ndim not in self.expected_dims or x.shape[1] != self.num_features:
             dims = " or ".join(f"{d}-D" for d in self.expected_dims)
             raise ValueError(f"{self!r}: expected a {dims} input with {self.num_features} "
                              f"channels on axis 1, got {tuple(x.shape)}")
-        return self._normalise(x, act)
+        return self._normalise(x, act, residual)
 
-    def forward_channels_last(self, x, act: str | None = None):
+    def forward_channels_last(self, x, act: str | None = None, residual=None):
         """The same normalisation for channels on the LAST axis, (..., C): statistics over all
         the other axes, exactly what ``forward`` computes on the channels-first layout (used
         by models that keep tokens or NHWC maps, so no transpose is needed)."""
         if x.ndim < 2 or x.shape[-1] != self.num_features:
             raise ValueError(f"{self!r}: expected a channels-last input (..., "
                              f"{self.num_features}), got {tuple(x.shape)}")
-        return self._normalise(x.reshape(-1, self.num_features), act).reshape(x.shape)
+        if residual is not None and tuple(residual.shape) != tuple(x.shape):
+            raise ValueError(f"{self!r}: residual has shape {tuple(residual.shape)}, expected "
+                             f"the input's {tuple(x.shape)}")
+        r = None if residual is None else residual.reshape(-1, self.num_features)
+        return self._normalise(x.reshape(-1, self.num_features), act, r).reshape(x.shape)
 
-    def _normalise(self, x, act: str | None = None):
+    def _normalise(self, x, act: str | None = None, residual=None):
         momentum = self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.data[...] += 1
@@ -199,7 +204,8 @@ class _BatchNorm(Module):
                 momentum = 1.0 / int(self.num_batches_tracked.data)
         use_batch = self.training or not self.track_running_stats
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch, 0.0 if momentum is None else momentum, self.eps, act=act)
+                            use_batch, 0.0 if momentum is None else momentum, self.eps, act=act,
+                            residual=residual)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

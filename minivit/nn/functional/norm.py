@@ -168,11 +168,18 @@ class BatchNorm(Function):
     backward of g'. Against a separate activation op this skips passes over the map and never
     stores the normalised map z (tanh GELU on (32768, 256), forward and backward on 2 cores:
     25.1 ms fused, 26.3 ms apart; peak memory of a maxvit_cifar step 2106 -> 1929 MB).
+
+    ``has_r``: the last input is a residual r of x's shape, added before the activation,
+    y = act(x a + c + r): the end of a ResNet block, BN, + shortcut, ReLU, as one pass (act
+    None or ``"relu"``). The ReLU's mask then comes from the output (y > 0 exactly where
+    x a + c + r > 0), which the next block keeps alive anyway; r's gradient is g'.
     """
 
     def forward(ctx, x, *wb, mean=None, var=None, eps=1e-5, has_w=True, has_b=True,
-                stats_out=None, act=None):
+                stats_out=None, act=None, has_r=False):
         xp = xp_of(x)
+        if has_r:
+            *wb, r = wb
         xv, col = _channels_view(x)
         count = x.size // x.shape[1]
         batch_stats = mean is None
@@ -188,11 +195,17 @@ class BatchNorm(Function):
             gelu = _GELU[act][0]
             y, kept = parallel.blockwise(lambda v, out: gelu(_scale_shift(v, a, c), out=out), xv,
                                          out=parallel.empty_like(xv, 2))
+        elif has_r:  # y = act(x a + c + r), r added in the same pass
+            y = parallel.blockwise(
+                lambda v, rb, out: _scale_shift(v, a, c, out[0], act == "relu", residual=rb),
+                xv, r.reshape(xv.shape), out=parallel.empty_like(xv))
+            kept = y if act else None   # the ReLU's mask is y > 0
         else:
             y = parallel.blockwise(lambda v, out: _scale_shift(v, a, c, out[0], act == "relu"),
                                    xv, out=parallel.empty_like(xv))  # x̂ w + b = x a + c
             kept = None
         ctx.batch_stats, ctx.has_w, ctx.has_b, ctx.act = batch_stats, has_w, has_b, act
+        ctx.has_r = has_r
         ctx.save_for_backward(xv, mean, rstd, wb[0] if has_w else None,
                               (a, c, kept) if act else None)
         if stats_out is not None and batch_stats:  # handed back for the running-stat update
@@ -201,7 +214,9 @@ class BatchNorm(Function):
 
     def backward(ctx, g):
         xv, mean, rstd, w, affine = ctx.saved_tensors
-        need = ctx.needs_input_grad
+        need = ctx.needs_input_grad    # x, then w, b and r where given
+        need_w = ctx.has_w and need[1]
+        need_b = ctx.has_b and need[1 + ctx.has_w]
         col = xv.ndim == 2
         gv = g.reshape(xv.shape)
         mu = _per_channel(mean, col)
@@ -210,10 +225,11 @@ class BatchNorm(Function):
             act = ctx.act
 
             def act_grad_and_sums(g_, v, gm, k=None):  # gm: this block's view of ``masked``
-                z = _scale_shift(v, a, c)
-                if act == "relu":
+                if act == "relu":   # z > 0, z recomputed, or the kept output y > 0 (residual)
+                    z = _scale_shift(v, a, c) if k is None else k
                     xp_of(g_).multiply(g_, z > 0, out=gm)
                 else:
+                    z = _scale_shift(v, a, c)
                     _GELU[act][1](g_, z, k, out=(gm,))
                 return gm, gm * (v - mu)
 
@@ -221,7 +237,7 @@ class BatchNorm(Function):
             sum_g, sum_gxc = _channel_sums(act_grad_and_sums, *blocks, col)
             sum_gx = sum_gxc * rstd
             gv = masked
-        elif ctx.batch_stats and need[0] or ctx.has_w and need[1] or ctx.has_b and need[-1]:
+        elif ctx.batch_stats and need[0] or need_w or need_b:
             sum_g, sum_gxc = _channel_sums(lambda g_, v: (g_, g_ * (v - mu)), gv, xv, col)
             sum_gx = sum_gxc * rstd                                # sum g x̂ = sum g (x - μ) / σ
         gx = None
@@ -241,9 +257,11 @@ class BatchNorm(Function):
             gx = gx.reshape(g.shape)
         grads = [gx]
         if ctx.has_w:
-            grads.append(sum_gx if need[1] else None)
+            grads.append(sum_gx if need_w else None)
         if ctx.has_b:
-            grads.append(sum_g if need[-1] else None)
+            grads.append(sum_g if need_b else None)
+        if ctx.has_r:   # y = act(z + r): r's gradient is g' (g itself without an act)
+            grads.append(gv.reshape(g.shape) if need[-1] else None)
         return tuple(grads)
 
 
@@ -251,11 +269,13 @@ class BatchNorm(Function):
 _GELU = {"gelu": (_gelu_exact, _gelu_exact_grad), "gelu_tanh": (_gelu_tanh, _gelu_tanh_grad)}
 
 
-def _scale_shift(v, a, c, out=None, relu=False):
-    """out = v a + c (a, c per channel), then max(out, 0) with ``relu``."""
+def _scale_shift(v, a, c, out=None, relu=False, residual=None):
+    """out = v a + c (a, c per channel) (+ ``residual``), then max(out, 0) with ``relu``."""
     xp = xp_of(v)
     out = xp.multiply(v, a, out=out)
     out += c
+    if residual is not None:
+        out += residual
     if relu:
         xp.maximum(out, 0, out=out)
     return out
@@ -308,7 +328,8 @@ def _raw(t):
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5, *, act: str | None = None):
+               momentum: float = 0.1, eps: float = 1e-5, *, act: str | None = None,
+               residual=None):
     """Batch normalisation over axis 1 of (N, C), (N, C, L) or (N, C, H, W).
 
     ``training=True``: normalise with the batch mean and biased variance, and update the running
@@ -316,13 +337,22 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
     with the UNBIASED batch variance, as PyTorch). ``training=False``: use the running
     statistics. ``running_mean``/``running_var`` may be None (always batch statistics).
     ``act`` (not in PyTorch's signature): ``"relu"``, ``"gelu"`` or ``"gelu_tanh"`` returns
-    that activation of the result from one fused op (see ``BatchNorm``).
+    that activation of the result from one fused op (see ``BatchNorm``). ``residual`` (also
+    not in PyTorch's), a tensor of x's shape: returns act(BN(x) + residual), the end of a
+    ResNet block (act None or ``"relu"``), from the same one op.
     """
     if act not in (None, "relu", "gelu", "gelu_tanh"):
         raise ValueError(f"batch_norm: act must be None, 'relu', 'gelu' or 'gelu_tanh', "
                          f"got {act!r}")
     if x.ndim < 2:
         raise ValueError(f"batch_norm: expected input (N, C, ...), got shape {tuple(x.shape)}")
+    if residual is not None:
+        if act not in (None, "relu"):
+            raise ValueError(f"batch_norm: residual= goes with act None or 'relu', got "
+                             f"act={act!r}")
+        if tuple(residual.shape) != tuple(x.shape):
+            raise ValueError(f"batch_norm: residual has shape {tuple(residual.shape)}, expected "
+                             f"the input's {tuple(x.shape)}")
     C = x.shape[1]
     for name, p in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
@@ -335,12 +365,15 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
                          f"got input of shape {tuple(x.shape)}")
     wb = [p for p in (weight, bias) if p is not None]
+    if residual is not None:
+        wb.append(residual)
     dtype = x.dtype
     mean = None if use_batch else _raw(running_mean).astype(dtype, copy=False)
     var = None if use_batch else _raw(running_var).astype(dtype, copy=False)
     stats = []
     y = BatchNorm.apply(x, *wb, mean=mean, var=var, eps=eps, has_w=weight is not None,
-                        has_b=bias is not None, stats_out=stats, act=act)
+                        has_b=bias is not None, stats_out=stats, act=act,
+                        has_r=residual is not None)
     if training and running_mean is not None and running_var is not None:
         mu, v = stats
         _ema(_raw(running_mean), mu, momentum)
