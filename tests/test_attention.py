@@ -260,3 +260,37 @@ def test_mhsa_residual_is_added_after_the_projection(proj_drop):
         want = (r + attn(x)).numpy()
         minivit.manual_seed(3)
         np.testing.assert_allclose(attn(x, residual=r).numpy(), want, rtol=1e-6, atol=1e-6)
+
+
+# --- rel_to_abs: relative-offset logits to absolute key positions ------------------------------
+
+@settings(max_examples=20, deadline=None)
+@given(st.data(), st.lists(st.integers(1, 3), max_size=2), st.integers(1, 5))
+def test_rel_to_abs_forward_and_grad(data, lead, length):
+    x = data.draw(arrays(tuple(lead) + (length, 2 * length - 1)))
+    expect = np.zeros(tuple(lead) + (length, length))
+    for i in range(length):
+        for j in range(length):
+            expect[..., i, j] = x[..., i, j - i + length - 1]
+    np.testing.assert_array_equal(F.rel_to_abs(minivit.tensor(x)).numpy(), expect)
+    check_grad(F.rel_to_abs, x)
+
+
+def test_rel_to_abs_gradient_is_zero_on_offsets_no_query_meets():
+    # query i meets offsets L-1-i .. 2L-2-i: row 0 never meets offset 0, row L-1 never 2L-2
+    x = minivit.tensor(np.zeros((3, 5)), requires_grad=True)
+    F.rel_to_abs(x).sum().backward()
+    expect = np.array([[0, 0, 1, 1, 1], [0, 1, 1, 1, 0], [1, 1, 1, 0, 0]], float)
+    np.testing.assert_array_equal(x.grad.numpy(), expect)
+
+
+def test_rel_to_abs_takes_strided_input_and_checks_its_shape():
+    x = np.random.default_rng(0).standard_normal((4, 7, 2))
+    t = minivit.tensor(x).permute(2, 0, 1)   # (2, 4, 7), not contiguous
+    np.testing.assert_array_equal(F.rel_to_abs(t).numpy(),
+                                  F.rel_to_abs(minivit.tensor(x.transpose(2, 0, 1).copy())).numpy())
+    with pytest.raises(ValueError, match=r"expected \(\.\.\., L, 2L - 1\) logits, got shape "
+                                         r"\(4, 6\)"):
+        F.rel_to_abs(minivit.randn(4, 6))
+    with pytest.raises(ValueError, match=r"got shape \(5,\)"):
+        F.rel_to_abs(minivit.randn(5))

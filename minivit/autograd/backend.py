@@ -123,11 +123,12 @@ def scatter_add(target, indices, values) -> None:
         np.add.at(target, indices, values)
 
 
-def as_strided(x, shape, strides):
-    """A strided view of ``x`` (no copy). Used by im2col and pooling."""
+def as_strided(x, shape, strides, writeable: bool = False):
+    """A strided view of ``x`` (no copy). Used by im2col, pooling and ``rel_to_abs``; read-only
+    on the CPU unless ``writeable`` (a view whose elements overlap must never be written)."""
     if device_of(x) == "cuda":
         return _cupy.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
-    return np.lib.stride_tricks.as_strided(x, shape=shape, strides=strides, writeable=False)
+    return np.lib.stride_tricks.as_strided(x, shape=shape, strides=strides, writeable=writeable)
 
 
 # --- allocator --------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import numpy as np
 import minivit
 import minivit.nn.functional as F
 from minivit import nn
-from minivit.autograd import backend
 
 from .registry import register_model
 
@@ -103,19 +102,18 @@ class Stem(nn.Module):
         return x
 
 
-def rel_logits_1d(q, rel, index):
+def rel_logits_1d(q, rel):
     """Relative logits along the last spatial axis:
 
         out[n, y, i, j] = q[n, y, i] . rel[j - i + L - 1]
 
-    q (N, Y, L, d), rel (2L - 1, d), index[i, j] = j - i + L - 1 -> (N, Y, L, L). One GEMM gives
-    q . r for all 2L - 1 offsets, then a gather picks offset ``j - i`` for each (query i, key j):
-    the official ``rel_to_abs`` pad-and-reshape trick, written as the gather it computes.
+    q (N, Y, L, d), rel (2L - 1, d) -> (N, Y, L, L). One GEMM gives q . r for all 2L - 1
+    offsets, then ``F.rel_to_abs`` picks offset ``j - i`` for each (query i, key j): the
+    official ``rel_to_abs`` pad-and-reshape trick, written as the strided view it reads.
     """
     n, y, length, d = q.shape
     x = (q.reshape(n * y * length, d) @ rel.T).reshape(n, y, length, 2 * length - 1)
-    rows = backend.get_array_module(index).arange(length)[:, None]   # on the index's device
-    return x[:, :, rows, index]
+    return F.rel_to_abs(x)
 
 
 class PosEmbedRel(nn.Module):
@@ -136,19 +134,14 @@ class PosEmbedRel(nn.Module):
         self.width_rel = nn.Parameter(np.zeros((2 * self.width - 1, dim_head), np.float32))
         nn.init.trunc_normal_(self.height_rel, std=scale)
         nn.init.trunc_normal_(self.width_rel, std=scale)
-        for name, n in (("height_index", self.height), ("width_index", self.width)):
-            i = np.arange(n)
-            self.register_buffer(name, (i[None, :] - i[:, None] + n - 1).astype(np.int64),
-                                 persistent=False)
 
     def forward(self, q):
         """q: (N, H*W, d) with positions row-major -> logits (N, H*W, H*W)."""
         n, hw, d = q.shape
         h, w = self.height, self.width
         q = q.reshape(n, h, w, d)
-        lw = rel_logits_1d(q, self.width_rel, self.width_index.data)       # (N, Hq, Wq, Wk)
-        lh = rel_logits_1d(q.transpose(1, 2), self.height_rel,
-                           self.height_index.data).transpose(1, 2)         # (N, Hq, Wq, Hk)
+        lw = rel_logits_1d(q, self.width_rel)                              # (N, Hq, Wq, Wk)
+        lh = rel_logits_1d(q.transpose(1, 2), self.height_rel).transpose(1, 2)  # (N, Hq, Wq, Hk)
         logits = lh.reshape(n, h, w, h, 1) + lw.reshape(n, h, w, 1, w)   # (N, Hq, Wq, Hk, Wk)
         return logits.reshape(n, hw, hw)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 from .activation import gelu, log_softmax, relu, sigmoid, silu, softmax, tanh
-from .attention import scaled_dot_product_attention, self_attention
+from .attention import rel_to_abs, scaled_dot_product_attention, self_attention
 from .dropout import drop_path, dropout
 from .linear import linear, linear_columns
 from .loss import cross_entropy, mse_loss, nll_loss
@@ -44,6 +44,6 @@ else:  # pragma: no cover
 
 __all__ = ["linear", "linear_columns", "conv2d", "conv2d_nhwc", "depthwise_conv2d_nhwc", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "layer_norm",
            "batch_norm", "gelu", "relu", "silu", "sigmoid", "tanh", "softmax", "log_softmax",
-           "dropout", "drop_path", "scaled_dot_product_attention", "self_attention",
+           "dropout", "drop_path", "scaled_dot_product_attention", "self_attention", "rel_to_abs",
            "cross_entropy", "nll_loss",
            "mse_loss"]

@@ -253,3 +253,48 @@ def self_attention(qkv, num_heads: int, attn_mask=None, dropout_p: float = 0.0,
     bias, keep = _mask_inputs(name, attn_mask, (B, num_heads, N, N), qkv)
     return SelfAttention.apply(qkv, *bias, num_heads=int(num_heads), scale=scale, keep=keep,
                                dropout_p=dropout_p)
+
+
+class RelToAbs(Function):
+    """out[..., i, j] = x[..., i, j - i + L - 1]: logits against the 2L - 1 relative offsets of
+    a length-L axis, (..., L, 2L - 1), turned into logits against the L absolute key positions,
+    (..., L, L) (query i, key j, offset j - i). The official BoTNet code's ``rel_to_abs``
+    pads and reshapes to the same effect.
+
+    No gather is needed: in a contiguous row-major x, element (i, j - i + L - 1) sits at
+    (L - 1) + i (2L - 2) + j elements from the start of its (L, 2L - 1) matrix, so ``out`` is
+    the strided view of x starting at x[..., 0, L - 1] with row stride 2L - 2 and column stride
+    1, copied. Each (i, j) reads a different element, so backward writes g into the same view
+    of a zero array (the offsets a query never meets keep gradient 0): two copies, no
+    scatter-add.
+    """
+
+    name = "rel_to_abs"
+
+    def forward(ctx, x):
+        xp = xp_of(x)
+        if x.ndim < 2 or x.shape[-1] != 2 * x.shape[-2] - 1:
+            raise ValueError(f"rel_to_abs: expected (..., L, 2L - 1) logits, got shape {x.shape}")
+        x = xp.ascontiguousarray(x)
+        ctx.x_shape, ctx.dtype = x.shape, x.dtype
+        return _abs_view(x, writeable=False).copy()
+
+    def backward(ctx, g):
+        gx = xp_of(g).zeros(ctx.x_shape, ctx.dtype)
+        _abs_view(gx, writeable=True)[...] = g
+        return gx
+
+
+def _abs_view(x, writeable: bool):
+    """The (..., L, L) view of a contiguous (..., L, 2L - 1) array described in ``RelToAbs``."""
+    length, item = x.shape[-2], x.itemsize
+    start = x[..., 0:, length - 1:]   # the view begins at element (0, L - 1) of each matrix
+    return backend.as_strided(start, x.shape[:-1] + (length,),
+                              x.strides[:-2] + ((2 * length - 2) * item, item),
+                              writeable=writeable)
+
+
+def rel_to_abs(x):
+    """(..., L, 2L - 1) relative-offset logits -> (..., L, L) absolute ones (see ``RelToAbs``):
+    ``out[..., i, j] = x[..., i, j - i + L - 1]``."""
+    return RelToAbs.apply(x)
