@@ -5,8 +5,10 @@ backward, AdamW step), peak memory (RSS on the CPU, CuPy pool bytes on the GPU),
 forward FLOPs per image as counted by the engine, and utilisation: the training step's
 achieved FLOP/s (3x forward FLOPs) over the float32 matmul FLOP/s that this same process
 measures first (a 1024x1024x1024 product), right before the model: on a shared machine
-whose speed drifts, each model is compared with the rate of its own moment. Figures are medians of ``--steps`` timed steps
-after warm-up, with min and max.
+whose speed drifts, each model is compared with the rate of its own moment. Figures are
+medians of ``--steps`` timed steps after warm-up, with min and max. The same probe runs once
+more after the steps ("after"); a model whose two probes differ by more than 20% is named in
+a note under the table, since the machine's speed changed while it ran.
 """
 from __future__ import annotations
 
@@ -81,6 +83,7 @@ def bench_model(name: str, batch: int = 128, device: str = "cpu", steps: int = 1
     from .models import create_model
     from .nn import functional as F
 
+    probe_after = matmul is None
     if matmul is None:
         matmul = matmul_gflops(device)
     minivit.manual_seed(0)
@@ -119,6 +122,9 @@ def bench_model(name: str, batch: int = 128, device: str = "cpu", steps: int = 1
         "gflops_per_img": flops_per_img / 1e9,
         "matmul_gflops": matmul,
         "utilisation": (3 * flops_per_img * train_ips / 1e9) / matmul if matmul else None,
+        # the same probe once more after the steps: far from ``matmul``, the machine's speed
+        # moved during the run and the utilisation means little
+        "matmul_gflops_after": matmul_gflops(device) if probe_after else None,
         "train_step_s": {"median": statistics.median(train), "min": min(train), "max": max(train)},
         "fwd_step_s": {"median": statistics.median(fwd), "min": min(fwd), "max": max(fwd)},
     }
@@ -151,9 +157,9 @@ def main(args) -> int:
     print(f"{device}, batch {args.batch}, median of {args.steps} steps after warm-up; each "
           f"model's process first measures the float32 matmul rate (1024^3) it is compared with")
     head = (f"{'model':18s} {'fwd img/s':>10s} {'train img/s':>12s} {'step s (min-max)':>18s} "
-            f"{'peak MB':>8s} {'GFLOP/img':>10s} {'matmul':>7s} {'util':>6s}")
+            f"{'peak MB':>8s} {'GFLOP/img':>10s} {'matmul':>7s} {'util':>6s} {'after':>7s}")
     print(head)
-    rows = []
+    rows, drifted = [], []
     for name in names:
         if len(names) == 1:
             r = bench_model(name, args.batch, device, args.steps)
@@ -164,8 +170,14 @@ def main(args) -> int:
         print(f"{name:18s} {r['fwd_imgs_per_s']:10.1f} {r['train_imgs_per_s']:12.1f} "
               f"{s['median']:7.3f} ({s['min']:.2f}-{s['max']:.2f}) {r['peak_mem_mb']:8.0f} "
               f"{r['gflops_per_img']:10.3f} {r['matmul_gflops']:7.1f} "
-              f"{100 * r['utilisation']:5.1f}%")
+              f"{100 * r['utilisation']:5.1f}% {r['matmul_gflops_after']:7.1f}")
+        if not 0.8 <= r["matmul_gflops_after"] / r["matmul_gflops"] <= 1.25:
+            drifted.append(name)
         sys.stdout.flush()
+    if drifted:
+        print(f"note: the matmul rate moved by more than 20% between the probes before and after "
+              f"({', '.join(drifted)}): the machine's speed changed during the run, so those "
+              f"utilisations are unreliable; rerun on an otherwise idle machine")
     if args.json:
         from .checkpoint import atomic_write
 

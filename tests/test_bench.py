@@ -46,3 +46,16 @@ def test_bench_refuses_a_batch_or_step_count_below_one():
     with pytest.raises(ValueError, match="--batch and --steps must be >= 1, got --batch 0"):
         bench.main(argparse.Namespace(batch=0, steps=10, device="cpu", model=["vit_cifar"],
                                       json=None))
+
+
+@pytest.mark.parametrize("rates, warned", [((100.0, 50.0), True), ((100.0, 95.0), False)])
+def test_bench_names_a_model_whose_matmul_probes_disagree(monkeypatch, capsys, rates, warned):
+    from minivit import bench
+    probes = iter(rates)
+    monkeypatch.setattr(bench, "matmul_gflops", lambda device="cpu": next(probes))
+    assert main(["bench", "--model", "botnet_cifar", "--batch", "2", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith("botnet_cifar")][0]
+    assert row.split()[-1] == f"{rates[1]:.1f}"     # the "after" column
+    assert ("note: the matmul rate moved by more than 20%" in out and "(botnet_cifar)" in out) \
+        is warned

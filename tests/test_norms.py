@@ -359,3 +359,19 @@ def test_batch_norm_residual_errors():
                                          r"\(2, 2, 3\)"):
         nn.BatchNorm2d(3).forward_channels_last(minivit.randn(2, 2, 3),
                                                 residual=minivit.randn(2, 3))
+
+
+def test_batch_norm_residual_float32_on_each_device(device):
+    rng = np.random.default_rng(4)
+    x, r = (rng.standard_normal((6, 5, 3, 3)).astype(np.float32) for _ in range(2))
+    results = []
+    for dev in (device, "cpu"):
+        t = [minivit.tensor(a, device=dev, requires_grad=True) for a in (x, r)]
+        bn = nn.BatchNorm2d(5).to(dev)
+        y = bn(t[0], act="relu", residual=t[1])
+        assert y.dtype == np.float32 and y.device == dev
+        (y * y).sum().backward()
+        results.append([y.numpy(), bn.running_var.numpy()] + [a.grad.numpy() for a in t]
+                       + [bn.weight.grad.numpy(), bn.bias.grad.numpy()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
