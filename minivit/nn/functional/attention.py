@@ -276,11 +276,11 @@ class RelToAbs(Function):
         if x.ndim < 2 or x.shape[-1] != 2 * x.shape[-2] - 1:
             raise ValueError(f"rel_to_abs: expected (..., L, 2L - 1) logits, got shape {x.shape}")
         x = xp.ascontiguousarray(x)
-        ctx.x_shape, ctx.dtype = x.shape, x.dtype
+        ctx.x_shape = x.shape
         return _abs_view(x, writeable=False).copy()
 
     def backward(ctx, g):
-        gx = xp_of(g).zeros(ctx.x_shape, ctx.dtype)
+        gx = xp_of(g).zeros(ctx.x_shape, g.dtype)
         _abs_view(gx, writeable=True)[...] = g
         return gx
 
@@ -288,7 +288,7 @@ class RelToAbs(Function):
 def _abs_view(x, writeable: bool):
     """The (..., L, L) view of a contiguous (..., L, 2L - 1) array described in ``RelToAbs``."""
     length, item = x.shape[-2], x.itemsize
-    start = x[..., 0:, length - 1:]   # the view begins at element (0, L - 1) of each matrix
+    start = x[..., length - 1:]   # the view begins at element (0, L - 1) of each matrix
     return backend.as_strided(start, x.shape[:-1] + (length,),
                               x.strides[:-2] + ((2 * length - 2) * item, item),
                               writeable=writeable)
