@@ -195,15 +195,13 @@ class BatchNorm(Function):
             gelu = _GELU[act][0]
             y, kept = parallel.blockwise(lambda v, out: gelu(_scale_shift(v, a, c), out=out), xv,
                                          out=parallel.empty_like(xv, 2))
-        elif has_r:  # y = act(x a + c + r), r added in the same pass
-            y = parallel.blockwise(
-                lambda v, rb, out: _scale_shift(v, a, c, out[0], act == "relu", residual=rb),
-                xv, r.reshape(xv.shape), out=parallel.empty_like(xv))
-            kept = y if act else None   # the ReLU's mask is y > 0
-        else:
-            y = parallel.blockwise(lambda v, out: _scale_shift(v, a, c, out[0], act == "relu"),
-                                   xv, out=parallel.empty_like(xv))  # x̂ w + b = x a + c
-            kept = None
+        else:  # x̂ w + b = x a + c (+ r, added in the same pass), then the ReLU if asked
+            def scale_shift(v, *rb, out):   # rb: this block of r, when there is one
+                return _scale_shift(v, a, c, out[0], act == "relu", *rb)
+
+            rv = (r.reshape(xv.shape),) if has_r else ()
+            y = parallel.blockwise(scale_shift, xv, *rv, out=parallel.empty_like(xv))
+            kept = y if has_r and act else None   # with r, the ReLU's mask is y > 0
         ctx.batch_stats, ctx.has_w, ctx.has_b, ctx.act = batch_stats, has_w, has_b, act
         ctx.has_r = has_r
         ctx.save_for_backward(xv, mean, rstd, wb[0] if has_w else None,
