@@ -408,3 +408,50 @@ def test_matmul_into_a_strided_out(threads, shape):
     assert got is out
     np.testing.assert_array_equal(packed[:, :, 1], np.matmul(a, b))
     assert not packed[:, :, 0].any() and not packed[:, :, 2].any()
+
+
+@pytest.mark.parametrize("n, d", [(682, 192), (32768, 64), (700, 400), (97, 5), (6, 4096), (12, 3000)])
+def test_widen_views_k_rows_as_one_and_gives_the_same_broadcast(n, d):
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((n, d), dtype=np.float32)
+    v, u = rng.standard_normal((2, d), dtype=np.float32)
+    a2, (v2, u2), k = parallel.widen(a, v, u)
+    assert n % k == 0 and k * d <= max(parallel.WIDE_ROW, d)
+    # the largest such k: no bigger divisor of n fits in a wide row
+    assert not any(n % j == 0 for j in range(k + 1, parallel.WIDE_ROW // d + 1))
+    assert a2.shape == (n // k, k * d) and np.shares_memory(a2, a)
+    np.testing.assert_array_equal((a2 * v2 + u2).reshape(n, d), a * v + u)
+    np.testing.assert_allclose(parallel.fold(parallel.column_sums(a2), k),
+                               a.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-6 * n)
+
+
+def test_widen_leaves_strided_arrays_and_long_rows_alone():
+    a = np.ones((64, 10), np.float32)
+    for arr in (a[:, :5], a.T, np.ones((8, parallel.WIDE_ROW), np.float32)):
+        out, rows, k = parallel.widen(arr, np.ones(arr.shape[1], np.float32))
+        assert k == 1 and out is arr and len(rows) == 1
+    sums = np.arange(3.0)
+    assert parallel.fold(sums, 1) is sums
+
+
+@pytest.mark.parametrize("act", [None, "relu", "gelu_tanh"])
+def test_batch_norm_channels_last_wide_view_matches_the_plain_rows(monkeypatch, act):
+    """The channels-last BatchNorm on its wide view against the (N, C) rows as they are: the
+    same numbers up to the order of the per-channel sums."""
+    rng = np.random.default_rng(13)
+    x0 = rng.standard_normal((4096, 24)).astype(np.float32) * 2 + 1
+    w0, b0 = rng.standard_normal((2, 24)).astype(np.float32)
+    g0 = rng.standard_normal(x0.shape).astype(np.float32)
+
+    def run():
+        x, w, b = (minivit.Tensor(a.copy(), requires_grad=True) for a in (x0, w0, b0))
+        rm, rv = np.zeros(24, np.float32), np.ones(24, np.float32)
+        y = F.batch_norm(x, rm, rv, w, b, training=True, act=act)
+        y.backward(minivit.Tensor(g0))
+        return [y.data, x.grad.data, w.grad.data, b.grad.data, rm, rv]
+
+    wide = run()
+    assert parallel.widen(x0)[2] == 128   # 4096 rows of 24: 128 of them per wide row
+    monkeypatch.setattr(parallel, "widen", lambda a, *rows: (a, rows, 1))
+    for got, want in zip(wide, run()):   # sums of 4096 float32 terms, added in another order
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6 * np.abs(want).max())

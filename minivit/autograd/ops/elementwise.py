@@ -296,11 +296,14 @@ def gelu_forward(x, approximate: str = "none", bias=None, bias_layout: str = "ro
 
         return parallel.blockwise(shifted, x, bias, out=out)
 
-    def shifted_row(xb, out):            # every block gets the whole row of biases
+    xw, (bias,), _ = parallel.widen(x, bias)   # k rows per inner loop of the bias add
+
+    def shifted_row(xb, out):            # every block gets the whole (tiled) row of biases
         xb += bias
         return fn(xb, out=out)
 
-    return parallel.blockwise(shifted_row, x, out=out)
+    wide = tuple(o.reshape(xw.shape) for o in out)
+    return tuple(o.reshape(x.shape) for o in parallel.blockwise(shifted_row, xw, out=wide))
 
 
 def gelu_backward(g, x, saved, approximate: str = "none", bias_grad: str | None = None):
@@ -313,13 +316,15 @@ def gelu_backward(g, x, saved, approximate: str = "none", bias_grad: str | None 
         gx = cuda_kernels.gelu_backward(g, x, saved, approximate)
     else:
         fn = _gelu_tanh_grad if approximate == "tanh" else _gelu_exact_grad
-        if bias_grad == "row":
+        if bias_grad == "row":   # on the wide view of ``parallel.widen``, sums folded back
             gx = parallel.empty_like(x)[0]
+            xw, _, k = parallel.widen(x)
 
             def fill(gb, xb, sb, ob):
                 return fn(gb, xb, sb, out=(ob,))
 
-            return gx, parallel.sum_rows(fill, g, x, saved, gx)
+            gw, sw, ow = (a.reshape(xw.shape) for a in (g, saved, gx))
+            return gx, parallel.fold(parallel.sum_rows(fill, gw, xw, sw, ow), k)
         if bias_grad == "column":
             gx, gb = parallel.empty_like(x)[0], xp_of(x).empty(x.shape[0], x.dtype)
 
