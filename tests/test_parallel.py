@@ -455,3 +455,12 @@ def test_batch_norm_channels_last_wide_view_matches_the_plain_rows(monkeypatch, 
     monkeypatch.setattr(parallel, "widen", lambda a, *rows: (a, rows, 1))
     for got, want in zip(wide, run()):   # sums of 4096 float32 terms, added in another order
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6 * np.abs(want).max())
+
+
+def test_block_rows_are_multiples_of_32_so_blocks_widen():
+    assert parallel.block_rows(192) == 672            # 682 rounded down
+    assert parallel.widen(np.ones((672, 192), np.float32))[2] == 21   # 21 * 192 = 4032
+    assert parallel.block_rows(4096) == 32
+    assert parallel.block_rows(3000) == 43            # 64 rows or fewer: as they come
+    assert parallel.block_rows(10 ** 7) == 1
+    assert all(parallel.block_rows(d) * d <= parallel.BLOCK_ELEMENTS for d in range(1, 5000, 37))
