@@ -240,7 +240,7 @@ def widen(a, *rows):
     n, d = a.shape
     k = 1
     if isinstance(a, np.ndarray) and a.flags.c_contiguous and 0 < d <= WIDE_ROW // 2:
-        k = next(k for k in range(min(n, WIDE_ROW // d), 0, -1) if n % k == 0)
+        k = next(j for j in range(min(n, WIDE_ROW // d), 0, -1) if n % j == 0)
     if k == 1:
         return a, rows, 1
     return a.reshape(n // k, k * d), tuple(np.tile(r, k) for r in rows), k
