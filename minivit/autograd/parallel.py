@@ -6,8 +6,7 @@ output (the conv's layout copies, im2col and col2im, one block of channels per i
 ``matmul(a, b)`` for stacks of small matrix products (attention), which NumPy runs on one core,
 ``sum_rows(fn, *arrays)`` for column sums (bias and norm-weight gradients), ``binary`` /
 ``add`` / ``add_rows_`` for the residual adds, gradient sums, gating products and bias adds,
-``reshape`` / ``copyto`` for the copies that reshaping a permuted view makes, and ``widen``
-for products with a per-column vector (bias adds, norm scales), viewed k rows at a time.
+and ``reshape`` / ``copyto`` for the copies that reshaping a permuted view makes.
 
 A chain like ``g * (cdf + x * exp(-x*x/2))`` on a 3M-element array makes each ufunc stream
 12 MB through memory and runs on one core, while BLAS uses all of them. ``blockwise`` cuts
@@ -111,14 +110,6 @@ def for_each(fn, items, *, threaded: bool = True) -> None:
     _run_split(run, items)
 
 
-def block_rows(row_size: int) -> int:
-    """Rows per block for rows of ``row_size`` numbers: about ``BLOCK_ELEMENTS`` numbers,
-    rounded down to a multiple of 32 rows when there are more than 64 (682 rows of 192 ->
-    672), so that a block's rows divide into the groups ``widen`` views as one row."""
-    rows = max(1, BLOCK_ELEMENTS // max(row_size, 1))
-    return rows - rows % 32 if rows > 64 else rows
-
-
 def blockwise(fn, *arrays, out=None):
     """``fn(*arrays)``, computed block by block along axis 0, on all cores.
 
@@ -138,7 +129,7 @@ def blockwise(fn, *arrays, out=None):
     if (NUM_THREADS == 0 or a0.size < MIN_ELEMENTS or n < 2
             or not all(isinstance(a, np.ndarray) and a.shape[:1] == (n,) for a in arrays)):
         return fn(*arrays) if out is None else fn(*arrays, out=out)
-    rows = block_rows(a0.size // n)
+    rows = max(1, BLOCK_ELEMENTS // (a0.size // n))
     starts = list(range(0, n, rows))
     if out is not None:
         def run(block_starts):
@@ -222,41 +213,11 @@ def copyto(dst, src, axis: int = 0) -> None:
              range(0, n, step))
 
 
-# NumPy runs ``a * v`` for a (N, D) and a row v (D,) as N calls of its inner loop, D numbers
-# each; for rows of a few hundred numbers those calls cost more than the arithmetic ((682, 192)
-# * (192,): 0.45 ns a number, against 0.18 for the same product of flat arrays, measured here
-# 2026-12-03). Viewing k rows at a time as one row of k D numbers, against v repeated k times,
-# gives the same products in the same places with k times fewer calls.
-WIDE_ROW = 4096  # numbers per row of a widened view
-
-
-def widen(a, *rows):
-    """``(a2, rows2, k)``: ``a`` (N, D) viewed as (N / k, k D) and each row vector (D,) tiled
-    k times, k the largest divisor of N with k D <= ``WIDE_ROW``; ``a2 * rows2[0]`` is
-    ``a * rows[0]`` viewed the same way. k = 1 (``a`` and ``rows`` as they are) for CuPy
-    arrays and for arrays that are not C-contiguous. Column sums of the wide view fold back
-    to D with ``fold``.
-    """
-    n, d = a.shape
-    k = 1
-    if isinstance(a, np.ndarray) and a.flags.c_contiguous and 0 < d <= WIDE_ROW // 2:
-        k = next(j for j in range(min(n, WIDE_ROW // d), 0, -1) if n % j == 0)
-    if k == 1:
-        return a, rows, 1
-    return a.reshape(n // k, k * d), tuple(np.tile(r, k) for r in rows), k
-
-
-def fold(sums, k: int):
-    """Column sums (k D,) of a ``widen``-ed view folded to the (D,) sums of the original."""
-    return sums if k == 1 else sums.reshape(k, -1).sum(axis=0)
-
-
 def add_rows_(a, row) -> None:
     """``a += row`` in place for a 2-D NumPy array (a bias added to every row), on all cores."""
     if not isinstance(a, np.ndarray) or a.size < MIN_ELEMENTS or NUM_THREADS <= 1:
         a += row
         return
-    a, (row,), _ = widen(a, row)
     step = max(1, BLOCK_ELEMENTS // max(a.shape[1], 1))
     for_each(lambda s: a[s:s + step].__iadd__(row), range(0, a.shape[0], step))
 
@@ -312,7 +273,7 @@ def sum_rows(fn, *arrays):
             or not all(isinstance(a, np.ndarray) for a in arrays)):
         return _tuple_or_one(tuple(column_sums(r) for r in _as_tuple(fn(*arrays))))
     n = a0.shape[0]
-    rows = block_rows(a0.size // n)
+    rows = max(1, BLOCK_ELEMENTS // (a0.size // n))
     starts = list(range(0, n, rows))
     parts: list = [None] * len(starts)
 

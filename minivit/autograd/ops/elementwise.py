@@ -296,14 +296,11 @@ def gelu_forward(x, approximate: str = "none", bias=None, bias_layout: str = "ro
 
         return parallel.blockwise(shifted, x, bias, out=out)
 
-    xw, (bias,), _ = parallel.widen(x, bias)   # k rows per inner loop of the bias add
-
-    def shifted_row(xb, out):            # every block gets the whole (tiled) row of biases
+    def shifted_row(xb, out):            # every block gets the whole row of biases
         xb += bias
         return fn(xb, out=out)
 
-    wide = tuple(o.reshape(xw.shape) for o in out)
-    return tuple(o.reshape(x.shape) for o in parallel.blockwise(shifted_row, xw, out=wide))
+    return parallel.blockwise(shifted_row, x, out=out)
 
 
 def gelu_backward(g, x, saved, approximate: str = "none", bias_grad: str | None = None):
@@ -316,15 +313,13 @@ def gelu_backward(g, x, saved, approximate: str = "none", bias_grad: str | None 
         gx = cuda_kernels.gelu_backward(g, x, saved, approximate)
     else:
         fn = _gelu_tanh_grad if approximate == "tanh" else _gelu_exact_grad
-        if bias_grad == "row":   # on the wide view of ``parallel.widen``, sums folded back
+        if bias_grad == "row":
             gx = parallel.empty_like(x)[0]
-            xw, _, k = parallel.widen(x)
 
             def fill(gb, xb, sb, ob):
                 return fn(gb, xb, sb, out=(ob,))
 
-            gw, sw, ow = (a.reshape(xw.shape) for a in (g, saved, gx))
-            return gx, parallel.fold(parallel.sum_rows(fill, gw, xw, sw, ow), k)
+            return gx, parallel.sum_rows(fill, g, x, saved, gx)
         if bias_grad == "column":
             gx, gb = parallel.empty_like(x)[0], xp_of(x).empty(x.shape[0], x.dtype)
 

@@ -44,15 +44,12 @@ def _add_bias_and_residual_(y, b, r, bias_layout: str):
 
         return parallel.blockwise(add_col, y, b[:, None], r, out=(y,))
 
-    yw, (bw,), _ = parallel.widen(y, b)   # k rows per inner loop of the bias add
-
     def add_row(yb, rb, out):
-        yb += bw
+        yb += b
         yb += rb
         return yb
 
-    parallel.blockwise(add_row, yw, r.reshape(yw.shape), out=(yw,))
-    return y
+    return parallel.blockwise(add_row, y, r, out=(y,))
 
 
 def _grad_before_act(ctx, g, bias_layout: str):

@@ -36,29 +36,15 @@ def _layer_norm_rows(x, w, b, eps, out=None):
     xp.subtract(x, (x @ xp.ones(x.shape[-1], x.dtype))[:, None] * inv_d, out=xc)   # x - μ
     rstd[:, 0] = 1 / xp.sqrt(xp.einsum("ij,ij->i", xc, xc) * inv_d + eps)
     xc *= rstd  # x̂
-    if y is not xc:   # else no affine, and the output is x̂ itself
-        _affine_rows(xc, w, b, out=y)
-    return y, xc, rstd
-
-
-def _affine_rows(xhat, w, b, out):
-    """out = x̂ w + b, w and b (D,) per column (either may be None), on the wide view of
-    ``parallel.widen``: k rows per NumPy inner loop instead of one."""
-    y, rows, _ = parallel.widen(out, *(v for v in (w, b) if v is not None))  # a view of out
-    xw = xhat.reshape(y.shape)
-    if w is None:
-        y[...] = xw
+    if y is xc:   # no affine, and the output is x̂ itself
+        pass
+    elif w is None:
+        y[...] = xc
     else:
-        xp_of(xw).multiply(xw, rows[0], out=y)
+        xp.multiply(xc, w, out=y)
     if b is not None:
-        y += rows[-1]
-    return out
-
-
-def _times_row(g, w):
-    """g w for g (rows, D) and w (D,), on the wide view of ``parallel.widen``."""
-    gw, (ww,), _ = parallel.widen(g, w)
-    return (gw * ww).reshape(g.shape)
+        y += b
+    return y, xc, rstd
 
 
 def _layer_norm_rows_backward(g, xhat, rstd, w, out=None, with_sums=False):
@@ -72,7 +58,7 @@ def _layer_norm_rows_backward(g, xhat, rstd, w, out=None, with_sums=False):
     xp = xp_of(g)
     dx = out[0] if out is not None else xp.empty_like(g)
     inv_d = 1.0 / g.shape[-1]
-    gh = g if w is None else _times_row(g, w)
+    gh = g if w is None else g * w
     m1 = (g @ (xp.ones(g.shape[-1], g.dtype) if w is None else w))[:, None] * inv_d
     m2 = xp.einsum("ij,ij->i", gh, xhat)[:, None] * inv_d
     xp.subtract(gh, m1, out=dx)
@@ -169,11 +155,9 @@ class BatchNorm(Function):
     Works on the view (N, C, L), L the spatial size: every per-channel sum is a contiguous sum
     along L per (n, c), in blocks of n on all cores (``parallel.blockwise``), then a sum over
     n; a 2-D input (N, C), the channels-last layout, sums down the columns instead
-    (``parallel.sum_rows``), on the wide view (N / k, k C) whose rows hold k rows of channels
-    each (``parallel.widen``: the per-channel products then run as fast as flat ones). The
-    forward is one pass, y = x a + c per channel with a = w/σ and c = b - μ a; backward
-    recomputes x̂ block by block, while the block is in cache, rather than keeping a second
-    array of x's size alive. With ĝ = g w per channel, mean(ĝ) = w
+    (``parallel.sum_rows``). The forward is one pass, y = x a + c per channel with a = w/σ and
+    c = b - μ a; backward recomputes x̂ block by block, while the block is in cache, rather
+    than keeping a second array of x's size alive. With ĝ = g w per channel, mean(ĝ) = w
     mean(g) and mean(ĝ x̂) = w mean(g x̂): the statistics' gradient needs the same two sums as
     the bias and weight gradients.
 
@@ -231,7 +215,7 @@ class BatchNorm(Function):
         need = ctx.needs_input_grad    # x, then w, b and r where given
         need_w = ctx.has_w and need[1]
         need_b = ctx.has_b and need[1 + ctx.has_w]
-        col = xv.shape[1] // mean.shape[0] if xv.ndim == 2 else 0   # see _channels_view
+        col = xv.ndim == 2
         gv = g.reshape(xv.shape)
         mu = _per_channel(mean, col)
         if ctx.act:  # g' = g act'(x a + c): written block by block while the sums run
@@ -305,21 +289,13 @@ def _input_grad(g, v, k, alpha, beta, out):
 
 
 def _channels_view(x):
-    """(view, col): anything longer than 2-D becomes (N, C, L), col = 0; the channels-last
-    (N, C) becomes the wide (N / k, k C) of ``parallel.widen``, col = k (its per-channel
-    passes then run k rows per inner loop of NumPy's, the same numbers in the same places)."""
-    if x.ndim > 2:
-        return x.reshape(x.shape[0], x.shape[1], -1), 0
-    xv, _, k = parallel.widen(x)
-    return xv, k
+    """(N, C) stays 2-D (channels in columns); anything longer becomes (N, C, L)."""
+    return (x, True) if x.ndim == 2 else (x.reshape(x.shape[0], x.shape[1], -1), False)
 
 
-def _per_channel(v, col: int):
-    """A (C,) vector shaped to broadcast against the view: tiled k times for the wide
-    channels-last view (col = k), (C, 1) for (N, C, L) (col = 0)."""
-    if not col:
-        return v[:, None]
-    return v if col == 1 else xp_of(v).tile(v, col)
+def _per_channel(v, col: bool):
+    """A (C,) vector shaped to broadcast against the view: (C,) for (N, C), (C, 1) for (N, C, L)."""
+    return v if col else v[:, None]
 
 
 def _channel_sums(fn, *arrays_and_col):
@@ -327,7 +303,7 @@ def _channel_sums(fn, *arrays_and_col):
     *arrays, col = arrays_and_col
     if col:
         out = parallel.sum_rows(fn, *arrays)
-        return tuple(parallel.fold(o, col) for o in _tuple(out))
+        return out if isinstance(out, tuple) else (out,)
     def sums_along_l(*blocks):  # (n, C, L) -> (n, C): sums of contiguous runs of L, as gemvs
         return tuple(parallel.row_sums(r.reshape(-1, r.shape[-1])).reshape(r.shape[:2])
                      for r in _tuple(fn(*blocks)))
