@@ -302,8 +302,7 @@ def _channel_sums(fn, *arrays_and_col):
     """Per-channel sums of ``fn(*blocks)`` (one array or a tuple) over every axis but C."""
     *arrays, col = arrays_and_col
     if col:
-        out = parallel.sum_rows(fn, *arrays)
-        return out if isinstance(out, tuple) else (out,)
+        return _tuple(parallel.sum_rows(fn, *arrays))
     def sums_along_l(*blocks):  # (n, C, L) -> (n, C): sums of contiguous runs of L, as gemvs
         return tuple(parallel.row_sums(r.reshape(-1, r.shape[-1])).reshape(r.shape[:2])
                      for r in _tuple(fn(*blocks)))
