@@ -7,7 +7,7 @@ float32's Φ is 1 to within an ulp and tanh saturates anyway). An error δ in P 
 w(x) δ with w = (1 - tanh²) x / 2, so the fit is a least-squares fit weighted by w, then
 Lawson's iteration (reweighting each point by its error) pushes it towards the minimax fit.
 Prints the coefficients (highest power first) and Φ's largest error when evaluated in float32
-as the backend does.
+as the backend does, as the same number written as a sigmoid, 1 / (1 + exp(-2 x P(x²))).
 """
 from __future__ import annotations
 
@@ -37,9 +37,11 @@ def fit(degree: int, limit: float, iterations: int = 200) -> np.ndarray:
 
 def float32_error(c: np.ndarray) -> float:
     x = np.linspace(-12, 12, 240001).astype(np.float32)
-    p = _polynomial(x * x, tuple(float(ck) for ck in c))   # the backend's own Horner loop
+    # evaluated as the backend does: 1 / (1 + exp(x (-2P)(x²))), its own Horner loop
+    p = _polynomial(x * x, tuple(-2.0 * float(ck) for ck in c))
     p *= x
-    phi = (np.tanh(p) + np.float32(1)) * np.float32(0.5)
+    with np.errstate(over="ignore"):
+        phi = np.float32(1) / (np.exp(p) + np.float32(1))
     want = np.array([0.5 * (1 + math.erf(float(v) / math.sqrt(2))) for v in x])
     return float(np.abs(phi - want).max())
 

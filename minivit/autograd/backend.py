@@ -229,18 +229,24 @@ def _erf_float32(x, out=None):
 # coefficient; GELU's tanh approximation is the degree-1 version, √(2/π) (1 + 0.044715 u)). The
 # fit (``tools/fit_normal_cdf.py``: weighted least squares with Lawson's reweighting towards
 # minimax, on [0, 5.5]) weighs each point by dΦ/dP, so the error is spread evenly over Φ, not
-# over P. In float32 Φ's largest error is 9.5e-8, half that of the rational form it replaced,
-# and it costs 19 passes over a block instead of 27: NumPy's float32 ``tanh`` costs 1.5-3
-# multiplications here, a division one, and there is no clip, since P(u) >= √(2/π) > 0 for
-# every u >= 0 (an infinite x P(x²) gives tanh = ±1, Φ = 1 or 0).
+# over P. It is evaluated as the same number written as a logistic sigmoid,
+#     (1 + tanh(z)) / 2 = 1 / (1 + exp(-2z)),   z = x P(x²),
+# with the -2 folded into P's coefficients: NumPy's float32 ``exp`` costs about half its
+# ``tanh`` (measured on this project's 2-core AVX2 machine, per element in cache: tanh 4.3 ns,
+# exp 2.4 ns, a multiplication 0.2 ns), so Φ costs 3.8 ns per element instead of 7.1. Its
+# largest error in float32 is 1.16e-7 (two float32 ulps below 1; 9.5e-8 through tanh, 2e-7
+# for the rational erf used before), in 17 passes over a block. There is no clip:
+# P(u) >= √(2/π) > 0 for every u >= 0, and an infinite exp gives 1/inf = 0 (Φ = 0), an
+# infinite z the other way exp = 0 (Φ = 1).
 _CDF32_TANH_P = (1.7561730925271752e-09, -1.3226341718551647e-07, 3.964745306000315e-06,
                  -5.530619808104247e-05, -3.259496629021904e-05, 0.036333084566528215,
                  0.7978849414618344)  # highest power of u = x² first
+_CDF32_SIGMOID_P = tuple(-2.0 * c for c in _CDF32_TANH_P)   # -2 P: Φ = 1 / (1 + exp(x (-2P)))
 
 
 def normal_cdf_block(x, out=None):
     """Φ(x), the standard normal CDF, of a float32 block (into ``out`` if given), as
-    (1 + tanh(x P(x²))) / 2; float64 and the GPU go through ``erf``."""
+    1 / (1 + exp(-2 x P(x²))); float64 and the GPU go through ``erf``."""
     xp = get_array_module(x)
     if x.dtype != np.float32 or device_of(x) != "cpu":
         y = erf(x * (1 / math.sqrt(2)))
@@ -250,14 +256,13 @@ def normal_cdf_block(x, out=None):
             return y
         out[...] = y
         return out
-    with np.errstate(over="ignore"):   # P(x²) overflows to inf for |x| > ~9e3: Φ is still 1 or 0
-        p = _polynomial(x * x, _CDF32_TANH_P)
+    with np.errstate(over="ignore"):   # P(x²) overflows for |x| > ~9e3, exp for z < ~ -44:
+        p = _polynomial(x * x, _CDF32_SIGMOID_P)   # Φ is still 1 or 0
         p *= x
+        xp.exp(p, out=p)
+    p += 1
     y = out if out is not None else xp.empty_like(x)
-    xp.tanh(p, out=y)
-    y += 1
-    y *= 0.5
-    return y
+    return xp.divide(1.0, p, out=y)
 
 
 def erf(x, out=None):
