@@ -312,3 +312,23 @@ def test_erf_odd_and_limits():
     for dtype in (np.float32, np.float64):
         np.testing.assert_array_equal(backend.erf(x.astype(dtype)), [-1, -1, 1, 1])
     assert np.isnan(backend.erf(np.array([np.nan]))).all()
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_float32_far_out_saturates_without_warnings(approximate):
+    """Both GELUs compute their sigmoid as 1 / (1 + exp(...)): far left exp overflows to inf on
+    purpose, which must give exactly 0 (GELU = -0.0 or 0), far right GELU(x) = x, no warning,
+    and everywhere in between the float64 formula's value to float32 precision."""
+    import warnings
+    x64 = np.concatenate([np.linspace(-30, 30, 6001), -np.geomspace(30, 1e30, 50),
+                          np.geomspace(30, 1e30, 50)])
+    if approximate == "tanh":
+        want = gelu_tanh_ref(x64)
+    else:
+        want = x64 * 0.5 * (1 + np.array([math.erf(v / math.sqrt(2)) for v in x64]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = minivit.gelu(minivit.tensor(x64.astype(np.float32)), approximate=approximate).numpy()
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, want, rtol=2e-6, atol=2e-7)
+    assert np.all(y[x64 < -30] == 0) and np.array_equal(y[x64 > 30], x64[x64 > 30].astype(np.float32))

@@ -156,6 +156,12 @@ def tune_malloc() -> bool:
 MALLOC_TUNED = tune_malloc()
 
 
+def overflow_to_inf():
+    """A context in which a float overflow gives inf without a warning (NumPy's ``errstate``;
+    CuPy never warns): for formulas whose inf is the right limit, such as 1 / (1 + exp(z))."""
+    return np.errstate(over="ignore")
+
+
 # --- erf ---------------------------------------------------------------------------------
 # NumPy has no erf. In float64 we follow CPython's math.erf (a power series near 0, a
 # continued fraction for erfc further out), accurate to a few ulps; in float32 the rational
@@ -256,7 +262,7 @@ def normal_cdf_block(x, out=None):
             return y
         out[...] = y
         return out
-    with np.errstate(over="ignore"):   # P(x²) overflows for |x| > ~9e3, exp for z < ~ -44:
+    with overflow_to_inf():   # P(x²) overflows for |x| > ~9e3, exp for z < ~ -44:
         p = _polynomial(x * x, _CDF32_SIGMOID_P)   # Φ is still 1 or 0
         p *= x
         xp.exp(p, out=p)
