@@ -176,11 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("--count", action="store_true", help="with parameter counts")
     p = sub.add_parser("bench", help="throughput, memory and utilisation of the CIFAR models")
-    p.add_argument("--model", nargs="*", default=None)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--json", default=None, metavar="OUT")
+    p.add_argument("--model", nargs="*", default=None, metavar="NAME",
+                   help="CIFAR models to measure, each in its own process (default: all five)")
+    p.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
+    p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
+    p.add_argument("--steps", type=int, default=10,
+                   help="timed steps after warm-up; the figures are their median (default 10)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the rows to OUT as JSON")
     p = sub.add_parser("gradcheck", help="check a layer's or model's gradients numerically")
     p.add_argument("target", nargs="?", default="layers", help="'layers' or a model name")
     return parser
