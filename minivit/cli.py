@@ -92,7 +92,7 @@ def _parse_model_arg(text: str) -> tuple[str, object]:
 
 
 def _eval(args) -> int:
-    from .data import load_dataset, CIFARLoader
+    from .data import NUM_CLASSES, CIFARLoader, DatasetError, load_dataset
     from .models import create_model
     from .train import TrainConfig, evaluate, load_run_checkpoint
 
@@ -100,7 +100,12 @@ def _eval(args) -> int:
     file = path / ("best.npz" if args.best else "last.npz") if path.is_dir() else path
     ckpt = load_run_checkpoint(file)
     cfg = TrainConfig.from_json(ckpt["config"])
-    ds = load_dataset(args.dataset or cfg.dataset, args.data if args.data else cfg.data)
+    name = args.dataset or cfg.dataset
+    trained, asked = NUM_CLASSES.get(cfg.dataset), NUM_CLASSES.get(name)
+    if trained and asked and trained != asked:   # before any download or read
+        raise DatasetError(f"{file} is a {cfg.model} trained on {cfg.dataset} ({trained} classes); "
+                        f"it cannot be evaluated on {name} ({asked} classes)")
+    ds = load_dataset(name, args.data if args.data else cfg.data)
     model = create_model(cfg.model, num_classes=ds.num_classes, **cfg.model_args)
     load_run_checkpoint(file, model, cfg.model)
     model.to(args.device)

@@ -328,6 +328,9 @@ def test_eval_bad_input(tmp_path, run_dir, capsys):
              ([plain], r"not a minivit checkpoint"),
              ([other], r"does not fit model mlp_mixer_cifar .*missing keys"),
              ([run_dir, "--dataset", "svhn"], r"unknown dataset 'svhn'"),
+             ([run_dir, "--dataset", "cifar100", "--data", tmp_path / "nope"],   # not read
+              r"trained on cifar10-subset \(10 classes\); it cannot be evaluated on cifar100 "
+              r"\(100 classes\)"),
              ([run_dir, "--dataset", "cifar10", "--data", tmp_path / "nope"],
               r"no such file or folder")]
     for argv, pattern in cases:

@@ -9,6 +9,7 @@ augmentations and a prefetching loader. Needs only NumPy.
 from .cifar import (
     CIFAR10_CLASSES,
     DATASETS,
+    NUM_CLASSES,
     Dataset,
     DatasetError,
     UnsafePickleError,
@@ -45,6 +46,7 @@ from .transforms import (
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFARLoader", "Compose", "DATASETS",
+    "NUM_CLASSES",
     "Dataset", "DatasetError", "DownloadError", "MD5S", "RandAugment", "RandomCrop",
     "RandomHorizontalFlip", "URLS", "UnsafePickleError", "cutmix", "default_data_dir",
     "download_cifar", "download_url", "load_cifar10_subset", "load_dataset", "make_augment",

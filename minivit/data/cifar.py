@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "CIFAR10_CLASSES",
     "DATASETS",
+    "NUM_CLASSES",
     "Dataset",
     "DatasetError",
     "UnsafePickleError",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 DATASETS = ("cifar10-subset", "cifar10", "cifar100")
+NUM_CLASSES = {"cifar10-subset": 10, "cifar10": 10, "cifar100": 100}  # fine labels for CIFAR-100
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
