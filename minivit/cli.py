@@ -103,8 +103,8 @@ def _eval(args) -> int:
     name = args.dataset or cfg.dataset
     trained, asked = NUM_CLASSES.get(cfg.dataset), NUM_CLASSES.get(name)
     if trained and asked and trained != asked:   # before any download or read
-        raise DatasetError(f"{file} is a {cfg.model} trained on {cfg.dataset} ({trained} classes); "
-                        f"it cannot be evaluated on {name} ({asked} classes)")
+        raise DatasetError(f"{file} is a {cfg.model} trained on {cfg.dataset} ({trained} "
+                           f"classes); it cannot be evaluated on {name} ({asked} classes)")
     ds = load_dataset(name, args.data if args.data else cfg.data)
     model = create_model(cfg.model, num_classes=ds.num_classes, **cfg.model_args)
     load_run_checkpoint(file, model, cfg.model)
