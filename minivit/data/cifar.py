@@ -37,8 +37,8 @@ __all__ = [
     "restricted_load",
 ]
 
-DATASETS = ("cifar10-subset", "cifar10", "cifar100")
 NUM_CLASSES = {"cifar10-subset": 10, "cifar10": 10, "cifar100": 100}  # fine labels for CIFAR-100
+DATASETS = tuple(NUM_CLASSES)   # the names load_dataset knows
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
