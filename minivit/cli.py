@@ -51,6 +51,8 @@ def _add_train(sub):
     p.add_argument("--train-limit", type=int, default=None, help="use the first N train images")
     p.add_argument("--test-limit", type=int, default=None, help="use the first N test images")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--reference", action="store_true",
+                   help="run every op on its reference body (the plain math; slower)")
 
 
 def _train(args) -> int:
@@ -68,7 +70,7 @@ def _train(args) -> int:
         model_args=model_args, init_weights=args.init_weights, seed=args.seed,
         device=args.device, out=args.out,
         train_limit=args.train_limit, test_limit=args.test_limit,
-        progress=not args.no_progress)
+        progress=not args.no_progress, reference=args.reference)
     if args.resume is not None and args.epochs is None:
         cfg.epochs = 0  # keep the saved number of epochs
     m = fit(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
@@ -198,7 +200,12 @@ COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "models": _models, "b
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import runtime
+
+    if argv is None:                 # the command itself (not a call from Python code)
+        runtime.reexec_with_blas_env()   # OpenBLAS reads its variable when NumPy loads
     args = build_parser().parse_args(argv)
+    runtime.tune()                   # allocator and BLAS settings: minivit/runtime.py
     from .checkpoint import CheckpointError
     from .data import DatasetError
     from .train import TrainingError

@@ -8,6 +8,7 @@ checkpoints ``last.npz`` and ``best.npz`` (model, optimizer, schedule, epoch, RN
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -63,6 +64,7 @@ class TrainConfig:
     test_limit: int | None = None
     eval_batch_size: int = 256
     progress: bool = True
+    reference: bool = False  # run every op on its reference body (minivit.reference_mode)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -278,18 +280,30 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     finishes the very run an uninterrupted ``fit`` would have made.
     """
     if resume is not None:
-        run = Path(resume)
-        if not (run / "config.json").is_file():
-            raise TrainingError(f"--resume {run}: no config.json there (not a run folder)")
-        saved = TrainConfig.from_json(json.loads((run / "config.json").read_text()))
-        if cfg.epochs and cfg.epochs != saved.epochs:
-            # the learning-rate schedule spans the saved number of epochs: a resumed run
-            # finishes that run exactly; training longer is a new run
-            raise TrainingError(f"--resume {run}: the run was set up for {saved.epochs} epochs "
-                                f"and resuming finishes that schedule; omit --epochs, or start "
-                                f"a new run to train for {cfg.epochs}")
-        saved.progress = cfg.progress
-        cfg, cfg.out = saved, str(run)
+        cfg = _resumed_config(cfg, resume)
+    # reference=True: every op on its reference body (slower; the same results to rounding)
+    with minivit.reference_mode() if cfg.reference else contextlib.nullcontext():
+        return _fit(cfg, resume, log, stop_after_epochs)
+
+
+def _resumed_config(cfg: TrainConfig, resume: str) -> TrainConfig:
+    """The saved configuration of the run folder ``resume``, checked against ``cfg``."""
+    run = Path(resume)
+    if not (run / "config.json").is_file():
+        raise TrainingError(f"--resume {run}: no config.json there (not a run folder)")
+    saved = TrainConfig.from_json(json.loads((run / "config.json").read_text()))
+    if cfg.epochs and cfg.epochs != saved.epochs:
+        # the learning-rate schedule spans the saved number of epochs: a resumed run
+        # finishes that run exactly; training longer is a new run
+        raise TrainingError(f"--resume {run}: the run was set up for {saved.epochs} epochs "
+                            f"and resuming finishes that schedule; omit --epochs, or start "
+                            f"a new run to train for {cfg.epochs}")
+    saved.progress = cfg.progress
+    saved.out = str(run)
+    return saved
+
+
+def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | None) -> dict:
     cfg.validate()
     device = backend.check_device(cfg.device)
     out = _prepare_out(cfg.out, resume is not None)
