@@ -37,7 +37,7 @@ FAST: dict[type, type] = {}
 REFERENCE = [os.environ.get("MINIVIT_REFERENCE", "0") not in ("", "0")]
 
 _BODIES = ("cpu_elementwise", "cpu_reduce", "cpu_matmul", "cpu_shape", "cpu_linear",
-           "cpu_norm", "cpu_attention", "cpu_loss")
+           "cpu_norm", "cpu_attention", "cpu_loss", "cpu_conv", "cpu_conv_nhwc", "cpu_pooling")
 
 
 def register(op: type):
