@@ -144,7 +144,7 @@ def _models(args) -> int:
 
     for name in list_models():
         if args.count:
-            n = sum(p.size for p in create_model(name, num_classes=10 if "cifar" in name else 1000).parameters())
+            n = sum(p.numel() for p in create_model(name, num_classes=10 if "cifar" in name else 1000).parameters())
             print(f"{name:28s} {n:>12,d}")
         else:
             print(name)

@@ -314,7 +314,7 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     if out is not None and resume is None:
         atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_json(), indent=2).encode()))
 
-    n_params = sum(p.size for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.model}: {n_params:,} parameters; {cfg.dataset}: {len(train_loader.x)} train / "
         f"{len(test_loader.x)} test images; {cfg.epochs} epochs on {device}")
     metrics: dict = {}
