@@ -21,8 +21,7 @@ import numpy as np
 import minivit
 from . import nn, optim
 from .autograd import backend
-from .checkpoint import (CheckpointError, atomic_write, checkpoint_tree, is_checkpoint,
-                         load_checkpoint, read_npz, save_checkpoint)
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from .data import CIFARLoader, load_dataset
 from .models import create_model, list_models
 from .nn import functional as F
@@ -128,16 +127,16 @@ def _state_dict_problems(exc: Exception) -> str:
 
 
 def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str) -> None:
-    """Copy starting weights into ``model``: a plain ``.npz`` of a state dict (parameter name ->
-    array, e.g. saved from timm with ``np.savez``), a minivit checkpoint, or a run folder."""
+    """Copy starting weights into ``model``: a state dict (parameter name -> array, timm's
+    names) as ``.safetensors`` or plain ``.npz``, a minivit checkpoint, or a run folder."""
+    from .weights import load_state_dict_file  # noqa: PLC0415
+
     path = Path(path)
     file = path / "last.npz" if path.is_dir() else path
     if not file.is_file():
         raise TrainingError(f"--init-weights {file}: no such file")
     try:
-        state = read_npz(file, ".npz file")
-        if is_checkpoint(state):  # a training checkpoint: take its model
-            state = checkpoint_tree(state, file)["model"]
+        state = load_state_dict_file(file)
     except CheckpointError as exc:
         raise TrainingError(f"--init-weights {exc}") from None
     try:
