@@ -92,19 +92,32 @@ def save_state_dict_file(path: str | os.PathLike, state_dict: dict,
     return path
 
 
-def mismatch_summary(exc: Exception, limit: int = 600) -> str:
-    """``load_state_dict``'s list of problems (missing, unexpected, wrong shapes) as one line,
-    at most ``limit`` characters."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    detail = "; ".join(lines[1:] or lines)
-    return detail if len(detail) <= limit else detail[:limit - 3] + "..."
+def _names(kind: str, names: list[str], show: int = 8) -> str:
+    more = f", ... and {len(names) - show} more" if len(names) > show else ""
+    return f"{kind} ({len(names)}): {', '.join(names[:show])}{more}"
+
+
+def mismatch(model, state: dict) -> str:
+    """Why ``state`` does not load strictly into ``model``, in one line: missing keys,
+    unexpected keys and wrong shapes, each listing its first names ("" if it fits)."""
+    own = {k: t.shape for k, t in model._state_items()}
+    problems = []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {own[k]} in the model"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k])]
+    for kind, names in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("wrong shapes", shapes)):
+        if names:
+            problems.append(_names(kind, names))
+    return "; ".join(problems)
 
 
 def load_into(model, path: str | os.PathLike, what: str) -> None:
     """Load the weights file ``path`` into ``model`` (strict); a one-line ``CheckpointError``
     naming ``what`` (the model) and listing missing/unexpected keys if they do not fit."""
     state = load_state_dict_file(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} does not fit {what}: {mismatch_summary(exc)}") from None
+    problems = mismatch(model, state)
+    if problems:
+        raise CheckpointError(f"{path} does not fit {what}: {problems}")
+    model.load_state_dict(state, strict=True)
