@@ -157,3 +157,105 @@ def test_gpu_marker_selects_the_cuda_kernel_tests():
                          cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
     ids = [ln for ln in out.splitlines() if "::" in ln]
     assert len(ids) >= 40 and all("cuda-" in i for i in ids), out[-2000:]
+
+
+def test_minivit_train_on_the_gpu_path(cuda, tmp_path, capsys):
+    """``minivit train --device cuda`` for one short epoch, then ``minivit eval`` of its run:
+    on a real GPU where there is one, on the stand-in in CI."""
+    from minivit import cli  # noqa: PLC0415
+
+    tiny = ["--model", "vit_cifar", "--model-arg", "depth=1", "--model-arg", "embed_dim=32",
+            "--model-arg", "num_heads=2", "--batch-size", "32", "--train-limit", "64",
+            "--test-limit", "64", "--no-progress", "--epochs", "1"]
+    run = tmp_path / "run"
+    assert cli.main(["train", *tiny, "--device", "cuda", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "on cuda" in out and (run / "last.npz").exists()
+    assert cli.main(["eval", str(run), "--device", "cuda", "--limit", "32"]) == 0
+
+
+# --- issue 29 items 3 and 5 ------------------------------------------------------------------
+
+def test_a_gpu_that_cannot_run_kernels_gets_the_install_hint(monkeypatch):
+    """Item 3: CuPy 14 sees the GPU through the driver alone; the first kernel then needs
+    NVRTC (cuBLAS, cuRAND). is_cupy_available() runs one of each before anything starts."""
+    import types  # noqa: PLC0415
+
+    def no_nvrtc(*a, **k):
+        raise RuntimeError("CuPy failed to load libnvrtc.so.12: OSError: libnvrtc.so.12: "
+                           "cannot open shared object file: No such file or directory")
+
+    fake = types.ModuleType("cupy")
+    fake.ndarray = type("ndarray", (), {})
+    fake.float32 = np.float32
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+    fake.arange = no_nvrtc
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    assert not backend.is_cupy_available()
+    reason = backend.cuda_unavailable_reason()
+    assert "cannot run kernels" in reason and "libnvrtc.so.12" in reason
+    assert "pip install 'minivit[gpu]'" in reason and "\n" not in reason
+    with pytest.raises(RuntimeError, match="device 'cuda' is not available: CuPy sees a GPU"):
+        minivit.tensor([1.0]).to("cuda")
+
+
+def test_gpu_extras_bring_the_cuda_libraries():
+    import tomllib  # noqa: PLC0415
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert extras["gpu"] == ["cupy-cuda12x[ctk]>=14"]
+    assert extras["gpu-cuda13"] == ["cupy-cuda13x[ctk]>=14"]
+
+
+def test_the_probe_passes_where_cuda_is_usable(cuda):
+    assert backend.is_cupy_available() and backend.cuda_unavailable_reason() == ""
+
+
+def test_gpu_random_state_round_trips(cuda):
+    """Item 5: the GPU generator's state is saved and restored: the draws after a restore are
+    the draws that followed the save."""
+    from minivit.nn import _random  # noqa: PLC0415
+
+    minivit.manual_seed(7)
+    _random.uniform01((5,), np.float32, "cuda")
+    state = backend.get_rng_state()
+    after = [backend.as_numpy(_random.uniform01((5,), np.float32, "cuda")) for _ in range(3)]
+    minivit.manual_seed(99)
+    _random.uniform01((5,), np.float32, "cuda")
+    backend.set_rng_state(state)
+    again = [backend.as_numpy(_random.uniform01((5,), np.float32, "cuda")) for _ in range(3)]
+    np.testing.assert_array_equal(np.stack(after), np.stack(again))
+    assert not np.array_equal(after[0], after[1])
+    minivit.manual_seed(7)
+    first = backend.as_numpy(_random.uniform01((5,), np.float32, "cuda"))
+    minivit.manual_seed(7)
+    np.testing.assert_array_equal(first, backend.as_numpy(
+        _random.uniform01((5,), np.float32, "cuda")))
+
+
+def test_resumed_gpu_run_with_dropout_continues_exactly(cuda, tmp_path):
+    """Item 5 end to end: with drop-path (random masks every step), a run interrupted after
+    epoch 1 and resumed ends with the weights of the uninterrupted run."""
+    import dataclasses  # noqa: PLC0415
+
+    from minivit.checkpoint import load_checkpoint  # noqa: PLC0415
+    from minivit.train import TrainConfig, fit  # noqa: PLC0415
+
+    def cfg(out):
+        c = TrainConfig(model="vit_cifar", model_args={"depth": 2, "embed_dim": 32,
+                                                       "num_heads": 2, "drop_path_rate": 0.3},
+                        epochs=2, batch_size=16, eval_batch_size=32, train_limit=32,
+                        test_limit=16, out=str(out), progress=False, device="cuda")
+        return dataclasses.replace(c)
+
+    fit(cfg(tmp_path / "full"), log=lambda *a: None)
+    fit(cfg(tmp_path / "cut"), log=lambda *a: None, stop_after_epochs=1)
+    minivit.manual_seed(12345)   # a fresh process starts from other random state
+    fit(cfg(tmp_path / "cut"), resume=str(tmp_path / "cut"), log=lambda *a: None)
+    full, cut = (load_checkpoint(tmp_path / r / "last.npz") for r in ("full", "cut"))
+    assert full["rng"]["cuda"]["draws"] > 0 and full["rng"] == cut["rng"]
+    for k, v in full["model"].items():
+        np.testing.assert_array_equal(v, cut["model"][k], err_msg=k)

@@ -184,35 +184,28 @@ class ndarray:
         COUNTS["h2d"] += 1
         self._a[...] = arr
 
-    def item(self, *args):
-        sync("ndarray.item()")
+    def _read(self, what, convert, *args):
+        sync(what)
         COUNTS["d2h"] += 1
-        return self._a.item(*args)
+        return convert(*args)
+
+    def item(self, *args):
+        return self._read("ndarray.item()", self._a.item, *args)
 
     def tolist(self):
-        sync("ndarray.tolist()")
-        COUNTS["d2h"] += 1
-        return self._a.tolist()
+        return self._read("ndarray.tolist()", self._a.tolist)
 
     def __bool__(self):
-        sync("bool(cupy.ndarray)")
-        COUNTS["d2h"] += 1
-        return bool(self._a)
+        return self._read("bool(cupy.ndarray)", bool, self._a)
 
     def __float__(self):
-        sync("float(cupy.ndarray)")
-        COUNTS["d2h"] += 1
-        return float(self._a)
+        return self._read("float(cupy.ndarray)", float, self._a)
 
     def __int__(self):
-        sync("int(cupy.ndarray)")
-        COUNTS["d2h"] += 1
-        return int(self._a)
+        return self._read("int(cupy.ndarray)", int, self._a)
 
     def __complex__(self):
-        sync("complex(cupy.ndarray)")
-        COUNTS["d2h"] += 1
-        return complex(self._a)
+        return self._read("complex(cupy.ndarray)", complex, self._a)
 
     def __repr__(self):
         return "array(" + np.array2string(self._a, separator=", ") + ", device='cuda-standin')"
@@ -517,38 +510,33 @@ random = _Module("cupy.random", None, {
 
 # --- cupy.cuda -----------------------------------------------------------------------------
 
-class _Device:
-    def __init__(self, device=None):
-        self.id = 0
+class _Context:
+    """What Device and Stream share: a synchronize() and use in a ``with``."""
 
     def synchronize(self):
-        sync("Device.synchronize()")
+        sync(f"{type(self).__name__.strip('_')}.synchronize()")
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         return False
+
+
+class _Device(_Context):
+    def __init__(self, device=None):
+        self.id = 0
 
     @property
     def compute_capability(self):
         return "90"
 
 
-class _Stream:
+class _Stream(_Context):
     null = None
 
     def __init__(self, null=False, non_blocking=False, ptds=False):
         pass
-
-    def synchronize(self):
-        sync("Stream.synchronize()")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 _Stream.null = _Stream(null=True)

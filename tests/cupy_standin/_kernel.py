@@ -85,32 +85,16 @@ class _Parser:
             return ("?", c, a, self.expr())
         return c
 
-    def logic(self):
-        a = self.compare()
-        while self.peek() in ("&&", "||"):
-            op = self.take()
-            a = (op, a, self.compare())
-        return a
+    _LEVELS = (("&&", "||"), ("<", ">", "<=", ">=", "==", "!="), ("+", "-"), ("*", "/"))
 
-    def compare(self):
-        a = self.add()
-        while self.peek() in ("<", ">", "<=", ">=", "==", "!="):
+    def logic(self, level=0):
+        """Left-associative binary operators, loosest binding first (C's precedence)."""
+        if level == len(self._LEVELS):
+            return self.unary()
+        a = self.logic(level + 1)
+        while self.peek() in self._LEVELS[level]:
             op = self.take()
-            a = (op, a, self.add())
-        return a
-
-    def add(self):
-        a = self.mul()
-        while self.peek() in ("+", "-"):
-            op = self.take()
-            a = (op, a, self.mul())
-        return a
-
-    def mul(self):
-        a = self.unary()
-        while self.peek() in ("*", "/"):
-            op = self.take()
-            a = (op, a, self.unary())
+            a = (op, a, self.logic(level + 1))
         return a
 
     def unary(self):
