@@ -1,31 +1,21 @@
 """Fast body of the NCHW convolution (the reference body is in
-``minivit/nn/functional/conv.py``), and the pooling helpers that share its layout.
+``minivit/nn/functional/conv.py``), and the batch-innermost layout that pooling's fast bodies
+use. Three paths, none with a conv algorithm of its own:
 
-Inside the op the input is copied once into a zero-padded (C, Hp, Wp, N) layout, xt (batch
-innermost: see ``to_chwn``). General path: im2col on a strided view of xt, one GEMM::
+- General (groups 1): the input is copied to channels-last (N, H, W, C) and the one fast
+  im2col and GEMM, ``cpu_conv_nhwc.conv_forward``, does the rest; the output is copied back.
+- Depthwise (groups == in_channels > 1, out = k*in): no GEMM at all (a grouped GEMM with one
+  input channel per group is many times slower on the CPU, Chainer #5403). The input is copied
+  to channels-last and the one fast depthwise conv, ``cpu_conv_nhwc.depthwise_forward``, adds
+  one elementwise product with a strided window per kernel offset (i, j); a channel multiplier
+  k repeats each input channel k times first.
+- Pointwise (1x1 kernel, stride 1, no padding, groups 1): no windows. The input is copied to
+  (C, N, H*W), whose transposes move whole rows of H*W numbers, and one GEMM does the rest::
 
-    cols[c, i, j, y, x, n] = xt[c, y*s + i*d, x*s + j*d, n]        (one copy of a strided view)
-    out[o, (y, x, n)]     = W[o, (c, i, j)] @ cols[(c, i, j), (y, x, n)]
-    dW = dout @ cols^T        dcols = W^T @ dout
-    dxt = col2im(dcols)       (kh*kw strided slice additions, one per kernel offset)
+      out[o, (n, p)] = W[o, c] @ xt[c, (n, p)]        dW = dout @ xt^T        dxt = W^T @ dout
 
-The column matrix is (C*kh*kw, Ho*Wo*N): its rows follow the weight's own (in, kh, kw) order,
-so W reshapes to (out, in*kh*kw) without a copy and the product is a single large 2-D GEMM
-with contiguous operands (with groups: a batch of ``groups`` such GEMMs). The columns are saved
-for the weight gradient (kh*kw times the input's size: memory traded for not redoing im2col).
-
-Depthwise path (groups == in_channels > 1, out = k*in): no GEMM at all. For each kernel offset
-(i, j) the output accumulates an elementwise product with a strided slice of the input::
-
-    out[c*k + m] += W[c*k + m, 0, i, j] * xt[c, i*d : : s, j*d : : s, :]
-
-(a grouped GEMM with one input channel per group is many times slower on the CPU, Chainer #5403).
-
-Pointwise path (1x1 kernel, stride 1, no padding, groups 1): no windows, so no (C, H, W, N)
-layout either. The input is copied to (C, N, H*W), whose transposes move whole rows of H*W
-numbers (several times cheaper than batch-innermost), and one GEMM does the rest::
-
-    out[o, (n, p)] = W[o, c] @ xt[c, (n, p)]        dW = dout @ xt^T        dxt = W^T @ dout
+Grouped convolutions with 1 < groups < in_channels have no fast body: they run on the
+reference body.
 """
 from __future__ import annotations
 
@@ -35,6 +25,9 @@ from ..autograd import backend
 from ..autograd.flops import add_flops
 from ..nn.functional.conv import Conv2d, _check_conv, out_size, window_slice
 from . import parallel, register
+from .cpu_conv_nhwc import conv_backward as conv_nhwc_backward
+from .cpu_conv_nhwc import conv_forward as conv_nhwc_forward
+from .cpu_conv_nhwc import depthwise_backward, depthwise_forward
 
 xp_of = backend.get_array_module
 
@@ -66,8 +59,7 @@ class Geometry(NamedTuple):
 
 @register(Conv2d)
 class Conv2dFast(Conv2d):
-    """The module docstring's three paths: general (im2col in the (C, H, W, N) layout, one
-    GEMM), depthwise (multiply-adds, no GEMM), pointwise (one GEMM on (C, N*H*W))."""
+    """The module docstring's three paths: general, depthwise, pointwise."""
 
     def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
                 groups=1):
@@ -79,43 +71,64 @@ class Conv2dFast(Conv2d):
         ctx.geo, ctx.has_bias = geo, bias is not None
         ctx.depthwise = groups == c and groups > 1
         ctx.pointwise = (kh, kw, groups) == (1, 1, 1) and stride == (1, 1) and padding == (0, 0)
-        add_flops(2 * n * o * geo.ho * geo.wo * (c // groups) * kh * kw)
+        if ctx.depthwise:
+            return ctx.depthwise_forward(x, weight, bias, stride, padding, dilation)
         if ctx.pointwise:
+            add_flops(2 * n * o * geo.ho * geo.wo * c)
             xt = to_cnl(x)                                           # (C, N*H*W)
             ctx.save_for_backward(xt, weight)
             return from_cnl(weight.reshape(o, c) @ xt, n, bias).reshape(n, o, h, w)
-        xt = to_chwn(x, padding)
-        if ctx.depthwise:
-            ctx.save_for_backward(xt, weight)
-            return from_chwn(_depthwise_forward(xt, weight, geo), bias)
-        cols = _im2col(xt, geo)                                      # (G, Cg*kh*kw, Ho*Wo*N)
-        ctx.save_for_backward(cols, weight)
-        out = xp_of(x).matmul(weight.reshape(groups, o // groups, -1), cols)  # (G, O/G, ...)
-        return from_chwn(out.reshape(o, geo.ho, geo.wo, n), bias)
+        if groups > 1:      # grouped, not depthwise: no fast body (no model uses one)
+            ctx.grouped = True
+            return super().forward(x, weight, bias, stride, padding, dilation, groups)
+        # the one fast im2col: channels-last (cpu_conv_nhwc.conv_forward), on a copy of x
+        pads = ((padding[0], padding[0]), (padding[1], padding[1]))
+        y, cols, wm, ctx.nhwc_geo = conv_nhwc_forward(to_nhwc(x), weight, bias, stride, pads,
+                                                      dilation)
+        ctx.save_for_backward(cols, wm)
+        return nhwc_to_nchw(y)
+
+    def depthwise_forward(ctx, x, weight, bias, stride, padding, dilation):
+        """groups == C: the one fast depthwise conv (``cpu_conv_nhwc.depthwise_forward``) on the
+        channels-last copy of x; with a channel multiplier k, output channel c*k + m reads
+        input channel c, so x's channels are repeated k times first."""
+        k = weight.shape[0] // x.shape[1]
+        xn = to_nhwc(x)
+        if k > 1:
+            xn = xp_of(x).repeat(xn, k, axis=3)
+        pads = ((padding[0], padding[0]), (padding[1], padding[1]))
+        out, xpad, taps, ctx.dw_geo = depthwise_forward(xn, weight, bias, stride, pads, dilation)
+        ctx.save_for_backward(xpad, taps)
+        return nhwc_to_nchw(out)
+
+    def depthwise_backward(ctx, g):
+        n, c, h, w = ctx.geo[:4]
+        gx, gw, gb = depthwise_backward(to_nhwc(g), *ctx.saved_tensors, ctx.dw_geo,
+                                        ctx.needs_input_grad)
+        if gx is not None:
+            if gx.shape[-1] != c:   # the k copies of each channel: their gradients add up
+                gx = gx.reshape(n, h, w, c, -1).sum(axis=-1)
+            gx = nhwc_to_nchw(gx)
+        return (gx, gw, gb) if ctx.has_bias else (gx, gw)
 
     def backward(ctx, g):
-        saved, weight = ctx.saved_tensors
-        geo, need_x, need_w = ctx.geo, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        xp = xp_of(g)
-        gt = to_cnl(g) if ctx.pointwise else to_chwn(g, (0, 0))     # (O, Ho*Wo*N) in some order
-        gb = None
-        if ctx.has_bias and ctx.needs_input_grad[2]:  # contiguous rows, not a strided NCHW sum
-            gb = parallel.row_sums(gt.reshape(geo.o, -1))
-        if ctx.pointwise:
-            xt, w2 = saved, weight.reshape(geo.o, geo.c)
-            gw = (gt @ xt.T).reshape(weight.shape) if need_w else None
-            gx = from_cnl(w2.T @ gt, geo.n).reshape(g.shape[0], geo.c, geo.h, geo.w) if need_x \
-                else None
-        elif ctx.depthwise:
-            gx, gw = _depthwise_backward(gt, saved, weight, geo, need_x, need_w)
-        else:
-            cols, gw, gx = saved, None, None
-            g2 = gt.reshape(geo.groups, geo.o // geo.groups, -1)
-            if need_w:
-                gw = xp.matmul(g2, cols.transpose(0, 2, 1)).reshape(weight.shape)
-            if need_x:
-                w3 = weight.reshape(geo.groups, geo.o // geo.groups, -1)
-                gx = _col2im(xp.matmul(w3.transpose(0, 2, 1), g2), geo)
+        if ctx.depthwise:
+            return ctx.depthwise_backward(g)
+        if getattr(ctx, "grouped", False):
+            return super().backward(g)
+        if not ctx.pointwise:
+            gx, gw, gb = conv_nhwc_backward(to_nhwc(g), *ctx.saved_tensors, ctx.nhwc_geo,
+                                            ctx.needs_input_grad)
+            gx = None if gx is None else nhwc_to_nchw(gx)
+            return (gx, gw, gb) if ctx.has_bias else (gx, gw)
+        xt, weight = ctx.saved_tensors       # pointwise: one GEMM on (C, N*H*W)
+        geo, need = ctx.geo, ctx.needs_input_grad
+        gt = to_cnl(g)                                              # (O, N*Ho*Wo)
+        w2 = weight.reshape(geo.o, geo.c)
+        gb = parallel.row_sums(gt) if ctx.has_bias and need[2] else None
+        gw = (gt @ xt.T).reshape(weight.shape) if need[1] else None
+        gx = from_cnl(w2.T @ gt, geo.n).reshape(g.shape[0], geo.c, geo.h, geo.w) if need[0] \
+            else None
         return (gx, gw, gb) if ctx.has_bias else (gx, gw)
 
 
@@ -177,6 +190,20 @@ def from_chwn(a, bias=None, padding=(0, 0)):
     return out
 
 
+def to_nhwc(x):
+    """NCHW -> a new contiguous (N, H, W, C) array, copied in blocks of images on all cores."""
+    out = xp_of(x).empty((x.shape[0],) + x.shape[2:] + (x.shape[1],), dtype=x.dtype)
+    parallel.copyto(out, x.transpose(0, 2, 3, 1))
+    return out
+
+
+def nhwc_to_nchw(x):
+    """(N, H, W, C) -> a new contiguous NCHW array (the inverse of ``to_nhwc``)."""
+    out = xp_of(x).empty((x.shape[0], x.shape[3]) + x.shape[1:3], dtype=x.dtype)
+    parallel.copyto(out, x.transpose(0, 3, 1, 2))
+    return out
+
+
 def to_cnl(x):
     """NCHW -> (C, N*H*W): a transposing copy that moves whole rows of H*W numbers
     (blocks of channels on the CPU threads)."""
@@ -215,87 +242,3 @@ def _channel_blocks(xt, per_channel: int) -> list[slice]:
     c = xt.shape[0]
     step = max(1, CACHE_BLOCK // per_channel) if backend.device_of(xt) == "cpu" else c
     return [slice(b, b + step) for b in range(0, c, step)]
-
-
-# --- general path: im2col, GEMM, col2im ----------------------------------------------------
-
-def _im2col(xt, geo: Geometry):
-    """(G, Cg*kh*kw, Ho*Wo*N) columns: one copy of a strided view of the padded input
-    (blocks of channels on the CPU threads)."""
-    sc, sy, sx, sn = xt.strides
-    (sh, sw), (dh, dw) = geo.stride, geo.dilation
-    shape = (geo.c, geo.kh, geo.kw, geo.ho, geo.wo, geo.n)
-    view = backend.as_strided(xt, shape, (sc, sy * dh, sx * dw, sy * sh, sx * sw, sn))
-    cols = xp_of(xt).empty(shape, dtype=xt.dtype)
-    parallel.for_each(lambda blk: cols.__setitem__(blk, view[blk]),
-                      _channel_blocks(cols, cols[0].size), threaded=_threaded(cols))
-    return cols.reshape(geo.groups, -1, geo.ho * geo.wo * geo.n)
-
-
-def _col2im(dcols, geo: Geometry):
-    """Gradient of x: add each kernel offset's columns back where im2col read them."""
-    dcols = dcols.reshape(geo.c, geo.kh, geo.kw, geo.ho, geo.wo, geo.n)
-    (ph, pw) = geo.padding
-    dxt = xp_of(dcols).empty((geo.c, geo.h + 2 * ph, geo.w + 2 * pw, geo.n), dtype=dcols.dtype)
-
-    def add_block(blk):   # a cache-sized block of dx at a time
-        dx_b, dcols_b = dxt[blk], dcols[blk]
-        dx_b[...] = 0
-        for i in range(geo.kh):
-            for j in range(geo.kw):
-                dx_b[:, geo.rows(i), geo.cols(j), :] += dcols_b[:, i, j]
-
-    parallel.for_each(add_block, _channel_blocks(dxt, dxt[0].size), threaded=_threaded(dxt))
-    return from_chwn(dxt, padding=geo.padding)
-
-
-# --- depthwise path: multiply-adds over kernel offsets -------------------------------------
-
-def _depthwise_forward(xt, weight, geo: Geometry):
-    """(O, Ho, Wo, N): out[c*k + m] = sum over (i, j) of W[c*k + m, 0, i, j] * window(i, j)[c]."""
-    k = geo.o // geo.c                                     # channel multiplier
-    wd = weight.reshape(geo.c, k, geo.kh, geo.kw, 1, 1, 1)
-    out = xp_of(xt).empty((geo.c, k, geo.ho, geo.wo, geo.n), dtype=xt.dtype)
-
-    def block(blk):
-        x_b, w_b, out_b = xt[blk], wd[blk], out[blk]
-        out_b[...] = 0
-        for i in range(geo.kh):
-            for j in range(geo.kw):
-                window = x_b[:, geo.rows(i), geo.cols(j), :]
-                for m in range(k):
-                    out_b[:, m] += window * w_b[:, m, i, j]
-
-    parallel.for_each(block, _channel_blocks(xt, k * geo.ho * geo.wo * geo.n),
-                      threaded=_threaded(out))
-    return out.reshape(geo.o, geo.ho, geo.wo, geo.n)
-
-
-def _depthwise_backward(gt, xt, weight, geo: Geometry, need_x, need_w):
-    xp = xp_of(gt)
-    k = geo.o // geo.c
-    wd = weight.reshape(geo.c, k, geo.kh, geo.kw, 1, 1, 1)
-    g5 = gt.reshape(geo.c, k, geo.ho, geo.wo, geo.n)
-    dxt = xp.empty(xt.shape, dtype=gt.dtype) if need_x else None
-    gw = xp.empty((geo.c, k, geo.kh, geo.kw), dtype=gt.dtype) if need_w else None
-
-    def block(blk):
-        x_b, w_b, g_b = xt[blk], wd[blk], g5[blk]
-        if need_x:
-            dxt[blk] = 0
-        for i in range(geo.kh):
-            for j in range(geo.kw):
-                rows, cols = geo.rows(i), geo.cols(j)
-                for m in range(k):
-                    if need_x:   # dx[window(i, j)] += W[c*k + m, i, j] * dy[c*k + m]
-                        dxt[blk, rows, cols, :] += g_b[:, m] * w_b[:, m, i, j]
-                    if need_w:   # dW[c*k + m, i, j] = <dy[c*k + m], window(i, j)[c]>
-                        gw[blk, m, i, j] = xp.einsum("cyxn,cyxn->c", g_b[:, m],
-                                                     x_b[:, rows, cols, :])
-
-    parallel.for_each(block, _channel_blocks(xt, k * geo.ho * geo.wo * geo.n),
-                      threaded=_threaded(xt))
-    gx = from_chwn(dxt, padding=geo.padding) if need_x else None
-    return gx, (gw.reshape(weight.shape) if need_w else None)
-
-

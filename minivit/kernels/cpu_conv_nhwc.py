@@ -45,74 +45,83 @@ class DepthwiseConv2dNHWCFast(DepthwiseConv2dNHWC):
 
     def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=((0, 0), (0, 0)),
                 dilation=(1, 1)):
-        c = check_depthwise(x, weight, bias)
-        n, h, w = x.shape[:3]
-        kh, kw = weight.shape[2:]
-        ho, wo = check_nhwc(x, (kh, kw), padding, stride, dilation)
-        (pt, pb), (pl, pr) = padding
-        add_flops(2 * n * ho * wo * c * kh * kw)
-        xp = xp_of(x)
-        xpad = xp.empty((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
-        # (kh*kw, Wo, C): each tap's C weights repeated along a row of the output, so that a
-        # product with a window runs as one loop over a whole output row of Wo*C numbers (a
-        # (C,) vector broadcast against (n, Ho, Wo, C) costs a loop per Wo position: 1.2-1.8x
-        # slower here)
-        taps = xp.ascontiguousarray(xp.broadcast_to(weight.reshape(c, kh * kw).T[:, None, :],
-                                                    (kh * kw, wo, c)))
-        offsets = windows((kh, kw), stride, dilation, (ho, wo))
-        out = xp.empty((n, ho, wo, c), dtype=x.dtype)
-
-        def block(blk):
-            o, xb = out[blk], xpad[blk]
-            _pad_into(xb, x[blk], pt, pl)   # the padded copy, block by block while in cache
-            tmp = xp.empty_like(o)
-            for t, (rows, cols) in enumerate(offsets):
-                if t == 0:
-                    xp.multiply(xb[:, rows, cols], taps[0], out=o)
-                else:
-                    o += xp.multiply(xb[:, rows, cols], taps[t], out=tmp)
-            if bias is not None:
-                o += bias
-
-        blocks = _image_blocks(n, ho * wo * c, backend.device_of(x))
-        parallel.for_each(block, blocks, threaded=_threaded(out))
+        check_depthwise(x, weight, bias)
+        check_nhwc(x, weight.shape[2:], padding, stride, dilation)
+        out, xpad, taps, ctx.geo = depthwise_forward(x, weight, bias, stride, padding, dilation)
         ctx.save_for_backward(xpad, taps)
-        ctx.geo = (x.shape, weight.shape, (pt, pl), offsets, blocks)
         ctx.has_bias = bias is not None
         return out
 
     def backward(ctx, g):
-        xpad, taps = ctx.saved_tensors
-        (n, h, w, c), w_shape, (pt, pl), offsets, blocks = ctx.geo
-        xp = xp_of(g)
-        g = xp.ascontiguousarray(g)
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dxpad = xp.empty(xpad.shape, dtype=g.dtype) if need_x else None
-        gx = xp.empty((n, h, w, c), dtype=g.dtype) if need_x else None
-        partial = xp.empty((len(blocks), len(offsets), c), dtype=g.dtype) if need_w else None
+        gx, gw, gb = depthwise_backward(g, *ctx.saved_tensors, ctx.geo, ctx.needs_input_grad)
+        return (gx, gw, gb) if ctx.has_bias else (gx, gw)
 
-        def block(k):
-            blk = blocks[k]
-            gb, xb = g[blk], xpad[blk]
-            if need_x:
-                tmp = xp.empty_like(gb)
-                dxb = dxpad[blk]
-                dxb[...] = 0
-            for t, (rows, cols) in enumerate(offsets):
-                if need_w:  # <dout, window(i, j)> per channel: einsum multiplies and sums in
-                    #          one sweep, no product array (3x faster than multiply + a gemv)
-                    partial[k, t] = xp.einsum("nhwc,nhwc->c", gb, xb[:, rows, cols])
-                if need_x:
-                    dxb[:, rows, cols] += xp.multiply(gb, taps[t], out=tmp)
-            if need_x:
-                gx[blk] = dxb[:, pt:pt + h, pl:pl + w]
 
-        parallel.for_each(block, range(len(blocks)), threaded=_threaded(g))
-        gw = partial.sum(axis=0).T.reshape(w_shape) if need_w else None
-        if not ctx.has_bias:
-            return gx, gw
-        gb = parallel.sum_rows(lambda a: a, g.reshape(-1, c)) if ctx.needs_input_grad[2] else None
-        return gx, gw, gb
+def depthwise_forward(x, weight, bias, stride, padding, dilation):
+    """(out, xpad, taps, geometry) of the depthwise conv of a checked (N, H, W, C) x; the NCHW
+    conv's depthwise path (``cpu_conv``) uses it too: the one fast depthwise convolution."""
+    n, h, w, c = x.shape
+    kh, kw = weight.shape[2:]
+    ho, wo = check_nhwc(x, (kh, kw), padding, stride, dilation)
+    (pt, pb), (pl, pr) = padding
+    add_flops(2 * n * ho * wo * c * kh * kw)
+    xp = xp_of(x)
+    xpad = xp.empty((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
+    # (kh*kw, Wo, C): each tap's C weights repeated along a row of the output, so that a
+    # product with a window runs as one loop over a whole output row of Wo*C numbers (a (C,)
+    # vector broadcast against (n, Ho, Wo, C) costs a loop per Wo position: 1.2-1.8x slower)
+    taps = xp.ascontiguousarray(xp.broadcast_to(weight.reshape(c, kh * kw).T[:, None, :],
+                                                (kh * kw, wo, c)))
+    offsets = windows((kh, kw), stride, dilation, (ho, wo))
+    out = xp.empty((n, ho, wo, c), dtype=x.dtype)
+
+    def block(blk):
+        o, xb = out[blk], xpad[blk]
+        _pad_into(xb, x[blk], pt, pl)   # the padded copy, block by block while in cache
+        tmp = xp.empty_like(o)
+        for t, (rows, cols) in enumerate(offsets):
+            if t == 0:
+                xp.multiply(xb[:, rows, cols], taps[0], out=o)
+            else:
+                o += xp.multiply(xb[:, rows, cols], taps[t], out=tmp)
+        if bias is not None:
+            o += bias
+
+    blocks = _image_blocks(n, ho * wo * c, backend.device_of(x))
+    parallel.for_each(block, blocks, threaded=_threaded(out))
+    return out, xpad, taps, (x.shape, weight.shape, (pt, pl), offsets, blocks)
+
+
+def depthwise_backward(g, xpad, taps, geo, need):
+    """(dx, dW, db) of ``depthwise_forward`` (each None where ``need`` says so)."""
+    (n, h, w, c), w_shape, (pt, pl), offsets, blocks = geo
+    xp = xp_of(g)
+    g = xp.ascontiguousarray(g)
+    need_x, need_w = need[0], need[1]
+    dxpad = xp.empty(xpad.shape, dtype=g.dtype) if need_x else None
+    gx = xp.empty((n, h, w, c), dtype=g.dtype) if need_x else None
+    partial = xp.empty((len(blocks), len(offsets), c), dtype=g.dtype) if need_w else None
+
+    def block(k):
+        blk = blocks[k]
+        gb, xb = g[blk], xpad[blk]
+        if need_x:
+            tmp = xp.empty_like(gb)
+            dxb = dxpad[blk]
+            dxb[...] = 0
+        for t, (rows, cols) in enumerate(offsets):
+            if need_w:  # <dout, window(i, j)> per channel: einsum multiplies and sums in one
+                #          sweep, no product array (3x faster than multiply + a gemv)
+                partial[k, t] = xp.einsum("nhwc,nhwc->c", gb, xb[:, rows, cols])
+            if need_x:
+                dxb[:, rows, cols] += xp.multiply(gb, taps[t], out=tmp)
+        if need_x:
+            gx[blk] = dxb[:, pt:pt + h, pl:pl + w]
+
+    parallel.for_each(block, range(len(blocks)), threaded=_threaded(g))
+    gw = partial.sum(axis=0).T.reshape(w_shape) if need_w else None
+    gb = parallel.sum_rows(lambda a: a, g.reshape(-1, c)) if len(need) > 2 and need[2] else None
+    return gx, gw, gb
 
 
 def _pad_into(dst, src, top: int, left: int) -> None:
@@ -144,40 +153,51 @@ class Conv2dNHWCFast(Conv2dNHWC):
 
     def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=((0, 0), (0, 0)),
                 dilation=(1, 1)):
-        ho, wo = check_conv_nhwc(x, weight, bias, stride, padding, dilation)
-        n, h, w, c = x.shape
-        o, _, kh, kw = weight.shape
-        add_flops(2 * n * ho * wo * o * c * kh * kw)
-        xp = xp_of(x)
-        wm = weight.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)     # (O, (i, j, c)), a copy
-        pointwise = (kh, kw) + tuple(stride) == (1, 1, 1, 1) and padding == ((0, 0), (0, 0))
-        cols = x.reshape(n * h * w, c) if pointwise else _im2col(x, (kh, kw), padding, stride,
-                                                                 dilation, (ho, wo))
-        y = cols @ wm.T
-        if bias is not None:
-            parallel.add_rows_(y, bias)
+        check_conv_nhwc(x, weight, bias, stride, padding, dilation)
+        y, cols, wm, ctx.geo = conv_forward(x, weight, bias, stride, padding, dilation)
         ctx.save_for_backward(cols, wm)
-        ctx.geo = (x.shape, weight.shape, padding, stride, dilation, (ho, wo), pointwise)
         ctx.has_bias = bias is not None
-        return y.reshape(n, ho, wo, o)
+        return y
 
     def backward(ctx, g):
-        cols, wm = ctx.saved_tensors
-        x_shape, w_shape, padding, stride, dilation, (ho, wo), pointwise = ctx.geo
-        o, c, kh, kw = w_shape
-        g2 = g.reshape(-1, o)
-        need = ctx.needs_input_grad
-        gw = gx = None
-        if need[1]:
-            gw = (g2.T @ cols).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
-            gw = xp_of(g).ascontiguousarray(gw)
-        if need[0]:
-            dcols = g2 @ wm
-            gx = dcols.reshape(x_shape) if pointwise else _col2im(
-                dcols, x_shape, (kh, kw), padding, stride, dilation, (ho, wo))
-        if not ctx.has_bias:
-            return gx, gw
-        return gx, gw, (parallel.sum_rows(lambda a: a, g2) if need[2] else None)
+        gx, gw, gb = conv_backward(g, *ctx.saved_tensors, ctx.geo, ctx.needs_input_grad)
+        return (gx, gw, gb) if ctx.has_bias else (gx, gw)
+
+
+def conv_forward(x, weight, bias, stride, padding, dilation):
+    """(y, cols, Wm, geometry) of the dense conv of a checked (N, H, W, C) x, groups 1; the
+    NCHW conv (``cpu_conv``) uses it too: the one fast im2col."""
+    n, h, w, c = x.shape
+    o, _, kh, kw = weight.shape
+    ho, wo = check_nhwc(x, (kh, kw), padding, stride, dilation)
+    add_flops(2 * n * ho * wo * o * c * kh * kw)
+    wm = weight.transpose(0, 2, 3, 1).reshape(o, kh * kw * c)     # (O, (i, j, c)), a copy
+    pointwise = (kh, kw) + tuple(stride) == (1, 1, 1, 1) and padding == ((0, 0), (0, 0))
+    cols = x.reshape(n * h * w, c) if pointwise else _im2col(x, (kh, kw), padding, stride,
+                                                             dilation, (ho, wo))
+    y = cols @ wm.T
+    if bias is not None:
+        parallel.add_rows_(y, bias)
+    geo = (x.shape, weight.shape, padding, stride, dilation, (ho, wo), pointwise)
+    return y.reshape(n, ho, wo, o), cols, wm, geo
+
+
+def conv_backward(g, cols, wm, geo, need):
+    """(dx, dW, db) of ``conv_forward`` (each None where ``need`` says so)."""
+    x_shape, w_shape, padding, stride, dilation, (ho, wo), pointwise = geo
+    o, c, kh, kw = w_shape
+    g2 = g.reshape(-1, o)
+    gw = gx = gb = None
+    if need[1]:
+        gw = (g2.T @ cols).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
+        gw = xp_of(g).ascontiguousarray(gw)
+    if need[0]:
+        dcols = g2 @ wm
+        gx = dcols.reshape(x_shape) if pointwise else _col2im(
+            dcols, x_shape, (kh, kw), padding, stride, dilation, (ho, wo))
+    if len(need) > 2 and need[2]:
+        gb = parallel.sum_rows(lambda a: a, g2)
+    return gx, gw, gb
 
 
 def _im2col(x, kernel, padding, stride, dilation, out_hw):
