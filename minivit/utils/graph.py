@@ -123,16 +123,12 @@ def to_dot(tensor: Tensor, params: dict | None = None, inputs: dict | None = Non
     return "\n".join(lines) + "\n"
 
 
-def write_graph(dot_text: str, out: str | Path) -> Path:
-    """Write DOT text to ``out``: ``.dot``/``.gv`` as text, ``.svg``/``.png``/``.pdf``
-    rendered by Graphviz's ``dot`` program (a clear error when it is not installed)."""
-    from ..checkpoint import atomic_write  # noqa: PLC0415
-
-    out = Path(out)
+def check_graph_output(out: Path) -> tuple[str, str | None]:
+    """The format of ``out`` and the ``dot`` program that renders it (None for DOT text);
+    a clear error for an unknown extension or a missing Graphviz."""
     fmt = out.suffix.lower().lstrip(".")
     if fmt in ("dot", "gv"):
-        atomic_write(out, lambda f: f.write(dot_text.encode()))
-        return out
+        return fmt, None
     if fmt not in ("svg", "png", "pdf"):
         raise ValueError(f"--out {out}: unknown graph format {out.suffix or '(none)'!r}; "
                          f"expected .dot, .gv, .svg, .png or .pdf")
@@ -141,6 +137,19 @@ def write_graph(dot_text: str, out: str | Path) -> Path:
         raise RuntimeError(f"writing {out} needs Graphviz's `dot` program, which is not on "
                            f"PATH: install Graphviz (apt-get install graphviz, brew install "
                            f"graphviz) or write a .dot file")
+    return fmt, dot
+
+
+def write_graph(dot_text: str, out: str | Path) -> Path:
+    """Write DOT text to ``out``: ``.dot``/``.gv`` as text, ``.svg``/``.png``/``.pdf``
+    rendered by Graphviz's ``dot`` program (a clear error when it is not installed)."""
+    from ..checkpoint import atomic_write  # noqa: PLC0415
+
+    out = Path(out)
+    fmt, dot = check_graph_output(out)
+    if dot is None:
+        atomic_write(out, lambda f: f.write(dot_text.encode()))
+        return out
     res = subprocess.run([dot, f"-T{fmt}"], input=dot_text.encode(), capture_output=True)
     if res.returncode != 0:
         raise RuntimeError(f"dot -T{fmt} failed: {res.stderr.decode(errors='replace').strip()}")
@@ -198,6 +207,7 @@ def training_step_graph(model_name: str, batch_size: int = 2, block: str | None 
 
 def graph_command(args) -> int:
     """``minivit graph MODEL --out FILE``."""
+    check_graph_output(Path(args.out))     # before the model is built
     text = training_step_graph(args.model, batch_size=args.batch_size, block=args.block)
     out = write_graph(text, args.out)
     n_ops = text.count("shape=box")
