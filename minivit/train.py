@@ -8,6 +8,7 @@ checkpoints ``last.npz`` and ``best.npz`` (model, optimizer, schedule, epoch, RN
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,8 +23,7 @@ import minivit
 from . import nn, optim
 from .autograd import backend
 from .config_cli import format_value, is_recipe, option_name, setting
-from .checkpoint import (CheckpointError, atomic_write, checkpoint_tree, is_checkpoint,
-                         load_checkpoint, read_npz, save_checkpoint)
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from .data import CIFARLoader, load_dataset
 from .models import create_model, list_models
 from .nn import functional as F
@@ -95,6 +95,9 @@ class TrainConfig:
     eval_batch_size: int = setting(256, "images per evaluation step",
                                    aliases=("--validation-batch-size",), recipe=False)
     progress: bool = setting(True, "progress bars", recipe=False)
+    reference: bool = setting(False, "run every op on its reference body, the plain math of its "
+                              "docstring (slower; the same results to float32 rounding)",
+                              recipe=False)
     log_interval: int | None = setting(None, "every N steps, one JSON line in RUN/steps.jsonl: "
                                        "loss, lr, gradient norms and update ratios per block, "
                                        "img/s (minivit/utils/diagnostics.py)", metavar="N",
@@ -118,7 +121,8 @@ class TrainConfig:
         for name in ("train_limit", "test_limit", "log_interval"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
-                bad(name, v, "an integer >= 1 (or unset: all images)")
+                bad(name, v, "an integer >= 1 (or unset: " + ("no steps.jsonl)" if
+                             name == "log_interval" else "all images)"))
         for name in ("lr", "min_lr", "weight_decay", "mixup", "cutmix"):
             if not getattr(self, name) >= 0:   # also catches NaN
                 bad(name, getattr(self, name), ">= 0")
@@ -185,16 +189,16 @@ def _state_dict_problems(exc: Exception) -> str:
 
 
 def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str) -> None:
-    """Copy starting weights into ``model``: a plain ``.npz`` of a state dict (parameter name ->
-    array, e.g. saved from timm with ``np.savez``), a minivit checkpoint, or a run folder."""
+    """Copy starting weights into ``model``: a state dict (parameter name -> array, timm's
+    names) as ``.safetensors`` or plain ``.npz``, a minivit checkpoint, or a run folder."""
+    from .weights import load_state_dict_file  # noqa: PLC0415
+
     path = Path(path)
     file = path / "last.npz" if path.is_dir() else path
     if not file.is_file():
         raise TrainingError(f"--init-weights {file}: no such file")
     try:
-        state = read_npz(file, ".npz file")
-        if is_checkpoint(state):  # a training checkpoint: take its model
-            state = checkpoint_tree(state, file)["model"]
+        state = load_state_dict_file(file)
     except CheckpointError as exc:
         raise TrainingError(f"--init-weights {exc}") from None
     try:
@@ -376,6 +380,13 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
             if not is_recipe(f) and f.name != "out":
                 setattr(saved, f.name, getattr(cfg, f.name))
         cfg, cfg.out = saved, str(run)
+    # reference=True: every op on its reference body (minivit.reference_mode)
+    with minivit.reference_mode() if cfg.reference else contextlib.nullcontext():
+        return _fit(cfg, resume, log, stop_after_epochs)
+
+
+def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | None) -> dict:
+    """The run of ``fit`` once ``cfg`` is settled."""
     cfg.validate()
     device = backend.check_device(cfg.device)
     out = _prepare_out(cfg.out, resume is not None)
@@ -400,7 +411,7 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     if out is not None and resume is None:
         atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_json(), indent=2).encode()))
 
-    n_params = sum(p.size for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.model}: {n_params:,} parameters; {cfg.dataset}: {len(train_loader.x)} train / "
         f"{len(test_loader.x)} test images; {cfg.epochs} epochs on {device}")
     metrics: dict = {}
