@@ -143,7 +143,7 @@ def test_summary_totals_equal_num_parameters_and_the_bench_flop_count(name):
     # a row's parameters are its own plus its children's
     by_name = {r.name: r for r in s.rows}
     for mname, m in model.named_modules():
-        assert by_name[mname].params == sum(p.size for p in m.parameters())
+        assert by_name[mname].params == sum(p.numel() for p in m.parameters())
     assert "total params: " + f"{model.num_parameters():,}" in str(s)
 
 

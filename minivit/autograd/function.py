@@ -98,7 +98,9 @@ class Function:
         return cls.name or cls.__name__.lower()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__}Backward>"   # PyTorch's grad_fn names: <MulBackward0>
+        # PyTorch's grad_fn names (<MulBackward0>); a fast body is named by the op it speeds up
+        op = getattr(type(self), "reference", None) or type(self)
+        return f"<{op.__name__}Backward>"
 
     _tensor_hooks = None   # hooks registered on this op's outputs: {output index: {id: hook}}
 

@@ -130,7 +130,7 @@ def summary(model, input_size=(3, 32, 32), batch_size: int = 1, depth: int | Non
 
     named = list(model.named_modules())
     stats = {id(m): SummaryRow(name, type(m).__name__, name.count(".") + bool(name), [],
-                               sum(p.size for p in m.parameters()), 0) for name, m in named}
+                               sum(p.numel() for p in m.parameters()), 0) for name, m in named}
     running: dict = {}
 
     def pre(mod, args):
