@@ -33,3 +33,5 @@ float64 = "float64"
 int64 = long = "int64"   # minivit.tensor(labels, dtype=minivit.long)
 
 __version__ = "0.1.0"
+
+from . import utils  # noqa: E402  (to_dot, summary, capture_attention: minivit.utils.*)
