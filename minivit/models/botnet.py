@@ -186,12 +186,25 @@ def _shortcut(in_chs: int, out_chs: int, stride: int) -> nn.Module:
     return nn.Identity()
 
 
-class BottleneckBlock(nn.Module):
-    """ResNet bottleneck (He et al. 2016, Fig. 5): 1x1 -> 3x3 (stride) -> 1x1, + shortcut, ReLU.
+class _ResidualBlock(nn.Module):
+    """What both residual blocks share: ``y = ReLU(shortcut(x) + DropPath(BN(conv3_1x1(
+    body(x)))))``, with shortcut = 1x1 conv (stride) + BN when width or stride change, else
+    identity. Each block builds ``shortcut`` and its ``body`` layers, then ``_end``."""
 
-    Shortcut: 1x1 conv (stride) + BN when width or stride change, else identity. Runs on
-    channels-last (B, H, W, C) maps.
-    """
+    def _end(self, mid: int, out_chs: int, drop_path: float) -> None:
+        self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, apply_act=False, channels_last=True)
+        self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.act = nn.ReLU()
+
+    def forward(self, x):  # x: (B, H, W, C), channels last
+        shortcut = self.shortcut(x)
+        x = self.conv3_1x1(self.body(x))
+        x = self.drop_path(x)
+        return self.act(x + shortcut)
+
+
+class BottleneckBlock(_ResidualBlock):
+    """ResNet bottleneck (He et al. 2016, Fig. 5): 1x1 -> 3x3 (stride) -> 1x1, + shortcut, ReLU."""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, bottle_ratio: float,
                  drop_path: float = 0.0, **_):
@@ -200,24 +213,17 @@ class BottleneckBlock(nn.Module):
         self.shortcut = _shortcut(in_chs, out_chs, stride)
         self.conv1_1x1 = ConvNormAct(in_chs, mid, 1, channels_last=True)
         self.conv2_kxk = ConvNormAct(mid, mid, 3, stride=stride, channels_last=True)
-        self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, apply_act=False, channels_last=True)
-        self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.act = nn.ReLU()
+        self._end(mid, out_chs, drop_path)
 
-    def forward(self, x):
-        shortcut = self.shortcut(x)
-        x = self.conv1_1x1(x)
-        x = self.conv2_kxk(x)
-        x = self.conv3_1x1(x)
-        x = self.drop_path(x)
-        return self.act(x + shortcut)
+    def body(self, x):
+        return self.conv2_kxk(self.conv1_1x1(x))
 
 
-class SelfAttnBlock(nn.Module):
+class SelfAttnBlock(_ResidualBlock):
     """BoT block (paper Fig. 3 right): 1x1 -> MHSA (+ 2x2 avg pool if stride 2) -> BN, ReLU
     -> 1x1 -> BN, + shortcut, ReLU. timm ``SelfAttnBlock`` with ``post_attn`` BN+ReLU.
 
-    ``feat_size`` is the map size the attention sees: the block's *input* size. Channels last.
+    ``feat_size`` is the map size the attention sees: the block's *input* size.
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, bottle_ratio: float,
@@ -230,18 +236,10 @@ class SelfAttnBlock(nn.Module):
         self.self_attn = BottleneckAttn(mid, mid, feat_size, stride=stride, num_heads=num_heads,
                                         scale_pos_embed=scale_pos_embed)
         self.post_attn = nn.BatchNormAct2d(mid, channels_last=True)
-        self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, apply_act=False, channels_last=True)
-        self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.act = nn.ReLU()
+        self._end(mid, out_chs, drop_path)
 
-    def forward(self, x):
-        shortcut = self.shortcut(x)
-        x = self.conv1_1x1(x)
-        x = self.self_attn(x)
-        x = self.post_attn(x)
-        x = self.conv3_1x1(x)
-        x = self.drop_path(x)
-        return self.act(x + shortcut)
+    def body(self, x):
+        return self.post_attn(self.self_attn(self.conv1_1x1(x)))
 
 
 class BoTNet(nn.Module):
