@@ -85,7 +85,7 @@ def test_maxvit_probabilities_equal_a_recomputation_with_the_relative_bias():
         out = qkv[mname + ".qkv"]
         B, N, _ = out.shape
         t = out.reshape(B, N, 3, attn.num_heads, -1).transpose(2, 0, 3, 1, 4)
-        bias = attn.rel_pos.get_bias().numpy().astype(np.float64)
+        bias = attn.rel_pos().numpy().astype(np.float64)
         ref = softmax(t[0] @ t[1].swapaxes(-1, -2) * attn.scale + bias)
         np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-6)
 
