@@ -194,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="default RUN/curves.png")
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("--count", action="store_true", help="with parameter counts")
-    p = sub.add_parser("bench", help="throughput, memory and utilisation of the CIFAR models")
+    p = sub.add_parser("bench", help="throughput, memory and utilisation of the models")
     p.add_argument("--model", nargs="*", default=None, metavar="NAME",
-                   help="CIFAR models to measure, each in its own process (default: all five)")
+                   help="models to measure, each in its own process and at its own input size "
+                        "(e.g. 224x224 for vit_tiny_patch16_224; default: the five CIFAR models)")
     p.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
     p.add_argument("--steps", type=int, default=10,
