@@ -103,29 +103,49 @@ def _parse_model_arg(text: str) -> tuple[str, object]:
 
 
 def _eval(args) -> int:
+    from .checkpoint import CheckpointError, is_checkpoint, read_npz
     from .data import NUM_CLASSES, CIFARLoader, DatasetError, load_dataset
-    from .models import create_model
-    from .train import TrainConfig, evaluate, load_run_checkpoint
+    from .models import create_model, list_models
+    from .train import TrainConfig, evaluate, load_init_weights, load_run_checkpoint
 
     path = Path(args.run)
     file = path / ("best.npz" if args.best else "last.npz") if path.is_dir() else path
-    ckpt = load_run_checkpoint(file)
-    cfg = TrainConfig.from_json(ckpt["config"])
+    plain = file.is_file() and not (file.suffix == ".npz"
+                                    and is_checkpoint(read_npz(file, "minivit checkpoint")))
+    model_args = dict(_parse_model_arg(a) for a in args.model_arg)
+    if plain:   # a state dict (parameter name -> array), e.g. saved from timm: no config
+        if args.model is None:
+            raise CheckpointError(f"{file} is a plain state dict, not a minivit checkpoint (no "
+                                  f"training config in it): name its model with --model NAME")
+        if args.model not in list_models():
+            raise ValueError(f"unknown model {args.model!r}; known models: "
+                             f"{', '.join(list_models())}")
+        cfg, epoch = TrainConfig(model=args.model, model_args=model_args), None
+    else:
+        ckpt = load_run_checkpoint(file)
+        cfg, epoch = TrainConfig.from_json(ckpt["config"]), ckpt["epoch"]
+        if args.model is not None and args.model != cfg.model:
+            raise CheckpointError(f"{file} is a checkpoint of model {cfg.model!r}, not "
+                                  f"{args.model!r} (--model)")
     name = args.dataset or cfg.dataset
     trained, asked = NUM_CLASSES.get(cfg.dataset), NUM_CLASSES.get(name)
-    if trained and asked and trained != asked:   # before any download or read
+    if not plain and trained and asked and trained != asked:   # before any download or read
         raise DatasetError(f"{file} is a {cfg.model} trained on {cfg.dataset} ({trained} "
                            f"classes); it cannot be evaluated on {name} ({asked} classes)")
     ds = load_dataset(name, args.data if args.data else cfg.data)
     model = create_model(cfg.model, num_classes=ds.num_classes, **cfg.model_args)
-    load_run_checkpoint(file, model, cfg.model)
+    if plain:
+        load_init_weights(model, file, cfg.model, option="")
+    else:
+        load_run_checkpoint(file, model, cfg.model)
     model.to(args.device)
     x, y = (ds.x_test, ds.y_test) if not args.train else (ds.x_train, ds.y_train)
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
     loader = CIFARLoader(x, y, batch_size=256, shuffle=False, num_classes=ds.num_classes)
     ev = evaluate(model, loader, args.device, ds.num_classes, progress=True)
-    print(f"{cfg.model} from {file} (epoch {ckpt['epoch']}) on {args.dataset or cfg.dataset} "
+    origin = "a state dict" if plain else f"epoch {epoch}"
+    print(f"{cfg.model} from {file} ({origin}) on {name} "
           f"{'train' if args.train else 'test'} ({len(x)} images): accuracy "
           f"{100 * ev['acc']:.2f}%, loss {ev['loss']:.4f}")
     print(format_confusion(ev["confusion"], ds.class_names))
@@ -181,10 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"minivit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    p = sub.add_parser("eval", help="accuracy and confusion matrix of a run or checkpoint")
-    p.add_argument("run", help="a run folder (uses last.npz) or a .npz checkpoint")
+    p = sub.add_parser("eval", help="accuracy and confusion matrix of a run, checkpoint or "
+                                    "state dict")
+    p.add_argument("run", help="a run folder (uses last.npz), a .npz checkpoint, or a plain "
+                               "state dict (.npz of parameter name -> array; needs --model)")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="the model of a plain state dict (a checkpoint names its own)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --model: an entry of the model's configuration (repeatable)")
     p.add_argument("--best", action="store_true", help="use best.npz of the run folder")
-    p.add_argument("--dataset", default=None, help="default: the run's dataset")
+    p.add_argument("--dataset", default=None,
+                   help="default: the run's dataset (cifar10-subset for a state dict)")
     p.add_argument("--data", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--train", action="store_true", help="evaluate on the training split")

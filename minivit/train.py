@@ -180,23 +180,26 @@ def _state_dict_problems(exc: Exception) -> str:
     return detail if len(detail) <= 300 else detail[:297] + "..."
 
 
-def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str) -> None:
+def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str,
+                      option: str = "--init-weights") -> None:
     """Copy starting weights into ``model``: a plain ``.npz`` of a state dict (parameter name ->
-    array, e.g. saved from timm with ``np.savez``), a minivit checkpoint, or a run folder."""
+    array, e.g. saved from timm with ``np.savez``), a minivit checkpoint, or a run folder.
+    ``option``: the option errors name (``""``: none)."""
+    option = f"{option} " if option else ""
     path = Path(path)
     file = path / "last.npz" if path.is_dir() else path
     if not file.is_file():
-        raise TrainingError(f"--init-weights {file}: no such file")
+        raise TrainingError(f"{option}{file}: no such file")
     try:
         state = read_npz(file, ".npz file")
         if is_checkpoint(state):  # a training checkpoint: take its model
             state = checkpoint_tree(state, file)["model"]
     except CheckpointError as exc:
-        raise TrainingError(f"--init-weights {exc}") from None
+        raise TrainingError(f"{option}{exc}") from None
     try:
         model.load_state_dict(state, strict=True)
     except (KeyError, ValueError, RuntimeError) as exc:
-        raise TrainingError(f"--init-weights {file} does not fit model {model_name}: "
+        raise TrainingError(f"{option}{file} does not fit model {model_name}: "
                             f"{_state_dict_problems(exc)}") from None
 
 
