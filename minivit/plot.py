@@ -23,7 +23,8 @@ def plot_run(run: str | Path, output: str | Path | None = None) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
-        raise RuntimeError("plotting needs matplotlib: pip install 'minivit[plot]'") from None
+        raise RuntimeError('plotting needs matplotlib: pip install -e ".[plot]" in your minivit '
+                           'clone (or pip install matplotlib)') from None
     rows = read_metrics(run)
     epochs = [r["epoch"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))

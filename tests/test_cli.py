@@ -186,7 +186,7 @@ def test_plot_without_matplotlib_says_how_to_install_it(run_dir, tmp_path, monke
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     rc, _, err = run_cli(capsys, "plot", run_dir, "--output", tmp_path / "c.png")
-    assert_user_error(rc, err, r"needs matplotlib.*pip install")
+    assert_user_error(rc, err, r'needs matplotlib: pip install -e "\.\[plot\]"')
     assert not (tmp_path / "c.png").exists()
 
 

@@ -18,8 +18,8 @@ from . import parallel
 
 DEVICES = ("cpu", "cuda")
 GPU_INSTALL_HINT = (
-    "install the GPU extra that matches your CUDA driver: "
-    "pip install 'minivit[gpu]' (CUDA 12) or pip install 'minivit[gpu-cuda13]' (CUDA 13)"
+    "install the GPU extra that matches your CUDA driver, in your minivit clone: "
+    "pip install -e \".[gpu]\" (CUDA 12) or pip install -e \".[gpu-cuda13]\" (CUDA 13)"
 )
 
 _cupy = None
