@@ -240,7 +240,12 @@ COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "models": _models, "b
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import runtime
+
+    if argv is None:                 # the command itself (not a call from Python code)
+        runtime.reexec_with_blas_env()   # OpenBLAS reads its variable when NumPy loads
     args = build_parser().parse_args(argv)
+    runtime.tune()                   # allocator and BLAS settings: minivit/runtime.py
     from .checkpoint import CheckpointError
     from .data import DatasetError
     from .train import TrainingError

@@ -8,6 +8,7 @@ checkpoints ``last.npz`` and ``best.npz`` (model, optimizer, schedule, epoch, RN
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -95,6 +96,9 @@ class TrainConfig:
     eval_batch_size: int = setting(256, "images per evaluation step",
                                    aliases=("--validation-batch-size",), recipe=False)
     progress: bool = setting(True, "progress bars", recipe=False)
+    reference: bool = setting(False, "run every op on its reference body, the plain math of its "
+                              "docstring (slower; the same results to float32 rounding)",
+                              recipe=False)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -368,6 +372,13 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
             if not is_recipe(f) and f.name != "out":
                 setattr(saved, f.name, getattr(cfg, f.name))
         cfg, cfg.out = saved, str(run)
+    # reference=True: every op on its reference body (minivit.reference_mode)
+    with minivit.reference_mode() if cfg.reference else contextlib.nullcontext():
+        return _fit(cfg, resume, log, stop_after_epochs)
+
+
+def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | None) -> dict:
+    """The run of ``fit`` once ``cfg`` is settled."""
     cfg.validate()
     device = backend.check_device(cfg.device)
     out = _prepare_out(cfg.out, resume is not None)
