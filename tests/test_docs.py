@@ -120,7 +120,7 @@ def test_recipe_model_table_matches_the_models():
                                     "botnet_cifar", "ceit_cifar"]
     for name, _, params, gflops in rows:
         model = create_model(name, num_classes=10).eval()
-        assert sum(p.size for p in model.parameters()) == int(params.replace(",", "")), name
+        assert sum(p.numel() for p in model.parameters()) == int(params.replace(",", "")), name
         with count_flops() as c, minivit.no_grad():
             model(minivit.randn(1, 3, 32, 32))
         assert round(c.total / 1e9, 3) == float(gflops), name
