@@ -25,7 +25,8 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 # a path in the repository: dir/name, dir/, or a bare file name with a source extension
 PATH = re.compile(r"^(?:\.?[\w-]+/)+[\w.-]*$|^[\w-]+\.(?:py|md|toml|txt|cfg|ya?ml)$")
 NOT_IN_REPO = ("runs/", "http://", "https://", "/", "~")   # outputs, URLs, the user's own files
-COMMAND = re.compile(r"(?:^|[\s;&|(`])(?:python3? -m )?minivit[ \t]+([a-z][\w-]*)")
+COMMAND = re.compile(r"(?:^|[\s;&|(`])(?<!import )(?<!from )(?:python3? -m )?minivit[ \t]+"
+                     r"([a-z][\w-]*)")
 
 
 def text_of(page: Path) -> str:
@@ -81,7 +82,7 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     page = tmp_path / "x.md"
     page.write_text("See [the recipe](recipe.md), `minivit/cli.py`, `tests/`, `nowhere/x.py`, "
                     "`runs/vit` and `--lr 5`.\n\n```bash\nminivit train --lr 1\nminivit "
-                    "frobnicate\n```\n")
+                    "frobnicate\n```\n\n```python\nimport minivit as torch\n```\n")
     names = [name for name, _ in cited_paths(page)]
     assert names == ["recipe.md", "minivit/cli.py", "tests/", "nowhere/x.py"]
     assert {m for c in code_of(text_of(page)) for m in COMMAND.findall(c)} == \
