@@ -23,7 +23,8 @@ def _add_train(sub):
                    help="cifar10-subset (bundled, offline), cifar10 or cifar100")
     p.add_argument("--data", default=None, help="a CIFAR folder or .tar.gz (else the cache)")
     p.add_argument("--epochs", type=int, default=None, help="default 10 (resume: as saved)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="the global batch: under mpiexec -n N each rank takes 1/N of it")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr", type=float, default=0.0)
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -51,9 +52,13 @@ def _add_train(sub):
     p.add_argument("--train-limit", type=int, default=None, help="use the first N train images")
     p.add_argument("--test-limit", type=int, default=None, help="use the first N test images")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under mpiexec: BatchNorm statistics over all ranks' batches "
+                        "(default: each rank its own)")
 
 
 def _train(args) -> int:
+    from .distributed import get_world
     from .train import TrainConfig, fit
 
     model_args = dict(_parse_model_arg(a) for a in args.model_arg)
@@ -68,11 +73,11 @@ def _train(args) -> int:
         model_args=model_args, init_weights=args.init_weights, seed=args.seed,
         device=args.device, out=args.out,
         train_limit=args.train_limit, test_limit=args.test_limit,
-        progress=not args.no_progress)
+        progress=not args.no_progress, sync_bn=args.sync_bn)
     if args.resume is not None and args.epochs is None:
         cfg.epochs = 0  # keep the saved number of epochs
     m = fit(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
-    if "test_acc" in m:
+    if "test_acc" in m and get_world().is_main:   # under mpiexec: rank 0 reports
         print(f"final test accuracy {100 * m['test_acc']:.2f}%")
     return 0
 
@@ -210,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("MINIVIT_DEBUG"):
             raise
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"minivit {args.command}: error: {message}", file=sys.stderr)  # one line
+        from .distributed import world  # noqa: PLC0415  (under mpiexec: one report, all end)
+
+        if world.report_error(exc):
+            print(f"minivit {args.command}: error: {world.rank_prefix()}{message}",
+                  file=sys.stderr)  # one line
+        world.abort_after_error(2)
         return 2
     except KeyboardInterrupt:
         print(f"minivit {args.command}: interrupted (checkpoints written so far are kept)",

@@ -24,6 +24,7 @@ from .autograd import backend
 from .checkpoint import (CheckpointError, atomic_write, checkpoint_tree, is_checkpoint,
                          load_checkpoint, read_npz, save_checkpoint)
 from .data import CIFARLoader, load_dataset
+from .distributed import DataParallel
 from .models import create_model, list_models
 from .nn import functional as F
 from .progress import Progress
@@ -63,6 +64,7 @@ class TrainConfig:
     test_limit: int | None = None
     eval_batch_size: int = 256
     progress: bool = True
+    sync_bn: bool = False  # data parallel: BatchNorm statistics over all ranks' batches
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -179,8 +181,9 @@ def _to_device(array: np.ndarray, device: str) -> minivit.Tensor:
 
 
 def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | None = None,
-             progress: bool = False) -> dict:
-    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) on a loader."""
+             progress: bool = False, dp: DataParallel | None = None) -> dict:
+    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) on a loader
+    (``dp``: each rank evaluated its shard; the totals are summed over the ranks)."""
     was_training = model.training
     model.eval()
     n, loss_sum, correct = 0, 0.0, 0
@@ -189,6 +192,8 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
     with minivit.no_grad(), Progress(total=len(loader.x), desc="eval", unit="img",
                                       disable=not progress) as bar:
         for xb, yb in loader:
+            if len(yb) == 0:   # a rank's empty share of a batch smaller than the ranks
+                continue
             logits = model(_to_device(xb, device))
             loss = F.cross_entropy(logits, _to_device(yb, device))
             pred = backend.as_numpy(logits.data).argmax(axis=1)
@@ -197,6 +202,9 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
             np.add.at(confusion, (yb, pred), 1)
             n += len(yb)
             bar.update(len(yb))
+    if dp is not None:
+        loss_sum, correct, n, confusion = dp.sum(loss_sum, correct, n, confusion)
+        correct, n, confusion = int(correct), int(n), confusion.astype(np.int64)
     model.train(was_training)
     return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "confusion": confusion}
 
@@ -292,9 +300,16 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
         cfg, cfg.out = saved, str(run)
     cfg.validate()
     device = backend.check_device(cfg.device)
-    out = _prepare_out(cfg.out, resume is not None)
+    # --- data parallel (mpiexec -n N): rank 0 alone logs and writes; see minivit.distributed
+    dp = DataParallel.setup(log)
+    log, cfg.progress = dp.log, cfg.progress and dp.is_main
+    dp.select_device(device)
+    out = dp.from_main(_prepare_out, cfg.out, resume is not None)
+    out = out if dp.is_main else None
     minivit.manual_seed(cfg.seed)
-    ds, train_loader, test_loader = _loaders(cfg)
+    ds, train_loader, test_loader = dp.main_first(_loaders, cfg)   # rank 0 downloads first
+    train_loader, test_loader = dp.shard(train_loader, test_loader)
+    # ---
     model = build_model(cfg, ds.num_classes)
     if cfg.init_weights and resume is None:  # a resumed run takes its weights from last.npz
         load_init_weights(model, cfg.init_weights, cfg.model)
@@ -309,8 +324,10 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
         train_loader.load_state_dict(ckpt["loader"])
         backend.set_rng_state(ckpt["rng"])
         start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt["best_acc"])
-        _truncate_metrics(out / "metrics.jsonl", start_epoch)
-        log(f"resumed {out} after epoch {start_epoch}")
+        if out is not None:
+            _truncate_metrics(out / "metrics.jsonl", start_epoch)
+        log(f"resumed {resume} after epoch {start_epoch}")
+    dp.wrap(model, device, cfg.sync_bn)   # rank 0's weights to all; gradient averaging hooks
     if out is not None and resume is None:
         atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_json(), indent=2).encode()))
 
@@ -322,6 +339,7 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         train_loader.set_epoch(epoch)
+        dp.start_epoch(cfg.seed, epoch)
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
         with Progress(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -337,7 +355,7 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
                         f"The last good checkpoint is kept"
                         f"{' in ' + str(out / 'last.npz') if out else ''}; try a lower --lr")
                 opt.zero_grad()
-                loss.backward()
+                dp.backward(loss, train_loader)   # loss.backward(); over N ranks: averaged
                 if cfg.clip_grad:
                     optim.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 opt.step()
@@ -348,11 +366,15 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
                 loss_sum += loss_value * len(labels)
                 correct += int((pred == labels).sum())
                 seen += len(labels)
-                bar.update(len(labels))
+                bar.update(dp.images_in_step(train_loader, len(labels)))
                 bar.set_postfix(loss=loss_sum / seen, acc=correct / seen,
-                                img_s=seen / max(time.perf_counter() - t0, 1e-9))
+                                img_s=bar.n / max(time.perf_counter() - t0, 1e-9))
         train_time = time.perf_counter() - t0
-        ev = evaluate(model, test_loader, device)
+        loss_sum, correct, seen = dp.sum(loss_sum, correct, seen)   # over all ranks
+        dp.before_eval(model)   # rank 0's BatchNorm running statistics on every rank
+        # evaluation sums over the ranks: past it, every rank has finished the epoch, so the
+        # checkpoint below (rank 0) is only written once all of them have
+        ev = evaluate(model, test_loader, device, dp=dp if dp.active else None)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "test_loss": ev["loss"], "test_acc": ev["acc"],
                    "lr": float(sched.get_last_lr()[0]), "epoch_time_s": train_time,

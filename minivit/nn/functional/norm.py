@@ -176,7 +176,7 @@ class BatchNorm(Function):
     """
 
     def forward(ctx, x, *wb, mean=None, var=None, eps=1e-5, has_w=True, has_b=True,
-                stats_out=None, act=None, has_r=False):
+                stats_out=None, act=None, has_r=False, sum_across=None):
         xp = xp_of(x)
         if has_r:
             *wb, r = wb
@@ -184,9 +184,13 @@ class BatchNorm(Function):
         count = x.size // x.shape[1]
         batch_stats = mean is None
         if batch_stats:  # two passes: the mean, then the squares around it
-            mean = _channel_sums(lambda a: a, xv, col)[0] / count
+            sums = _channel_sums(lambda a: a, xv, col)[0]
+            if sum_across is not None:   # SyncBatchNorm: sums and count over all the ranks
+                sums, count = _sum_across(sum_across, (sums,), count)
+            mean = sums / count
             mu = _per_channel(mean, col)
-            var = _channel_sums(lambda a: _square(a - mu), xv, col)[0] / count
+            sq = _channel_sums(lambda a: _square(a - mu), xv, col)[0]
+            var = (_sum_across(sum_across, (sq,))[0] if sum_across is not None else sq) / count
         rstd = 1 / xp.sqrt(var + eps)
         scale = rstd * wb[0] if has_w else rstd
         shift = -mean * scale + wb[-1] if has_b else -mean * scale
@@ -203,11 +207,11 @@ class BatchNorm(Function):
             y = parallel.blockwise(scale_shift, xv, *rv, out=parallel.empty_like(xv))
             kept = y if has_r and act else None   # with r, the ReLU's mask is y > 0
         ctx.batch_stats, ctx.has_w, ctx.has_b, ctx.act = batch_stats, has_w, has_b, act
-        ctx.has_r = has_r
+        ctx.has_r, ctx.sum_across, ctx.count = has_r, sum_across, count
         ctx.save_for_backward(xv, mean, rstd, wb[0] if has_w else None,
                               (a, c, kept) if act else None)
         if stats_out is not None and batch_stats:  # handed back for the running-stat update
-            stats_out.extend((mean, var))
+            stats_out.extend((mean, var, count))
         return y.reshape(x.shape)
 
     def backward(ctx, g):
@@ -242,9 +246,11 @@ class BatchNorm(Function):
         if need[0]:
             k = rstd if w is None else rstd * w                    # w / σ per channel
             if ctx.batch_stats:  # (g - mean(g) - x̂ mean(g x̂)) k  =  g k + x α + β
-                count = g.size // g.shape[1]
-                q = sum_gx / count * rstd * k
-                alpha, beta = -q, mean * q - sum_g / count * k
+                count, all_g, all_gx = ctx.count, sum_g, sum_gx
+                if ctx.sum_across is not None:  # the means over every rank's batch; the
+                    all_g, all_gx = _sum_across(ctx.sum_across, (sum_g, sum_gx))  # w, b: local
+                q = all_gx / count * rstd * k
+                alpha, beta = -q, mean * q - all_g / count * k
                 kc, ac, bc = (_per_channel(v, col) for v in (k, alpha, beta))
                 gx = parallel.blockwise(lambda g_, v, out: _input_grad(g_, v, kc, ac, bc, out[0]),
                                         gv, xv, out=parallel.empty_like(gv))
@@ -288,6 +294,19 @@ def _input_grad(g, v, k, alpha, beta, out):
     return out
 
 
+def _sum_across(sum_across, vectors, count=None):
+    """Per-channel sums (and a count) added up over the ranks in ONE call of ``sum_across``
+    (it sums a float64 array over all ranks in place); the sums come back in their dtype."""
+    xp = xp_of(vectors[0])
+    parts = [v.astype("float64") for v in vectors]
+    if count is not None:
+        parts.append(xp.full(1, count, dtype="float64"))
+    total = sum_across(xp.concatenate(parts))
+    c = vectors[0].shape[0]
+    out = tuple(total[i * c:(i + 1) * c].astype(vectors[0].dtype) for i in range(len(vectors)))
+    return out if count is None else out + (float(total[-1]),)
+
+
 def _channels_view(x):
     """(N, C) stays 2-D (channels in columns); anything longer becomes (N, C, L)."""
     return (x, True) if x.ndim == 2 else (x.reshape(x.shape[0], x.shape[1], -1), False)
@@ -326,7 +345,7 @@ def _raw(t):
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5, *, act: str | None = None,
-               residual=None):
+               residual=None, sum_across=None):
     """Batch normalisation over axis 1 of (N, C), (N, C, L) or (N, C, H, W).
 
     ``training=True``: normalise with the batch mean and biased variance, and update the running
@@ -336,7 +355,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
     ``act`` (not in PyTorch's signature): ``"relu"``, ``"gelu"`` or ``"gelu_tanh"`` returns
     that activation of the result from one fused op (see ``BatchNorm``). ``residual`` (also
     not in PyTorch's), a tensor of x's shape: returns act(BN(x) + residual), the end of a
-    ResNet block (act None or ``"relu"``), from the same one op.
+    ResNet block (act None or ``"relu"``), from the same one op. ``sum_across`` (data
+    parallelism, ``--sync-bn``): a function summing a float64 array over the ranks in place;
+    the batch statistics, and the means in their gradient, are then those of every rank's
+    batch together (PyTorch's ``SyncBatchNorm``).
     """
     if act not in (None, "relu", "gelu", "gelu_tanh"):
         raise ValueError(f"batch_norm: act must be None, 'relu', 'gelu' or 'gelu_tanh', "
@@ -370,9 +392,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
     stats = []
     y = BatchNorm.apply(x, *wb, mean=mean, var=var, eps=eps, has_w=weight is not None,
                         has_b=bias is not None, stats_out=stats, act=act,
-                        has_r=residual is not None)
+                        has_r=residual is not None, sum_across=sum_across)
     if training and running_mean is not None and running_var is not None:
-        mu, v = stats
+        mu, v, count = stats
         _ema(_raw(running_mean), mu, momentum)
         _ema(_raw(running_var), v * (count / (count - 1)), momentum)  # unbiased
     return y
