@@ -12,88 +12,97 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULTS_NOTE = ("defaults: AdamW lr 1e-3, weight decay 0.05 (none on norms, biases, tokens), "
-                 "1 warmup epoch then cosine, label smoothing 0.1, crop+flip, batch 128")
-
-
 def _add_train(sub):
-    p = sub.add_parser("train", help="train a model on CIFAR", description=DEFAULTS_NOTE)
-    p.add_argument("--model", default="vit_cifar", help="registry name (see `minivit models`)")
-    p.add_argument("--dataset", default="cifar10-subset",
-                   help="cifar10-subset (bundled, offline), cifar10 or cifar100")
-    p.add_argument("--data", default=None, help="a CIFAR folder or .tar.gz (else the cache)")
-    p.add_argument("--epochs", type=int, default=None, help="default 10 (resume: as saved)")
-    p.add_argument("--batch-size", type=int, default=128,
-                   help="the global batch: under mpiexec -n N each rank takes 1/N of it")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--min-lr", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--augment", default="standard", choices=["none", "standard", "randaugment"])
-    p.add_argument("--mixup", type=float, default=0.0, help="Beta alpha; 0 = off")
-    p.add_argument("--cutmix", type=float, default=0.0, help="Beta alpha; 0 = off")
-    p.add_argument("--clip-grad", type=float, default=None)
-    p.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an entry of the model's configuration, e.g. --model-arg "
-                        "depth=2 (repeatable; values are Python literals, else strings)")
-    p.add_argument("--init-weights", default=None, metavar="FILE",
-                   help="start from these weights instead of the seed's initialisation: a "
-                        ".npz of a state dict (timm's names), a checkpoint or a run folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", default=None, help="run folder (config, metrics, checkpoints)")
+    from .config_cli import add_config_arguments
+    from .train import TrainConfig
+
+    p = sub.add_parser(
+        "train", help="train a model on CIFAR",
+        description="Train a model on CIFAR with the recipe of docs/recipe.md. Every option "
+                    "is a field of minivit.train.TrainConfig; precedence: options typed here, "
+                    "then -c FILE, then the defaults shown. timm's train.py spellings are "
+                    "accepted (-b, --opt, --sched, --smoothing, --output, --model-kwargs, "
+                    "--initial-checkpoint).")
+    p.add_argument("-c", "--config", default=None, metavar="FILE",
+                   help="read settings from a JSON or TOML file (field names as keys, e.g. a "
+                        "run's config.json); options typed on the command line win")
     p.add_argument("--resume", default=None, metavar="RUN",
-                   help="continue a run folder with its saved config (other options are ignored)")
+                   help="continue a run folder with its saved recipe (options that would "
+                        "change the recipe are an error; --device, --data, --no-progress may "
+                        "change)")
     p.add_argument("--stop-after-epochs", type=int, default=None, metavar="N",
                    help="stop once N epochs are done (the schedule still spans --epochs); "
                         "continue later with --resume")
-    p.add_argument("--train-limit", type=int, default=None, help="use the first N train images")
-    p.add_argument("--test-limit", type=int, default=None, help="use the first N test images")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="under mpiexec: BatchNorm statistics over all ranks' batches "
-                        "(default: each rank its own)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="not supported: minivit downloads no weights (see --initial-checkpoint)")
+    add_config_arguments(p.add_argument_group(
+        "settings of the run (the fields of minivit.train.TrainConfig)"), TrainConfig)
+
+
+def default_run_folder(model: str, root: str | Path = "runs") -> str:
+    """``runs/MODEL-YYYYmmdd-HHMMSS`` (``-2``, ``-3``... appended if that folder exists)."""
+    import time
+
+    base = Path(root) / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return str(path)
+
+
+def train_config_from_args(args):
+    """The TrainConfig of ``minivit train``: typed options over ``-c FILE`` over the defaults
+    (or, with ``--resume``, over the run's saved config)."""
+    import json
+
+    from .config_cli import given_config_values, load_config_file
+    from .train import TrainConfig, TrainingError
+
+    if args.pretrained:
+        raise TrainingError("--pretrained: minivit downloads no weights; download the weights "
+                            "yourself (timm's names) and pass --initial-checkpoint FILE")
+    given = given_config_values(args, TrainConfig)
+    if args.config:
+        from_file = load_config_file(args.config, TrainConfig)
+        if "model_args" in given and "model_args" in from_file:   # merge, the typed ones win
+            given["model_args"] = {**from_file["model_args"], **given["model_args"]}
+        given = {**from_file, **given}
+    if args.resume is not None:
+        run = Path(args.resume)
+        if not (run / "config.json").is_file():
+            raise TrainingError(f"--resume {run}: no config.json there (not a run folder)")
+        base = TrainConfig.from_json(json.loads((run / "config.json").read_text())).to_json()
+        out = given.pop("out", None)
+        if out is not None and Path(out).resolve() != run.resolve():
+            raise TrainingError(f"--resume {run} continues in {run}; --out {out} cannot be "
+                                f"used with it (start a new run to write elsewhere)")
+    else:
+        base = {}
+    return TrainConfig.from_json({**base, **given})
 
 
 def _train(args) -> int:
     from .distributed import get_world
-    from .train import TrainConfig, fit
+    from .train import fit
 
-    model_args = dict(_parse_model_arg(a) for a in args.model_arg)
-    if args.drop_path is not None:
-        model_args["drop_path_rate"] = args.drop_path
-    cfg = TrainConfig(
-        model=args.model, dataset=args.dataset, data=args.data,
-        epochs=args.epochs if args.epochs is not None else 10, batch_size=args.batch_size,
-        lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        augment=args.augment, mixup=args.mixup, cutmix=args.cutmix, clip_grad=args.clip_grad,
-        model_args=model_args, init_weights=args.init_weights, seed=args.seed,
-        device=args.device, out=args.out,
-        train_limit=args.train_limit, test_limit=args.test_limit,
-        progress=not args.no_progress, sync_bn=args.sync_bn)
-    if args.resume is not None and args.epochs is None:
-        cfg.epochs = 0  # keep the saved number of epochs
+    cfg = train_config_from_args(args)
+    main_rank = get_world().is_main   # under mpiexec, rank 0 reports (and names the folder)
+    if args.resume is None and cfg.out is None:
+        cfg.out = default_run_folder(cfg.model)
+        if main_rank:
+            print(f"run folder: {cfg.out} (choose another with --out)")
     m = fit(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
-    if "test_acc" in m and get_world().is_main:   # under mpiexec: rank 0 reports
+    if "test_acc" in m and main_rank:
         print(f"final test accuracy {100 * m['test_acc']:.2f}%")
     return 0
 
 
 def _parse_model_arg(text: str) -> tuple[str, object]:
     """``"depth=2"`` -> ``("depth", 2)``; a value that is no Python literal stays a string."""
-    import ast
+    from .config_cli import parse_key_value
 
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"--model-arg {text!r}: expected KEY=VALUE, e.g. --model-arg depth=2")
-    try:
-        parsed = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-        parsed = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
-    return key.strip(), parsed
+    return parse_key_value(text)
 
 
 def _eval(args) -> int:
@@ -169,7 +178,10 @@ def _gradcheck(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="minivit", description="a from-scratch ViT engine")
+    parser.add_argument("--version", action="version", version=f"minivit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     p = sub.add_parser("eval", help="accuracy and confusion matrix of a run or checkpoint")
@@ -203,7 +215,12 @@ COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "models": _models, "b
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import runtime
+
+    if argv is None:                 # the command itself (not a call from Python code)
+        runtime.reexec_with_blas_env()   # OpenBLAS reads its variable when NumPy loads
     args = build_parser().parse_args(argv)
+    runtime.tune()                   # allocator and BLAS settings: minivit/runtime.py
     from .checkpoint import CheckpointError
     from .data import DatasetError
     from .train import TrainingError

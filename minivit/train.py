@@ -8,6 +8,7 @@ checkpoints ``last.npz`` and ``best.npz`` (model, optimizer, schedule, epoch, RN
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,6 +22,7 @@ import numpy as np
 import minivit
 from . import nn, optim
 from .autograd import backend
+from .config_cli import format_value, is_recipe, option_name, setting
 from .checkpoint import (CheckpointError, atomic_write, checkpoint_tree, is_checkpoint,
                          load_checkpoint, read_npz, save_checkpoint)
 from .data import CIFARLoader, load_dataset
@@ -36,35 +38,71 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Every knob of a run. The defaults are the standard CIFAR recipe of BENCHMARKS.md:
-    AdamW (lr 1e-3 at batch 128, wd 0.05, none on norms/biases/tokens), 1 warmup epoch then
-    cosine to 0 per step, label smoothing 0.1, random crop (pad 4) and horizontal flip."""
+    """Every knob of a run; the ``minivit train`` options are generated from these fields
+    (``minivit.config_cli``), so each default is written here once. The defaults are the
+    standard CIFAR recipe of docs/recipe.md: AdamW (lr 1e-3 at batch 128, wd 0.05, none on
+    norms/biases/tokens), 1 warmup epoch then cosine to 0 per step, label smoothing 0.1,
+    random crop (pad 4) and horizontal flip.
 
-    model: str = "vit_cifar"
-    dataset: str = "cifar10-subset"
-    data: str | None = None  # a folder or archive; None: bundled subset or the cache folder
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    augment: str = "standard"  # "none", "standard" (crop + flip), "randaugment"
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    clip_grad: float | None = None
-    model_args: dict = field(default_factory=dict)  # overrides of the model configuration
-    init_weights: str | None = None  # start from these weights (a state-dict .npz or checkpoint)
-    seed: int = 0
-    device: str = "cpu"
-    out: str | None = None
-    train_limit: int | None = None  # use only the first N training images (quick runs, tests)
-    test_limit: int | None = None
-    eval_batch_size: int = 256
-    progress: bool = True
-    sync_bn: bool = False  # data parallel: BatchNorm statistics over all ranks' batches
+    A field needs a type the command line can parse (see ``config_cli``) and, for ``--help``,
+    ``setting(default, "help", ...)``; ``recipe=False`` marks one a resumed run may change."""
+
+    model: str = setting("vit_cifar", "registry name (see `minivit models`)")
+    dataset: str = setting("cifar10-subset", "cifar10-subset (bundled, offline), cifar10 or "
+                           "cifar100", metavar="NAME")
+    data: str | None = setting(None, "a CIFAR folder or .tar.gz", aliases=("--data-dir",),
+                               metavar="PATH", recipe=False,
+                               default_help="the bundled subset, else the download cache")
+    epochs: int = setting(10, "epochs; the schedule spans them all")
+    batch_size: int = setting(128, "images per step; under mpiexec -n N the global batch, "
+                              "each rank taking 1/N of it", aliases=("-b",))
+    opt: str = setting("adamw", "optimizer (AdamW with decoupled weight decay, or SGD)",
+                       choices=("adamw", "sgd"))
+    lr: float = setting(1e-3, "peak learning rate (after warmup)")
+    min_lr: float = setting(0.0, "learning rate at the end of the schedule")
+    weight_decay: float = setting(0.05, "weight decay (none on norms, biases, tokens)")
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW's betas",
+                                         aliases=("--opt-betas",), metavar=("B1", "B2"))
+    momentum: float = setting(0.9, "SGD momentum (--opt sgd)")
+    sched: str = setting("cosine", "schedule after the linear warmup: cosine or linear decay "
+                         "to --min-lr, or constant", choices=("cosine", "linear", "constant"))
+    warmup_epochs: float = setting(1.0, "linear warmup from 0, in epochs (fractions allowed)")
+    label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy",
+                                     aliases=("--smoothing",))
+    augment: str = setting("standard", "data augmentation: none, random crop (pad 4) and flip, "
+                           "or those plus RandAugment",
+                           choices=("none", "standard", "randaugment"))
+    mixup: float = setting(0.0, "mixup's Beta alpha; 0 = off")
+    cutmix: float = setting(0.0, "CutMix's Beta alpha; 0 = off")
+    clip_grad: float | None = setting(None, "clip the gradients' global norm to this",
+                                      default_help="no clipping")
+    drop_path: float | None = setting(None, "stochastic depth rate (the model's "
+                                      "drop_path_rate)", default_help="the model's own")
+    model_args: dict = setting(help="override an entry of the model's configuration, e.g. "
+                               "--model-arg depth=2", default_factory=dict, flag="--model-arg",
+                               aliases=("--model-kwargs",))
+    init_weights: str | None = setting(None, "start from these weights: a state dict (.npz, "
+                                       "timm's names), a checkpoint or a run folder",
+                                       aliases=("--initial-checkpoint",), metavar="FILE",
+                                       default_help="the seed's initialisation")
+    seed: int = setting(0, "seed of the initialisation, the data order and augmentation")
+    device: str = setting("cpu", "cpu or cuda", recipe=False)
+    out: str | None = setting(None, "run folder (config, metrics, checkpoints)",
+                              aliases=("--output",), metavar="DIR", recipe=False,
+                              default_help="runs/MODEL-YYYYmmdd-HHMMSS on the command line; "
+                                           "nothing saved from the API")
+    train_limit: int | None = setting(None, "use only the first N training images",
+                                      metavar="N", default_help="all")
+    test_limit: int | None = setting(None, "use only the first N test images", metavar="N",
+                                     recipe=False, default_help="all")
+    eval_batch_size: int = setting(256, "images per evaluation step",
+                                   aliases=("--validation-batch-size",), recipe=False)
+    progress: bool = setting(True, "progress bars", recipe=False)
+    reference: bool = setting(False, "run every op on its reference body, the plain math of its "
+                              "docstring (slower; the same results to float32 rounding)",
+                              recipe=False)
+    sync_bn: bool = setting(False, "data parallel (mpiexec): BatchNorm statistics over all "
+                            "ranks' batches, not each rank's own")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -75,7 +113,7 @@ class TrainConfig:
         """Raise ``TrainingError`` naming the first setting out of range (before a run starts,
         so nothing is written and no epoch is spent on a setting that fails later)."""
         def bad(name, value, expected):
-            option = "" if name == "eval_batch_size" else f" (--{name.replace('_', '-')})"
+            option = f" ({option_name(FIELDS[name])})"
             raise TrainingError(f"{name}{option} must be {expected}, got {value!r}")
 
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -94,8 +132,12 @@ class TrainConfig:
             bad("label_smoothing", self.label_smoothing, "in [0, 1)")
         if self.clip_grad is not None and not self.clip_grad > 0:
             bad("clip_grad", self.clip_grad, "> 0 (or unset: no clipping)")
-        if self.augment not in (None, "none", "standard", "randaugment"):
-            bad("augment", self.augment, "one of 'none', 'standard', 'randaugment'")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if f.name == "augment" and self.augment is None:   # the API's spelling of "none"
+                continue
+            if choices and getattr(self, f.name) not in choices:
+                bad(f.name, getattr(self, f.name), "one of " + ", ".join(map(repr, choices)))
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainConfig":
@@ -109,16 +151,33 @@ class TrainConfig:
         return cls(**d)
 
 
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def resume_conflicts(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """The recipe fields in which ``cfg`` differs from a run's saved config, as
+    ``"--lr 5.0 (the run's: 0.001)"``; a resumed run must keep its recipe."""
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        new, old = getattr(cfg, f.name), getattr(saved, f.name)
+        if is_recipe(f) and new != old:
+            out.append(f"{option_name(f)} {format_value(new)} (the run's: {format_value(old)})")
+    return out
+
+
 # --- pieces of a run -----------------------------------------------------------------------
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if cfg.model not in list_models():
         raise TrainingError(f"unknown model {cfg.model!r}; known models: "
                             f"{', '.join(list_models())}")
+    model_args = dict(cfg.model_args)
+    if cfg.drop_path is not None:
+        model_args["drop_path_rate"] = cfg.drop_path
     try:
-        return create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
+        return create_model(cfg.model, num_classes=num_classes, **model_args)
     except TypeError as exc:  # an unknown configuration entry
-        raise TrainingError(f"model_args {cfg.model_args} do not fit {cfg.model}: {exc}") from None
+        raise TrainingError(f"model_args {model_args} do not fit {cfg.model}: {exc}") from None
 
 
 def _state_dict_problems(exc: Exception) -> str:
@@ -151,13 +210,29 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> optim.Optimizer:
     groups = optim.param_groups_weight_decay(model, cfg.weight_decay)
+    if cfg.opt == "sgd":
+        return optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 def build_schedule(opt: optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    return optim.lr_scheduler.WarmupCosineLR(
-        opt, warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
-        total_steps=cfg.epochs * steps_per_epoch, min_lr=cfg.min_lr)
+    """Stepped per batch: linear warmup from 0 over ``warmup_epochs``, then ``cfg.sched``:
+    cosine or linear decay to ``min_lr`` at the last step, or constant."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    total = cfg.epochs * steps_per_epoch
+    if cfg.sched == "cosine":
+        return optim.lr_scheduler.WarmupCosineLR(opt, warmup_steps=warmup, total_steps=total,
+                                                 min_lr=cfg.min_lr)
+    floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        if cfg.sched == "constant" or total <= warmup:
+            return 1.0
+        return floor + (1.0 - floor) * max(0.0, 1.0 - (step - warmup) / (total - warmup))
+
+    return optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _loaders(cfg: TrainConfig):
@@ -280,7 +355,10 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     """Train ``cfg.model`` on ``cfg.dataset``; return the final metrics.
 
     ``resume`` is a run folder: the run continues exactly where its ``last.npz`` left off
-    (on the CPU the weights end bit-for-bit where an uninterrupted run would).
+    (on the CPU the weights end bit-for-bit where an uninterrupted run would). ``cfg`` must
+    then hold the run's recipe (``TrainConfig.from_json`` of its ``config.json``); a recipe
+    field that differs is an error naming it; the fields with ``recipe=False`` (device, data
+    folder, progress bars, ...) are taken from ``cfg``.
     ``stop_after_epochs``: stop once this many epochs are done (counted from the start of the
     run), as if interrupted; the schedule still spans ``cfg.epochs``, so a later ``resume``
     finishes the very run an uninterrupted ``fit`` would have made.
@@ -290,14 +368,24 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
         if not (run / "config.json").is_file():
             raise TrainingError(f"--resume {run}: no config.json there (not a run folder)")
         saved = TrainConfig.from_json(json.loads((run / "config.json").read_text()))
-        if cfg.epochs and cfg.epochs != saved.epochs:
+        conflicts = resume_conflicts(saved, cfg)
+        if conflicts:
             # the learning-rate schedule spans the saved number of epochs: a resumed run
-            # finishes that run exactly; training longer is a new run
-            raise TrainingError(f"--resume {run}: the run was set up for {saved.epochs} epochs "
-                                f"and resuming finishes that schedule; omit --epochs, or start "
-                                f"a new run to train for {cfg.epochs}")
-        saved.progress = cfg.progress
+            # finishes that very run; another recipe (or training longer) is a new run
+            raise TrainingError(f"--resume {run}: a resumed run keeps its recipe, but "
+                                f"{'; '.join(conflicts)}; omit these options, or start a new "
+                                f"run")
+        for f in dataclasses.fields(TrainConfig):   # device, data folder, progress bars...
+            if not is_recipe(f) and f.name != "out":
+                setattr(saved, f.name, getattr(cfg, f.name))
         cfg, cfg.out = saved, str(run)
+    # reference=True: every op on its reference body (minivit.reference_mode)
+    with minivit.reference_mode() if cfg.reference else contextlib.nullcontext():
+        return _fit(cfg, resume, log, stop_after_epochs)
+
+
+def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | None) -> dict:
+    """The run of ``fit`` once ``cfg`` is settled."""
     cfg.validate()
     device = backend.check_device(cfg.device)
     # --- data parallel (mpiexec -n N): rank 0 alone logs and writes; see minivit.distributed

@@ -1,4 +1,4 @@
-"""The fused CUDA kernels (``minivit.autograd.cuda_kernels``) agree with their plain-array twins.
+"""The fused CUDA kernels (``minivit.kernels.cuda``) agree with their plain-array twins.
 
 Each GPU test runs the same op twice on the same CuPy inputs, once with fused kernels and once
 with ``fused_kernels(False)`` (the plain ``xp`` code the CPU runs too), and compares outputs and
@@ -9,8 +9,9 @@ import pytest
 
 import minivit
 import minivit.nn.functional as F
-from minivit.autograd import backend, cuda_kernels
-from minivit.autograd.cuda_kernels import fused_kernels
+from minivit.autograd import backend
+from minivit.kernels import cuda as cuda_kernels
+from minivit.kernels.cuda import fused_kernels
 from minivit.optim import Adam, AdamW
 
 needs_gpu = pytest.mark.skipif(not backend.is_cupy_available(),

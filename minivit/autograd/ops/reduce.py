@@ -5,7 +5,7 @@ reduced axes as size 1 (``keepdims`` shape), then broadcasts.
 """
 from __future__ import annotations
 
-from .. import backend, cuda_kernels
+from .. import backend
 from ..function import Function
 
 xp_of = backend.get_array_module
@@ -116,31 +116,51 @@ class LogSumExp(Function):
         return _keep(g, x.shape, ctx.axes, ctx.keepdims) * xp_of(x).exp(x - s)
 
 
+def softmax_value(x, axis: int = -1):
+    """softmax(x)_i = exp(x_i - m) / Σ_j exp(x_j - m) along ``axis``, m = max_j x_j (the same
+    number as exp(x_i) / Σ exp(x_j), without overflow). A row whose entries are all -inf (every
+    key masked in attention) gives 0, not NaN. The one softmax: attention uses it too."""
+    xp = xp_of(x)
+    m = x.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)
+    e = xp.exp(x - m)
+    total = e.sum(axis=axis, keepdims=True)
+    return e / xp.where(total > 0, total, 1)
+
+
+def softmax_grad(y, g, axis: int = -1):
+    """dx of y = softmax(x) from dy = g: dy_i/dx_j = y_i (δ_ij - y_j), so
+    dx_j = Σ_i g_i y_i (δ_ij - y_j) = y_j (g_j - Σ_i g_i y_i)."""
+    return y * (g - (g * y).sum(axis=axis, keepdims=True))
+
+
+def log_softmax_value(x, axis: int = -1):
+    """log softmax(x) = z - log Σ exp(z), z = x - max(x) (the max cancels out)."""
+    xp = xp_of(x)
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+
+
 class Softmax(Function):
-    """y = exp(x - max) / sum exp(x - max); dx = y * (g - sum(g * y))."""
+    """y = softmax(x) along ``axis`` (``softmax_value``); dx = y (g - Σ g y) (``softmax_grad``).
+    Fast body: minivit/kernels/cpu_reduce.py (rows in blocks on all cores; a CUDA kernel)."""
 
     def forward(ctx, x, axis=-1):
-        xp = xp_of(x)
-        e = xp.exp(x - x.max(axis=axis, keepdims=True))
-        y = e / e.sum(axis=axis, keepdims=True)
+        y = softmax_value(x, axis)
         ctx.axis = axis
         ctx.save_for_backward(y)
         return y
 
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        if cuda_kernels.enabled(g):  # one reduction and one fused kernel on the GPU
-            return cuda_kernels.softmax_backward(y, g, ctx.axis)
-        return y * (g - (g * y).sum(axis=ctx.axis, keepdims=True))
+        return softmax_grad(y, g, ctx.axis)
 
 
 class LogSoftmax(Function):
-    """y = x - logsumexp(x); dx = g - softmax(x) * sum(g)."""
+    """y = x - log Σ exp(x); dy_i/dx_j = δ_ij - softmax(x)_j, so dx = g - exp(y) Σ g."""
 
     def forward(ctx, x, axis=-1):
-        xp = xp_of(x)
-        z = x - x.max(axis=axis, keepdims=True)
-        y = z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+        y = log_softmax_value(x, axis)
         ctx.axis = axis
         ctx.save_for_backward(y)
         return y

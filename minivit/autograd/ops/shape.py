@@ -1,7 +1,7 @@
 """Ops that move elements without changing them: their backward moves the gradient back."""
 from __future__ import annotations
 
-from .. import backend, parallel
+from .. import backend
 from ..function import Function
 from .reduce import normalize_axis
 
@@ -9,16 +9,24 @@ xp_of = backend.get_array_module
 
 
 class Reshape(Function):
+    """The same elements in a new shape; the gradient is reshaped back. Fast body (the copy
+    of a permuted view on all cores): minivit/kernels/cpu_shape.py."""
+
     def forward(ctx, x, shape=()):
         ctx.shape = x.shape
-        try:
-            return parallel.reshape(x, shape)  # a view, or a copy made on all cores
-        except ValueError:
-            raise ValueError(f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
-                             f"into shape {tuple(shape)}") from None
+        return _reshape(x.reshape, x, shape)
 
     def backward(ctx, g):
-        return parallel.reshape(g, ctx.shape)
+        return g.reshape(ctx.shape)
+
+
+def _reshape(reshape, x, shape):
+    """``reshape(shape)`` with a message naming both shapes when they do not fit."""
+    try:
+        return reshape(shape)
+    except ValueError:
+        raise ValueError(f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
+                         f"into shape {tuple(shape)}") from None
 
 
 class Permute(Function):

@@ -27,7 +27,7 @@ import contextlib
 import functools
 import os
 
-from . import backend
+from ..autograd import backend
 
 _enabled = os.environ.get("MINIVIT_FUSED_KERNELS", "1") != "0"
 
