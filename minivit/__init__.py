@@ -9,8 +9,9 @@
 thread and allocator settings the ``minivit`` command uses.
 """
 from .autograd import (Function, GradcheckError, Tensor, arange, enable_grad, full,
-                       gradcheck, gradcheck_directional, is_grad_enabled, manual_seed,
-                       no_grad, ones, ones_like, rand, randn, tensor, zeros, zeros_like)
+                       gradcheck, gradcheck_directional, inference_mode, is_grad_enabled,
+                       manual_seed, no_grad, ones, ones_like, rand, randn, set_grad_enabled,
+                       tensor, zeros, zeros_like)
 from .autograd.backend import is_cupy_available
 from .autograd.ops import (abs, add, cat, chunk, clip, concatenate, div, einsum, erf, exp,
                            flatten, gelu, log, log_softmax, logsumexp, matmul, max, maximum,
@@ -18,6 +19,7 @@ from .autograd.ops import (abs, add, cat, chunk, clip, concatenate, div, einsum,
                            sigmoid, softmax, split, sqrt, squeeze, stack, std, sub, sum, swapaxes,
                            tanh, transpose, unsqueeze, var, where)
 from .autograd.ops import broadcast_to
+from .autograd.ops import ValuesIndices, clone, masked_fill, norm, repeat  # PyTorch's names
 from .autograd.ops import broadcast_to as expand  # noqa: F401
 from .kernels import is_reference_mode, reference_mode
 from . import kernels as _kernels

@@ -1,4 +1,5 @@
-"""The ``minivit`` command (also ``python -m minivit``): train, eval, plot, bench, gradcheck.
+"""The ``minivit`` command (also ``python -m minivit``): train, eval, export, plot, bench,
+gradcheck.
 
 Errors a user can fix (a bad name, a missing file, no GPU) print one line and exit with 2;
 they never end in a traceback (set MINIVIT_DEBUG=1 to see one).
@@ -105,13 +106,25 @@ def _parse_model_arg(text: str) -> tuple[str, object]:
     return parse_key_value(text)
 
 
+def _is_plain_state_dict(file: Path) -> bool:
+    """Whether ``file`` is a readable ``.npz`` of arrays that is not a training checkpoint."""
+    from .checkpoint import CheckpointError, is_checkpoint, read_npz
+
+    try:
+        return file.suffix == ".npz" and file.is_file() and not is_checkpoint(read_npz(file, ""))
+    except CheckpointError:
+        return False   # load_run_checkpoint says what is wrong with it
+
+
 def _eval(args) -> int:
-    from .data import NUM_CLASSES, CIFARLoader, DatasetError, load_dataset
+    from .data import NUM_CLASSES, DatasetError, load_dataset
     from .models import create_model
-    from .train import TrainConfig, evaluate, load_run_checkpoint
+    from .train import TrainConfig, load_run_checkpoint
 
     path = Path(args.run)
     file = path / ("best.npz" if args.best else "last.npz") if path.is_dir() else path
+    if file.suffix == ".safetensors" or _is_plain_state_dict(file):
+        return _eval_weights(args, file)
     ckpt = load_run_checkpoint(file)
     cfg = TrainConfig.from_json(ckpt["config"])
     name = args.dataset or cfg.dataset
@@ -122,16 +135,65 @@ def _eval(args) -> int:
     ds = load_dataset(name, args.data if args.data else cfg.data)
     model = create_model(cfg.model, num_classes=ds.num_classes, **cfg.model_args)
     load_run_checkpoint(file, model, cfg.model)
+    return _report(args, model, ds, f"{cfg.model} from {file} (epoch {ckpt['epoch']}) on {name}")
+
+
+def _eval_weights(args, file: Path) -> int:
+    """``eval`` of a plain state dict (``.safetensors`` or ``.npz``): the model comes from
+    ``--model`` or the file's metadata (``minivit export`` records it)."""
+    import json
+
+    from .data import load_dataset
+    from .models import create_model
+    from .weights import read_metadata
+
+    meta = read_metadata(file)
+    model_name = args.model or meta.get("model")
+    if not model_name:
+        raise ValueError(f"{file} is a plain state dict without a model name; name its model "
+                         f"with --model (e.g. --model vit_cifar)")
+    name = args.dataset or meta.get("dataset") or "cifar10"
+    ds = load_dataset(name, args.data)
+    model_args = json.loads(meta.get("model_args", "{}")) if model_name == meta.get("model") else {}
+    model = create_model(model_name, num_classes=ds.num_classes, checkpoint_path=file,
+                         **model_args)
+    return _report(args, model, ds, f"{model_name} from {file} on {name}")
+
+
+def _report(args, model, ds, label: str) -> int:
+    """Evaluate ``model`` on ``ds`` as ``eval``'s flags say; print accuracy and confusion."""
+    from .data import CIFARLoader
+    from .train import evaluate
+
     model.to(args.device)
     x, y = (ds.x_test, ds.y_test) if not args.train else (ds.x_train, ds.y_train)
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
     loader = CIFARLoader(x, y, batch_size=256, shuffle=False, num_classes=ds.num_classes)
     ev = evaluate(model, loader, args.device, ds.num_classes, progress=True)
-    print(f"{cfg.model} from {file} (epoch {ckpt['epoch']}) on {args.dataset or cfg.dataset} "
-          f"{'train' if args.train else 'test'} ({len(x)} images): accuracy "
+    print(f"{label} {'train' if args.train else 'test'} ({len(x)} images): accuracy "
           f"{100 * ev['acc']:.2f}%, loss {ev['loss']:.4f}")
     print(format_confusion(ev["confusion"], ds.class_names))
+    return 0
+
+
+def _export(args) -> int:
+    """Write a run's model weights as a state dict: ``.safetensors`` (timm's format) or ``.npz``."""
+    import json
+
+    from .train import load_run_checkpoint
+    from .weights import save_state_dict_file
+
+    path = Path(args.run)
+    file = path / ("best.npz" if args.best else "last.npz") if path.is_dir() else path
+    ckpt = load_run_checkpoint(file)
+    cfg = ckpt["config"]
+    out = Path(args.out) if args.out else file.with_name(file.stem + ".safetensors")
+    meta = {"model": ckpt["model_name"], "dataset": cfg.get("dataset", ""),
+            "model_args": json.dumps(cfg.get("model_args", {})), "epoch": str(ckpt["epoch"])}
+    save_state_dict_file(out, ckpt["model"], metadata=meta)
+    print(f"wrote {out} ({ckpt['model_name']}, {len(ckpt['model'])} tensors, epoch "
+          f"{ckpt['epoch']})")
     return 0
 
 
@@ -158,7 +220,7 @@ def _models(args) -> int:
 
     for name in list_models():
         if args.count:
-            n = sum(p.size for p in create_model(name, num_classes=10 if "cifar" in name else 1000).parameters())
+            n = create_model(name).num_parameters()   # its own class count: 10 for CIFAR
             print(f"{name:28s} {n:>12,d}")
         else:
             print(name)
@@ -185,13 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     p = sub.add_parser("eval", help="accuracy and confusion matrix of a run or checkpoint")
-    p.add_argument("run", help="a run folder (uses last.npz) or a .npz checkpoint")
+    p.add_argument("run", help="a run folder (uses last.npz), a .npz checkpoint, or a state "
+                               "dict (.safetensors or .npz)")
     p.add_argument("--best", action="store_true", help="use best.npz of the run folder")
     p.add_argument("--dataset", default=None, help="default: the run's dataset")
     p.add_argument("--data", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--train", action="store_true", help="evaluate on the training split")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--model", default=None,
+                   help="the model of a plain state dict (.safetensors or .npz); default: the "
+                        "name in the file's metadata")
+    p = sub.add_parser("export", help="write a run's weights as .safetensors (or .npz)")
+    p.add_argument("run", help="a run folder (uses last.npz) or a .npz checkpoint")
+    p.add_argument("--best", action="store_true", help="use best.npz of the run folder")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="model.safetensors or model.npz (default: beside the checkpoint, "
+                        "last.safetensors)")
     p = sub.add_parser("plot", help="draw a run's curves to a PNG (needs matplotlib)")
     p.add_argument("run")
     p.add_argument("--output", default=None, help="default RUN/curves.png")
@@ -210,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "models": _models, "bench": _bench,
+COMMANDS = {"train": _train, "eval": _eval, "export": _export, "plot": _plot, "models": _models, "bench": _bench,
             "gradcheck": _gradcheck}
 
 

@@ -23,8 +23,7 @@ import minivit
 from . import nn, optim
 from .autograd import backend
 from .config_cli import format_value, is_recipe, option_name, setting
-from .checkpoint import (CheckpointError, atomic_write, checkpoint_tree, is_checkpoint,
-                         load_checkpoint, read_npz, save_checkpoint)
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from .data import CIFARLoader, load_dataset
 from .distributed import DataParallel
 from .models import create_model, list_models
@@ -189,16 +188,16 @@ def _state_dict_problems(exc: Exception) -> str:
 
 
 def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str) -> None:
-    """Copy starting weights into ``model``: a plain ``.npz`` of a state dict (parameter name ->
-    array, e.g. saved from timm with ``np.savez``), a minivit checkpoint, or a run folder."""
+    """Copy starting weights into ``model``: a state dict (parameter name -> array, timm's
+    names) as ``.safetensors`` or plain ``.npz``, a minivit checkpoint, or a run folder."""
+    from .weights import load_state_dict_file  # noqa: PLC0415
+
     path = Path(path)
     file = path / "last.npz" if path.is_dir() else path
     if not file.is_file():
         raise TrainingError(f"--init-weights {file}: no such file")
     try:
-        state = read_npz(file, ".npz file")
-        if is_checkpoint(state):  # a training checkpoint: take its model
-            state = checkpoint_tree(state, file)["model"]
+        state = load_state_dict_file(file)
     except CheckpointError as exc:
         raise TrainingError(f"--init-weights {exc}") from None
     try:
@@ -419,7 +418,7 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
     if out is not None and resume is None:
         atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_json(), indent=2).encode()))
 
-    n_params = sum(p.size for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.model}: {n_params:,} parameters; {cfg.dataset}: {len(train_loader.x)} train / "
         f"{len(test_loader.x)} test images; {cfg.epochs} epochs on {device}")
     metrics: dict = {}

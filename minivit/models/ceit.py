@@ -34,6 +34,7 @@ import minivit
 from minivit import nn
 from minivit.nn.helpers import check_input, to_2tuple
 
+from .classifier import ClassifierMixin
 from .registry import register_model
 
 __all__ = ["Image2Tokens", "I2TEmbed", "LeFF", "Block", "ClassTokenAttention", "LCABlock",
@@ -233,7 +234,7 @@ class LCABlock(nn.Module):
 # Model
 # --------------------------------------------------------------------------------------------
 
-class CeIT(nn.Module):
+class CeIT(ClassifierMixin, nn.Module):
     """CeiT classifier: I2T tokens + class token + position embedding → ``depth`` LeFF blocks,
     collecting the class token after each → LCA over them → LayerNorm → head.
 
@@ -350,7 +351,7 @@ def ceit_tiny_patch16_224(num_classes=1000, **overrides) -> CeIT:
 
 
 @register_model
-def ceit_cifar(num_classes=1000, **overrides) -> CeIT:
+def ceit_cifar(num_classes=10, **overrides) -> CeIT:
     """CIFAR CeiT (BENCHMARKS.md): I2T 3×3 conv stride 1 (3→32, no bias) + BN + 3×3/2 max pool
     (16×16), 2×2 projection to D192 (64 tokens + class token), depth 6, 3 heads, LeFF hidden
     384 (ratio 2) with 3×3 depthwise, LCA over the 6 class tokens with MLP ratio 2 —

@@ -23,6 +23,7 @@ import math
 from minivit import nn
 from minivit.nn.helpers import check_input
 
+from .classifier import ClassifierMixin
 from .registry import register_model
 
 LN_EPS = 1e-6  # timm's Mixer LayerNorm eps
@@ -72,7 +73,7 @@ class MixerBlock(nn.Module):
 # Model
 # --------------------------------------------------------------------------------------------
 
-class MlpMixer(nn.Module):
+class MlpMixer(ClassifierMixin, nn.Module):
     """MLP-Mixer classifier (§2, Fig. 1): per-patch linear embedding (``stem``, a P×P
     convolution with stride P), ``depth`` mixer blocks, LayerNorm, global average pooling over
     the patches, linear head.
@@ -171,7 +172,7 @@ def mixer_b16_224(num_classes=1000, **overrides) -> MlpMixer:
 
 
 @register_model
-def mlp_mixer_cifar(num_classes=1000, **overrides) -> MlpMixer:
+def mlp_mixer_cifar(num_classes=10, **overrides) -> MlpMixer:
     """CIFAR Mixer (BENCHMARKS.md): 32×32 input, 4×4 patches (64 tokens), C192, 8 blocks,
     token-MLP hidden 96 (0.5·C), channel-MLP hidden 384 (2·C), mean-pool head —
     1,301,706 parameters with 10 classes."""

@@ -25,6 +25,7 @@ import minivit
 from minivit import nn
 from minivit.nn.helpers import check_input
 
+from .classifier import ClassifierMixin
 from .registry import register_model
 
 __all__ = ["Block", "VisionTransformer", "vit_tiny_patch16_224", "vit_cifar"]
@@ -69,7 +70,7 @@ class Block(nn.Module):
 # Model
 # --------------------------------------------------------------------------------------------
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(ClassifierMixin, nn.Module):
     """ViT classifier (§3.1, Fig. 1), timm semantics.
 
     Args:
@@ -91,6 +92,8 @@ class VisionTransformer(nn.Module):
             trunc-normal .02, cls_token normal std 1e-6, LayerNorm (1, 0), patch convolution
             PyTorch's default.
     """
+
+    global_pool_choices = ("token", "avg")   # what reset_classifier(n, global_pool) accepts
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000,
                  embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True,
@@ -186,7 +189,7 @@ def vit_tiny_patch16_224(num_classes=1000, **overrides) -> VisionTransformer:
 
 
 @register_model
-def vit_cifar(num_classes=1000, **overrides) -> VisionTransformer:
+def vit_cifar(num_classes=10, **overrides) -> VisionTransformer:
     """CIFAR ViT (BENCHMARKS.md): 32×32 input, 4×4 patches (64 + class token), D192, depth 6,
     3 heads, MLP ratio 2, head on the class token — 1,806,538 parameters with 10 classes."""
     cfg = dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_ratio=2.0)

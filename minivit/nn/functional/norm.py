@@ -229,7 +229,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
             raise ValueError(f"batch_norm: {name} has shape {tuple(p.shape)} but the input "
                              f"{tuple(x.shape)} has {C} channels (axis 1)")
     use_batch = training or running_mean is None or running_var is None
-    count = x.size // C
+    count = x.numel() // C
     if use_batch and count <= 1 and training:
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
                          f"got input of shape {tuple(x.shape)}")
