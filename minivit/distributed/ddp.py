@@ -32,7 +32,7 @@ class _Bucket:
         self.offsets, n = [], 0
         for p in params:
             self.offsets.append(n)
-            n += p.size
+            n += p.data.size
         self.size, self.dtype = n, params[0].dtype
         self.buffer = None
         self.waiting = 0                # gradients still to arrive this step
@@ -118,9 +118,9 @@ class DistributedDataParallel:
         buf = bucket.buffer
         for p, off in zip(bucket.params, bucket.offsets):
             if p.grad is None:
-                buf[off:off + p.size] = 0
+                buf[off:off + p.data.size] = 0
             else:
-                buf[off:off + p.size] = p.grad.data.reshape(-1)
+                buf[off:off + p.data.size] = p.grad.data.reshape(-1)
         bucket.handle = self.transport.start(buf)
 
     # -- after backward ---------------------------------------------------------------------
@@ -139,7 +139,7 @@ class DistributedDataParallel:
             buf *= buf.dtype.type(scale)
             for p, off in zip(bucket.params, bucket.offsets):
                 if p.grad is not None:
-                    p.grad.data[...] = buf[off:off + p.size].reshape(p.shape)
+                    p.grad.data[...] = buf[off:off + p.data.size].reshape(p.shape)
         self.last_wait_s = time.perf_counter() - t0
         if self._expected is None:
             self._expected = dict(self._counts)
