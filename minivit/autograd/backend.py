@@ -13,7 +13,8 @@ import numpy as np
 
 DEVICES = ("cpu", "cuda")
 GPU_INSTALL_HINT = (
-    "install the GPU extra that matches your CUDA driver: "
+    "install the GPU extra that matches your CUDA driver, which brings CuPy with the CUDA "
+    "libraries it loads (NVRTC, cuBLAS, cuRAND): "
     "pip install 'minivit[gpu]' (CUDA 12) or pip install 'minivit[gpu-cuda13]' (CUDA 13)"
 )
 
@@ -39,19 +40,37 @@ def _import_cupy():
     return _cupy
 
 
+_probed: dict = {}   # id(cupy module) -> "" (kernels run) or why not
+
+
+def _probe_gpu(cp) -> str:
+    """Run a tiny elementwise kernel (NVRTC), a matmul (cuBLAS) and a random draw (cuRAND)
+    once: CuPy 14 wheels bundle none of these libraries, so a machine with only the driver
+    sees a GPU yet fails at the first kernel. Returns "" or why it failed."""
+    key = id(cp)
+    if key not in _probed:
+        try:
+            a = cp.arange(4, dtype=cp.float32).reshape(2, 2)
+            b = a * 2 + 1
+            c = cp.matmul(a, b)
+            r = cp.random.RandomState(0).random_sample((2,), dtype=cp.float32)
+            float(c.sum() + r.sum())
+            _probed[key] = ""
+        except Exception as exc:  # libnvrtc / libcublas / libcurand missing, driver too old
+            msg = " ".join(str(exc).split())[:200]
+            _probed[key] = (f"CuPy sees a GPU but cannot run kernels on it "
+                            f"({type(exc).__name__}: {msg}); {GPU_INSTALL_HINT}")
+    return _probed[key]
+
+
 def is_cupy_available() -> bool:
-    """True when CuPy imports and sees at least one GPU."""
-    cp = _import_cupy()
-    if cp is None:
-        return False
-    try:
-        return cp.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+    """True when CuPy imports, sees at least one GPU and can run kernels on it (checked once
+    with a tiny elementwise op, a matmul and a random draw)."""
+    return _import_cupy() is not None and cuda_unavailable_reason() == ""
 
 
 def cuda_unavailable_reason() -> str:
-    """A one-line explanation of why ``device="cuda"`` cannot be used here."""
+    """A one-line explanation of why ``device="cuda"`` cannot be used here ("" if it can)."""
     cp = _import_cupy()
     if cp is None:
         return f"CuPy is not installed ({_cupy_error}); {GPU_INSTALL_HINT}"
@@ -61,7 +80,7 @@ def cuda_unavailable_reason() -> str:
         return f"CuPy is installed but no NVIDIA GPU is usable ({type(exc).__name__}: {exc})"
     if n == 0:
         return "CuPy is installed but no NVIDIA GPU was found"
-    return ""
+    return _probe_gpu(cp)
 
 
 def check_device(device: str) -> str:
@@ -180,31 +199,70 @@ def erf(x):
 
 
 # --- random numbers ----------------------------------------------------------------------
-# One generator per device, seeded by ``minivit.manual_seed``; its state goes in checkpoints.
+# One generator per device, seeded by ``minivit.manual_seed``; both states go in checkpoints.
+# cuRAND's state cannot be read back, so the GPU generator's state is two integers, the seed
+# and the number of draws so far: draw n comes from a Philox generator keyed by (seed, n)
+# (counter-based, so re-keying costs no state set-up kernel). A resumed run restores both
+# and its dropout and drop-path masks continue exactly where they left off.
 
 _np_rng = np.random.default_rng(0)
 _seed: int | None = None  # the last manual_seed, for a CuPy imported after it
+_CURAND_PHILOX = 161  # CURAND_RNG_PSEUDO_PHILOX4_32_10 (curand.h)
+
+
+class CudaGenerator:
+    """``cupy.random``'s draws behind a state of two integers (see above)."""
+
+    def __init__(self, seed: int = 0, draws: int = 0):
+        self.seed, self.draws = int(seed), int(draws)
+        self._rs = None
+
+    def _next(self):
+        if self._rs is None:
+            self._rs = _cupy.random.RandomState(0, method=_CURAND_PHILOX)
+        key = np.random.SeedSequence([self.seed, self.draws]).generate_state(1, np.uint64)[0]
+        self._rs.seed(int(key))
+        self.draws += 1
+        return self._rs
+
+    def random_sample(self, size=None, dtype=np.float64):
+        return self._next().random_sample(size=size, dtype=dtype)
+
+    random = random_sample
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return self._next().standard_normal(size=size, dtype=dtype)
+
+    def get_state(self) -> dict:
+        return {"seed": self.seed, "draws": self.draws}
+
+
+_cuda_gen = CudaGenerator(0)
 
 
 def manual_seed(seed: int) -> None:
     """Seed minivit's random generators (CPU, and the GPU now or when CuPy is first loaded)."""
-    global _np_rng, _seed
+    global _np_rng, _seed, _cuda_gen
     _np_rng = np.random.default_rng(seed)
+    _cuda_gen = CudaGenerator(seed)
     _seed = seed
     if _cupy is not None:
         _cupy.random.seed(seed)
 
 
 def rng(device: str = "cpu"):
-    """The generator for ``device``: a NumPy ``Generator`` or ``cupy.random``."""
+    """The generator for ``device``: a NumPy ``Generator`` or a ``CudaGenerator``."""
     if device == "cuda":
-        return _cupy.random
+        return _cuda_gen
     return _np_rng
 
 
 def get_rng_state() -> dict:
-    return {"numpy": _np_rng.bit_generator.state}
+    return {"numpy": _np_rng.bit_generator.state, "cuda": _cuda_gen.get_state()}
 
 
 def set_rng_state(state: dict) -> None:
+    global _cuda_gen
     _np_rng.bit_generator.state = state["numpy"]
+    if "cuda" in state:   # checkpoints from before issue 29 have only the NumPy state
+        _cuda_gen = CudaGenerator(int(state["cuda"]["seed"]), int(state["cuda"]["draws"]))

@@ -30,7 +30,12 @@ class CrossEntropy(Function):
         if row_weight is not None:
             loss = loss * row_weight
         ctx.reduction = reduction
-        ctx.denom = float(row_weight.sum()) if row_weight is not None else z.shape[0]
+        if row_weight is None:
+            ctx.denom = z.shape[0]
+        elif backend.device_of(z) == "cpu":
+            ctx.denom = float(row_weight.sum())
+        else:   # stays on the GPU: no host read inside a training step
+            ctx.denom = row_weight.sum()
         ctx.save_for_backward(xp_of(z).exp(logp), q, row_weight)   # p = softmax(z)
         if reduction == "none":
             return loss
@@ -45,6 +50,8 @@ class CrossEntropy(Function):
         """dL/dloss_i for each row: the output gradient through the reduction and weights."""
         if ctx.reduction == "none":
             scale = g[:, None]
+        elif ctx.reduction == "mean" and backend.is_array(ctx.denom):
+            scale = g / xp_of(g).maximum(ctx.denom, 1)   # all rows ignored: weights are 0
         elif ctx.reduction == "mean":
             scale = g / ctx.denom if ctx.denom > 0 else g * 0
         else:
@@ -84,14 +91,21 @@ def cross_entropy(input, target, label_smoothing: float = 0.0, reduction: str = 
                              f"{tuple(input.shape)}, got {tuple(t.shape)}")
         valid = t != ignore_index
         bad = valid & ((t < 0) | (t >= C))
-        if bool(bad.any()):
+        on_host = backend.device_of(t) == "cpu"
+        if on_host and bool(bad.any()):
             value = int(t[bad][0])
             raise ValueError(f"{name}: target class {value} is out of range for {C} classes "
                              f"(valid: 0 .. {C - 1})")
         q = xp.zeros((B, C), dtype=dtype)
         idx = xp.where(valid, t, 0).astype(np.int64)
         q[xp.arange(B), idx] = 1.0
-        if not bool(valid.all()):
+        if not on_host:
+            # On the GPU nothing here is read back (a host read stalls the step): a class out
+            # of range makes its row's loss NaN, which the finiteness check reports, and the
+            # rows' weights (0 for ignore_index) are always applied.
+            q = xp.where(bad[:, None], xp.asarray(np.nan, dtype=dtype), q)
+            row_weight = valid.astype(dtype)
+        elif not bool(valid.all()):
             row_weight = valid.astype(dtype)
     elif t.dtype.kind == "f":
         if t.shape != (B, C):
