@@ -1,7 +1,7 @@
 """One rank of the data-parallel tests (tests/test_distributed.py), started by mpiexec:
 
     mpiexec -n 2 python tests/dist_worker.py CONFIG.json [--resume RUN] [--stop-after N]
-                                                         [--fail kill|raise|hang:STEP]
+                                                         [--fail kill|raise|hang:STEP] [--standin]
 
 Runs ``minivit.train.fit`` on the TrainConfig in CONFIG.json. Every file operation inside the
 run folder is recorded by an audit hook into ``<folder>.writes-rank<r>.json`` (beside it), so
@@ -28,7 +28,13 @@ def main() -> None:
     ap.add_argument("--resume", default=None)
     ap.add_argument("--stop-after", type=int, default=None)
     ap.add_argument("--fail", default=None)
+    ap.add_argument("--standin", action="store_true",
+                    help="run --device cuda on the CuPy stand-in of tests/cupy_standin")
     args = ap.parse_args()
+    if args.standin:
+        import cupy_standin  # noqa: PLC0415
+
+        cupy_standin.install()
     cfg = train.TrainConfig.from_json(json.loads(open(args.config).read()))
     world = get_world()
     folder = os.path.abspath(args.resume or cfg.out)

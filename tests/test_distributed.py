@@ -432,3 +432,34 @@ def test_without_a_launcher_there_is_one_rank(monkeypatch):
     monkeypatch.setenv("MINIVIT_DIST_TIMEOUT", "soon")
     with pytest.raises(world.DistributedError, match="MINIVIT_DIST_TIMEOUT must be"):
         world.timeout_s()
+
+
+def test_ranks_on_one_machine_share_its_cores(monkeypatch):
+    from minivit import runtime
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "MINIVIT_NUM_THREADS", "MPI_LOCALNRANKS",
+                        "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")}
+    monkeypatch.setattr(os, "environ", dict(env, MPI_LOCALNRANKS="2"))
+    runtime.set_blas_env(numpy_loaded=False)
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert os.environ["OPENBLAS_NUM_THREADS"] == os.environ["MINIVIT_NUM_THREADS"] == share
+    monkeypatch.setattr(os, "environ", dict(env, OPENBLAS_NUM_THREADS="7"))
+    runtime.set_blas_env(numpy_loaded=False)   # one rank per machine: nothing changes
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "7" and "MINIVIT_NUM_THREADS" not in os.environ
+
+
+@needs_mpi
+def test_two_ranks_on_the_cuda_standin_train_as_on_the_cpu(tmp_path):
+    """--device cuda without a GPU: each rank on the strict CuPy stand-in (tests/cupy_standin),
+    BoTNet with --sync-bn (its sums on 'device' arrays), the gradient buckets over MPI through
+    host memory since the stand-in has no NCCL: the weights end where the CPU run's do."""
+    base = dict(model="botnet_cifar", model_args=dict(TINY_BOTNET), lr=1e-4, sync_bn=True)
+    cpu = small_config(tmp_path / "cpu", **base)
+    gpu = small_config(tmp_path / "gpu", device="cuda", **base)
+    r = run_ranks(tmp_path, cpu)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_ranks(tmp_path, gpu, "--standin")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 epochs on cuda" in r.stdout and "gradients go over MPI" in r.stdout, r.stdout
+    a, b = weights(cpu.out), weights(gpu.out)
+    assert max_difference(a, b, [k for k in a if a[k].dtype.kind == "f"]) < 1e-5   # 2.4e-7

@@ -9,6 +9,8 @@ epoch from (seed, epoch, rank), and sums the metrics of all ranks.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .data import ShardedLoader
@@ -43,6 +45,10 @@ class DataParallel:
         dp = cls(get_world(), log)
         if dp.active:
             dp.log(f"data-parallel over {dp.world.size} ranks (MPI)")
+            if dp.world.local_size > 1 and "MINIVIT_NUM_THREADS" not in os.environ:
+                from ..kernels import parallel  # noqa: PLC0415  (the CLI sets the variable)
+
+                parallel.NUM_THREADS = max(1, parallel.NUM_THREADS // dp.world.local_size)
         return dp
 
     @property
