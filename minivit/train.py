@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 import minivit
 from . import nn, optim
@@ -28,7 +29,6 @@ from .data import CIFARLoader, load_dataset
 from .distributed import DataParallel
 from .models import create_model, list_models
 from .nn import functional as F
-from .progress import Progress
 
 
 class TrainingError(RuntimeError):
@@ -270,8 +270,8 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
     n, loss_sum, correct, top5 = 0, 0.0, 0, 0
     k = num_classes or loader.num_classes
     confusion = np.zeros((k, k), dtype=np.int64)
-    with minivit.no_grad(), Progress(total=len(loader.x), desc="eval", unit="img",
-                                      disable=not progress) as bar:
+    with minivit.no_grad(), tqdm(total=len(loader.x), desc="eval", unit="img", leave=False,
+                                  dynamic_ncols=True, disable=None if progress else True) as bar:
         for xb, yb in loader:
             if len(yb) == 0:   # a rank's empty share of a batch smaller than the ranks
                 continue
@@ -447,8 +447,9 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
         dp.start_epoch(cfg.seed, epoch)
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
-        with Progress(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                      unit="img", disable=not cfg.progress) as bar:
+        # tqdm draws on a terminal only (disable=None); the epoch's summary line follows
+        with tqdm(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
+                  leave=False, dynamic_ncols=True, disable=None if cfg.progress else True) as bar:
             for xb, yb in train_loader:
                 logits = model(_to_device(xb, device))
                 loss = F.cross_entropy(logits, _to_device(yb, device),
@@ -476,8 +477,8 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
                 correct += int((pred == labels).sum())
                 seen += len(labels)
                 bar.update(dp.images_in_step(train_loader, len(labels)))
-                bar.set_postfix(loss=loss_sum / seen, acc=correct / seen,
-                                img_s=bar.n / max(time.perf_counter() - t0, 1e-9))
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.1%}",
+                                refresh=False)
         train_time = time.perf_counter() - t0
         loss_sum, correct, seen = dp.sum(loss_sum, correct, seen)   # over all ranks
         dp.before_eval(model)   # rank 0's BatchNorm running statistics on every rank
