@@ -65,6 +65,18 @@ def _layer_norm_rows_backward(g, xhat, rstd, w, out=None, with_sums=False):
     return dx
 
 
+def _into_slot(ctx, i, column_sums):
+    """``column_sums(out)`` written into input i's gradient slot (``engine.grad_slot``) when
+    it has one, returning the slot itself (so the engine adopts it without a copy)."""
+    from ..autograd.engine import grad_slot  # noqa: PLC0415
+
+    slot = grad_slot(ctx, i)
+    if slot is None or slot.shape != tuple(ctx.norm_shape):
+        return column_sums(None)
+    column_sums(slot.reshape(-1))
+    return slot
+
+
 @register(LayerNorm)
 class LayerNormFast(LayerNorm):
     """Works on the 2-D view (rows, D) with D the product of the last k axes, rows in
@@ -95,8 +107,11 @@ class LayerNormFast(LayerNorm):
         need_w, need_b = ctx.has_w and need[1], ctx.has_b and need[-1]
         if cuda.enabled(g2):
             dx = cuda.layer_norm_rows_backward(g2, xhat, rstd, w) if need[0] else None
-            if need_w or need_b:
-                dw, db = parallel.column_sums(g2 * xhat), parallel.column_sums(g2)
+            dw = db = None   # into the optimizer's gradient buffer where it has one
+            if need_w:
+                dw = _into_slot(ctx, 1, lambda out: cuda.column_dot(g2, xhat, out=out))
+            if need_b:
+                db = _into_slot(ctx, len(need) - 1, lambda out: g2.sum(axis=0, out=out))
         elif (need_w or need_b) and not need[0]:   # affine gradients only: no dx to compute
             dx = None
             dw = parallel.sum_rows(lambda g_, xh: g_ * xh, g2, xhat) if need_w else None
@@ -113,9 +128,9 @@ class LayerNormFast(LayerNorm):
             dx = parallel.blockwise(lambda *a, out=None: _layer_norm_rows_backward(*a, w, out=out),
                                     g2, xhat, rstd, out=parallel.empty_like(g2))
         grads = [dx.reshape(g.shape) if need[0] else None]
-        if need_w:
+        if need_w and dw.shape != tuple(ctx.norm_shape):
             dw = dw.reshape(ctx.norm_shape)
-        if need_b:
+        if need_b and db.shape != tuple(ctx.norm_shape):
             db = db.reshape(ctx.norm_shape)
         if ctx.has_w:
             grads.append(dw if need_w else None)

@@ -328,24 +328,40 @@ class ReductionKernel(_Base):
 RAW_KERNELS: dict = {}
 
 
-def register_raw(name, fn):
+def register_raw(name, fn, source_sha256: str):
     """A RawKernel the stand-in runs: ``fn(grid, block, args, shared_mem)`` does in NumPy what
-    the CUDA source does (tests compare the two on a GPU)."""
-    RAW_KERNELS[name] = fn
+    the CUDA source whose SHA-256 starts with ``source_sha256`` does (``raw_twins.py``)."""
+    RAW_KERNELS[name] = (source_sha256, fn)
+
+
+def _body(code: str) -> str:
+    """The source without its first line when that is the ``typedef ... T;`` of the dtype."""
+    first, _, rest = code.partition("\n")
+    return rest if first.startswith("typedef ") else code
 
 
 class RawKernel:
     def __init__(self, code, name, options=(), **kwargs):
+        import hashlib  # noqa: PLC0415
+
         self.code, self.name = code, name
+        if name not in RAW_KERNELS:
+            raise NotImplementedError(f"RawKernel {name!r}: no NumPy twin registered with the "
+                                      "stand-in (tests/cupy_standin/raw_twins.py)")
+        sha, self._twin = RAW_KERNELS[name]
+        got = hashlib.sha256(_body(code).encode()).hexdigest()
+        if not got.startswith(sha):
+            raise RuntimeError(f"the CUDA source of RawKernel {name!r} changed (sha256 {got[:16]},"
+                               f" twin written for {sha}): re-check its NumPy twin in "
+                               "tests/cupy_standin/raw_twins.py against it and update the hash")
 
     def __call__(self, grid, block, args, *, shared_mem=0):
-        from . import _refuse, launch  # noqa: PLC0415
+        from . import _refuse, launch, ndarray  # noqa: PLC0415
 
         for a in args:
             if isinstance(a, np.ndarray):
                 _refuse(a)
-        if self.name not in RAW_KERNELS:
-            raise NotImplementedError(f"RawKernel {self.name!r}: no NumPy twin registered "
-                                      "with the stand-in")
-        RAW_KERNELS[self.name](grid, block, args, shared_mem)
+            if type(a) is ndarray and not a._a.flags.c_contiguous:
+                raise ValueError(f"RawKernel {self.name!r}: a non-contiguous array argument")
+        self._twin(tuple(grid), tuple(block), tuple(args), shared_mem)
         launch(f"raw.{self.name}")
