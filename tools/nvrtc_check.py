@@ -55,14 +55,19 @@ def compile_source(lib, src: str, name: str, arch: str) -> str:
 
 
 def _param_decl(spec: str, t: str, out: bool) -> list[str]:
+    """C parameters for CuPy's: ``T x`` a value (a reference for outputs), ``raw T x`` a
+    pointer (indexed as CuPy's CArray is); placeholders other than T are int64 here (the
+    class-index targets)."""
     decls = []
     for p in spec.split(","):
         words = p.split()
         if not words:
             continue
+        raw = words[0] == "raw"
         name, ty = words[-1], " ".join(w for w in words[:-1] if w != "raw")
         cty = t if ty == "T" else CTYPES.get(ty, ty)
-        decls.append(f"{cty}{' &' if out else ''} {name}")
+        decls.append(f"{'const ' if raw and not out else ''}{cty}{' *' if raw else ''}"
+                     f"{' &' if out and not raw else ''} {name}")
     return decls
 
 
@@ -72,7 +77,8 @@ def elementwise_source(kernel, t: str) -> str:
     outs = _param_decl(kernel["out"], t, True)
     body = kernel["body"]
     args = ", ".join(ins + outs)
-    return (f"typedef {t} T;\n__device__ void body({args}) {{\n{body};\n}}\n"
+    return (f"typedef {t} T;\ntypedef long long I;\n"
+            f"__device__ void body(long long i, {args}) {{\n{body};\n}}\n"
             f"extern \"C\" __global__ void {kernel['name']}() {{}}\n")
 
 
@@ -85,6 +91,7 @@ def elementwise_kernels():
 
     src = inspect.getsource(cuda._k)
     kernels = []
+    src = re.sub(r"#[^\n]*", "", src)   # comments between the arguments
     for m in re.finditer(r'"(\w+)": ew\(\s*((?:"[^"]*"\s*)+),\s*((?:"[^"]*"\s*)+),\s*((?:"[^"]*"\s*'
                          r'(?:#[^\n]*\n\s*)?)+),\s*"(\w+)"', src):
         def joined(group):

@@ -9,7 +9,7 @@ import math
 
 from ..autograd import backend
 from ..nn.functional.norm import BatchNorm, LayerNorm
-from . import cuda, parallel, register
+from . import cuda, cuda_rows, parallel, register
 from .cpu_elementwise import GELU_BLOCKS
 
 xp_of = backend.get_array_module
@@ -65,16 +65,16 @@ def _layer_norm_rows_backward(g, xhat, rstd, w, out=None, with_sums=False):
     return dx
 
 
-def _into_slot(ctx, i, column_sums):
-    """``column_sums(out)`` written into input i's gradient slot (``engine.grad_slot``) when
-    it has one, returning the slot itself (so the engine adopts it without a copy)."""
+def _slot_or_new(ctx, i, g2):
+    """Input i's gradient slot (``engine.grad_slot``) if it has one of the norm's shape, else a
+    new array: where the backward writes that gradient (the slot itself is returned, so the
+    engine adopts it without a copy)."""
     from ..autograd.engine import grad_slot  # noqa: PLC0415
 
     slot = grad_slot(ctx, i)
-    if slot is None or slot.shape != tuple(ctx.norm_shape):
-        return column_sums(None)
-    column_sums(slot.reshape(-1))
-    return slot
+    if slot is not None and slot.shape == tuple(ctx.norm_shape):
+        return slot
+    return xp_of(g2).empty(ctx.norm_shape, g2.dtype)
 
 
 @register(LayerNorm)
@@ -107,11 +107,11 @@ class LayerNormFast(LayerNorm):
         need_w, need_b = ctx.has_w and need[1], ctx.has_b and need[-1]
         if cuda.enabled(g2):
             dx = cuda.layer_norm_rows_backward(g2, xhat, rstd, w) if need[0] else None
-            dw = db = None   # into the optimizer's gradient buffer where it has one
-            if need_w:
-                dw = _into_slot(ctx, 1, lambda out: cuda.column_dot(g2, xhat, out=out))
-            if need_b:
-                db = _into_slot(ctx, len(need) - 1, lambda out: g2.sum(axis=0, out=out))
+            # dw and db in one launch, into the optimizer's gradient buffer where it has one
+            dw = _slot_or_new(ctx, 1, g2) if need_w else None
+            db = _slot_or_new(ctx, len(need) - 1, g2) if need_b else None
+            cuda_rows.layer_norm_affine_grads(g2, xhat, None if dw is None else dw.reshape(-1),
+                                              None if db is None else db.reshape(-1))
         elif (need_w or need_b) and not need[0]:   # affine gradients only: no dx to compute
             dx = None
             dw = parallel.sum_rows(lambda g_, xh: g_ * xh, g2, xhat) if need_w else None

@@ -83,6 +83,14 @@ def _k():
             "T a, T b", "T out", "a * b", "a + b", "out = a", "0", "minivit_row_dot"),
         "softmax_bwd": ew(
             "T y, T g, T s", "T dx", "dx = y * (g - s);", "minivit_softmax_bwd"),
+        "one_hot_targets": ew(   # q of class-index targets, smoothed; NaN rows out of range
+            "raw I t, int32 C, I ignore, float64 on, float64 off, float64 nan_value", "T q",
+            "I c = t[i / C];"
+            "bool valid = c != ignore;"
+            "q = valid && (c < 0 || c >= C) ? (T)nan_value : (T)(c == i % C ? on : off);",
+            "minivit_one_hot_targets"),
+        "target_weights": ew(
+            "I t, I ignore", "T w", "w = t != ignore ? (T)1 : (T)0;", "minivit_target_weights"),
         "cross_entropy_bwd": ew(
             "T p, T qs, T q, T scale", "T dz", "dz = (p * qs - q) * scale;",
             "minivit_cross_entropy_bwd"),
@@ -129,11 +137,6 @@ def layer_norm_rows_backward(g, xhat, rstd, w):
     return cuda_rows.layer_norm_rows_backward(xp.ascontiguousarray(g), xhat, rstd, w)
 
 
-def column_dot(a, b, out=None):
-    """Σ_rows a b of 2-D a, b (a LayerNorm's weight gradient), one reduction, into ``out``."""
-    return _k()["row_dot"](a, b, axis=0, out=out)
-
-
 def linear_backward(ctx, g, g2, x2, w, gelu_backward):
     """Linear's backward on the GPU: the weight and bias gradients written straight into the
     optimizer's gradient buffer where it has one (``engine.grad_slot``), so no copy follows."""
@@ -153,6 +156,23 @@ def linear_backward(ctx, g, g2, x2, w, gelu_backward):
         slot = grad_slot(ctx, 1)
         gw = g2.T @ x2 if slot is None else backend.get_array_module(g2).matmul(g2.T, x2, out=slot)
     return linear_grads(ctx, gx, gw, gb, g)
+
+
+def one_hot_targets(t, num_classes: int, ignore_index: int, label_smoothing: float, dtype):
+    """(q, row weights) of class-index targets t (B,), in two launches: q = (1 - eps) onehot +
+    eps / C per row, a row whose class is out of range all NaN (nothing is read back to check
+    it: the loss turns NaN, which the training loop's finiteness check reports), weight 0 for
+    ``ignore_index``."""
+    import numpy as np  # noqa: PLC0415
+
+    xp = backend.get_array_module(t)
+    q = xp.empty((t.shape[0], num_classes), dtype)
+    off = label_smoothing / num_classes
+    _k()["one_hot_targets"](t, np.int32(num_classes), ignore_index, 1.0 - label_smoothing + off,
+                            off, float("nan"), q)
+    w = xp.empty(t.shape, dtype)
+    _k()["target_weights"](t, ignore_index, w)
+    return q, w
 
 
 def cross_entropy_backward(p, q, scale):

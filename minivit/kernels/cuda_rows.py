@@ -8,7 +8,8 @@ formulas are the array code's (``nn/functional/norm.py``, ``kernels/cpu_reduce.p
 
     layer norm     μ = mean x,  σ² = mean (x - μ)²,  r = 1/√(σ² + eps),  x̂ = (x - μ) r,
                    y = x̂ w + b;   backward  ĝ = g w,  dx = r (ĝ - mean ĝ - x̂ mean(ĝ x̂))
-    softmax        m = max s (0 for a row of -inf only),  e = exp(s - m),  p = e / Σe
+    softmax        of c s (attention's scale c > 0 folded in): m = max c s (0 for a row of
+                   -inf only),  e = exp(c s - m),  p = e / Σe
                    (a fully masked row gives 0, as the array code)
 
 ``T`` is float or double (one compiled kernel per dtype, made on first use and cached by
@@ -111,17 +112,18 @@ extern "C" __global__ void minivit_layer_norm_bwd(
 """
 
 SOFTMAX = _COMMON + r"""
-extern "C" __global__ void minivit_softmax_rows(const T* s, T* p, int K) {
+extern "C" __global__ void minivit_softmax_rows(const T* s, T* p, int K, double scale) {
+    // p = softmax(scale s): attention's 1/sqrt(d) rides along (scale > 0)
     __shared__ T sh[32];
     long long row = blockIdx.x;
     const T* sr = s + row * K;
     T m = (T)MINIVIT_NEG_INF;
-    for (int j = threadIdx.x; j < K; j += blockDim.x) m = max(m, sr[j]);
+    for (int j = threadIdx.x; j < K; j += blockDim.x) m = max(m, (T)scale * sr[j]);
     m = block_max(m, sh);
     if (isinf(m)) m = 0;   // a row of -inf only: exp(-inf - 0) = 0 everywhere
     T t = 0;
     for (int j = threadIdx.x; j < K; j += blockDim.x) {
-        T e = exp(sr[j] - m);
+        T e = exp((T)scale * sr[j] - m);
         p[row * K + j] = e;
         t += e;
     }
@@ -131,7 +133,36 @@ extern "C" __global__ void minivit_softmax_rows(const T* s, T* p, int K) {
 }
 """
 
-SOURCES = {"minivit_layer_norm_fwd": LAYER_NORM_FWD, "minivit_layer_norm_bwd": LAYER_NORM_BWD,
+LAYER_NORM_AFFINE_GRADS = r"""
+// dw_j = sum_i g_ij xhat_ij and db_j = sum_i g_ij down the rows: a block of 32 x 16 threads
+// per 32 columns, each thread summing every 16th row of its column, then the 16 partial sums
+// of each column added in shared memory (in a fixed order: the same result every run).
+extern "C" __global__ void minivit_layer_norm_affine_grads(
+        const T* g, const T* xhat, T* dw, T* db, int rows, int D, int want_w, int want_b) {
+    __shared__ T sw[16][33];
+    __shared__ T sb[16][33];
+    int j = blockIdx.x * 32 + threadIdx.x;
+    T aw = 0, ab = 0;
+    if (j < D) {
+        for (long long r = threadIdx.y; r < rows; r += 16) {
+            T gv = g[r * D + j];
+            ab += gv;
+            aw += gv * xhat[r * D + j];
+        }
+    }
+    sw[threadIdx.y][threadIdx.x] = aw;
+    sb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < D) {
+        T tw = 0, tb = 0;
+        for (int k = 0; k < 16; ++k) { tw += sw[k][threadIdx.x]; tb += sb[k][threadIdx.x]; }
+        if (want_w) dw[j] = tw;
+        if (want_b) db[j] = tb;
+    }
+}
+"""
+
+SOURCES = {"minivit_layer_norm_affine_grads": LAYER_NORM_AFFINE_GRADS,"minivit_layer_norm_fwd": LAYER_NORM_FWD, "minivit_layer_norm_bwd": LAYER_NORM_BWD,
            "minivit_softmax_rows": SOFTMAX}
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
@@ -181,11 +212,25 @@ def layer_norm_rows_backward(g, xhat, rstd, w):
     return dx
 
 
-def softmax_rows(s):
-    """softmax along the rows of a C-contiguous 2-D s, in one launch."""
+def layer_norm_affine_grads(g, xhat, dw, db):
+    """Σ_rows g x̂ into dw and Σ_rows g into db (1-D, either may be None), in one launch."""
+    rows, d = g.shape
+    if dw is None and db is None:
+        return
+    xp = backend.get_array_module(g)
+    g, xhat = xp.ascontiguousarray(g), xp.ascontiguousarray(xhat)
+    _kernel("minivit_layer_norm_affine_grads", np.dtype(g.dtype))(
+        (-(-d // 32),), (32, 16), (g, xhat, g if dw is None else dw, g if db is None else db,
+                                   np.int32(rows), np.int32(d), np.int32(dw is not None),
+                                   np.int32(db is not None)))
+
+
+def softmax_rows(s, scale: float = 1.0):
+    """softmax of ``scale * s`` along the rows of a 2-D s (scale > 0), in one launch."""
     xp = backend.get_array_module(s)
     rows, k = s.shape
     p = xp.empty_like(s)
     if rows:
-        _launch("minivit_softmax_rows", rows, k, (s, p, np.int32(k)), s.dtype)
+        s = xp.ascontiguousarray(s)
+        _launch("minivit_softmax_rows", rows, k, (s, p, np.int32(k), np.float64(scale)), s.dtype)
     return p

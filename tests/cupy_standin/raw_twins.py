@@ -52,11 +52,23 @@ def layer_norm_bwd(grid, block, args, shared_mem):
     _2d(dx, rows, d)[...] = rstd._a.reshape(-1)[:rows, None] * (gh - m1 - ha * m2)
 
 
+def layer_norm_affine_grads(grid, block, args, shared_mem):
+    g, xhat, dw, db, rows, d, want_w, want_b = args
+    if tuple(block) != (32, 16) or int(grid[0]) != -(-int(d) // 32):
+        raise ValueError(f"bad launch: grid {grid}, block {block} for {d} columns")
+    ga, ha = _2d(g, int(rows), int(d)), _2d(xhat, int(rows), int(d))
+    if want_w:
+        dw._a.reshape(-1)[:int(d)] = (ga * ha).sum(axis=0)
+    if want_b:
+        db._a.reshape(-1)[:int(d)] = ga.sum(axis=0)
+
+
 def softmax_rows(grid, block, args, shared_mem):
-    s, p, k = args
+    s, p, k, scale = args
     rows, k = _rows(grid, block, k)
     sa = _2d(s, rows, k)
     t = sa.dtype.type
+    sa = t(scale) * sa
     m = sa.max(axis=1, keepdims=True)
     m = np.where(np.isinf(m), t(0), m)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -66,9 +78,10 @@ def softmax_rows(grid, block, args, shared_mem):
 
 
 TWINS = {
+    "minivit_layer_norm_affine_grads": ("f8e0b8cbc3b15c4a", layer_norm_affine_grads),
     "minivit_layer_norm_fwd": ("30fa54901c5958b4", layer_norm_fwd),
     "minivit_layer_norm_bwd": ("17364e37601b0302", layer_norm_bwd),
-    "minivit_softmax_rows": ("5b5797c5ab06adf3", softmax_rows),
+    "minivit_softmax_rows": ("be25de9f06959b73", softmax_rows),
 }
 for _name, (_sha, _fn) in TWINS.items():
     _kernel.register_raw(_name, _fn, _sha)
