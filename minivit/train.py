@@ -98,6 +98,10 @@ class TrainConfig:
     reference: bool = setting(False, "run every op on its reference body, the plain math of its "
                               "docstring (slower; the same results to float32 rounding)",
                               recipe=False)
+    log_interval: int | None = setting(None, "every N steps, one JSON line in RUN/steps.jsonl: "
+                                       "loss, lr, gradient norms and update ratios per block, "
+                                       "img/s (minivit/utils/diagnostics.py)", metavar="N",
+                                       recipe=False)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -114,10 +118,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, getattr(self, name), "an integer >= 1")
-        for name in ("train_limit", "test_limit"):
+        for name in ("train_limit", "test_limit", "log_interval"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
-                bad(name, v, "an integer >= 1 (or unset: all images)")
+                bad(name, v, "an integer >= 1 (or unset: " + ("no steps.jsonl)" if
+                             name == "log_interval" else "all images)"))
         for name in ("lr", "min_lr", "weight_decay", "mixup", "cutmix"):
             if not getattr(self, name) >= 0:   # also catches NaN
                 bad(name, getattr(self, name), ">= 0")
@@ -240,9 +245,9 @@ def _loaders(cfg: TrainConfig):
     augment = None if cfg.augment in (None, "none") else cfg.augment
     train = CIFARLoader(x_tr, y_tr, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
                         seed=cfg.seed, augment=augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
-                        num_classes=ds.num_classes)
+                        num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     test = CIFARLoader(x_te, y_te, batch_size=cfg.eval_batch_size, shuffle=False,
-                       augment=None, num_classes=ds.num_classes)
+                       augment=None, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     return ds, train, test
 
 
@@ -252,10 +257,12 @@ def _to_device(array: np.ndarray, device: str) -> minivit.Tensor:
 
 def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | None = None,
              progress: bool = False) -> dict:
-    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) on a loader."""
+    """Loss, accuracy, top-5 accuracy (``top5``: the true class among the five highest
+    logits), confusion matrix (rows: true class, columns: predicted) and per-class accuracy
+    (``per_class_acc``: the confusion matrix's diagonal over its row sums) on a loader."""
     was_training = model.training
     model.eval()
-    n, loss_sum, correct = 0, 0.0, 0
+    n, loss_sum, correct, top5 = 0, 0.0, 0, 0
     k = num_classes or loader.num_classes
     confusion = np.zeros((k, k), dtype=np.int64)
     with minivit.no_grad(), Progress(total=len(loader.x), desc="eval", unit="img",
@@ -263,14 +270,19 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
         for xb, yb in loader:
             logits = model(_to_device(xb, device))
             loss = F.cross_entropy(logits, _to_device(yb, device))
-            pred = backend.as_numpy(logits.data).argmax(axis=1)
+            scores = backend.as_numpy(logits.data)
+            pred = scores.argmax(axis=1)
+            best5 = np.argpartition(-scores, min(5, k) - 1, axis=1)[:, :5]
+            top5 += int((best5 == yb[:, None]).any(axis=1).sum())
             loss_sum += float(loss.item()) * len(yb)
             correct += int((pred == yb).sum())
             np.add.at(confusion, (yb, pred), 1)
             n += len(yb)
             bar.update(len(yb))
     model.train(was_training)
-    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "confusion": confusion}
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "top5": top5 / max(n, 1),
+            "confusion": confusion, "per_class_acc": per_class}
 
 
 # --- the run folder ------------------------------------------------------------------------
@@ -404,6 +416,11 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
         f"{len(test_loader.x)} test images; {cfg.epochs} epochs on {device}")
     metrics: dict = {}
     step = start_epoch * len(train_loader)
+    steps_log = None
+    if cfg.log_interval and out is not None:
+        from .utils.diagnostics import StepLog
+
+        steps_log = StepLog(model, out / "steps.jsonl", cfg.log_interval, len(train_loader), step)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         train_loader.set_epoch(epoch)
@@ -423,11 +440,15 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
                         f"{' in ' + str(out / 'last.npz') if out else ''}; try a lower --lr")
                 opt.zero_grad()
                 loss.backward()
+                if steps_log is not None:
+                    steps_log.after_backward(step, loss_value, opt.param_groups[0]["lr"])
                 if cfg.clip_grad:
                     optim.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 opt.step()
                 sched.step()
                 step += 1
+                if steps_log is not None:
+                    steps_log.after_step(step, len(xb))
                 labels = yb if yb.ndim == 1 else yb.argmax(axis=1)
                 pred = backend.as_numpy(logits.data).argmax(axis=1)
                 loss_sum += loss_value * len(labels)
@@ -439,7 +460,7 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
         train_time = time.perf_counter() - t0
         ev = evaluate(model, test_loader, device)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                   "test_loss": ev["loss"], "test_acc": ev["acc"],
+                   "test_loss": ev["loss"], "test_acc": ev["acc"], "test_top5": ev["top5"],
                    "lr": float(sched.get_last_lr()[0]), "epoch_time_s": train_time,
                    "train_imgs_per_s": seen / train_time, "time_s": time.perf_counter() - t0}
         log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {metrics['train_loss']:.4f}  "
