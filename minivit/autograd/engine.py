@@ -196,7 +196,7 @@ def _open_slots(inputs) -> tuple:
     for t in inputs:
         slot = GRAD_SLOTS.get(id(t))
         ok = (slot is not None and t.creator is None and t.grad is None and t.requires_grad
-              and id(t) not in seen)
+              and not t._grad_hooks and id(t) not in seen)   # hooked: summed at the end
         seen.add(id(t))
         out.append(slot if ok else None)
     return tuple(out)
