@@ -59,7 +59,8 @@ def standin(cuda_backend):
     return cuda_backend
 
 
-@pytest.mark.parametrize("name", sorted(BUDGET) + sorted(REACHED))
+@pytest.mark.parametrize("name", sorted(BUDGET) + [pytest.param(n, marks=pytest.mark.slow)
+                                                    for n in sorted(REACHED)])
 def test_training_step_launch_budget(standin, name):
     c = step_counts(name)
     limit = BUDGET.get(name) or REACHED[name]
