@@ -227,3 +227,6 @@ def _accumulate_leaf(t, g) -> None:
         slot += g
     else:
         t.grad = Tensor(t.grad.data + g)
+    if t._post_accumulate_grad_hooks:   # e.g. data parallelism: this gradient is ready
+        for hook in list(t._post_accumulate_grad_hooks.values()):
+            hook(t)
