@@ -334,8 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         world.abort_after_error(2)
         return 2
     except KeyboardInterrupt:
-        print(f"minivit {args.command}: interrupted (checkpoints written so far are kept)",
-              file=sys.stderr)
+        from .distributed import world  # noqa: PLC0415  (mpiexec interrupts every rank)
+
+        if not world.rank_prefix():
+            print(f"minivit {args.command}: interrupted (checkpoints written so far are kept)",
+                  file=sys.stderr)
         return 130
 
 
