@@ -149,3 +149,11 @@ def test_reset_classifier_bad_input():
     assert model.global_pool == "avg"
     with pytest.raises(ValueError, match=r"not an option of MlpMixer \(options: none\)"):
         create_model("mlp_mixer_cifar", depth=1).reset_classifier(5, global_pool="avg")
+
+
+def test_reset_classifier_keeps_the_models_dtype():
+    model = create_model("vit_cifar", depth=1).double()
+    model.reset_classifier(4)
+    assert model.get_classifier().weight.dtype == np.float64
+    with minivit.no_grad():
+        assert model(minivit.randn(1, 3, 32, 32, dtype=np.float64)).dtype == np.float64
