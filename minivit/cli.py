@@ -88,14 +88,17 @@ def train_config_from_args(args):
 
 
 def _train(args) -> int:
+    from .distributed import get_world
     from .train import fit
 
     cfg = train_config_from_args(args)
+    main_rank = get_world().is_main   # under mpiexec, rank 0 reports (and names the folder)
     if args.resume is None and cfg.out is None:
         cfg.out = default_run_folder(cfg.model)
-        print(f"run folder: {cfg.out} (choose another with --out)")
+        if main_rank:
+            print(f"run folder: {cfg.out} (choose another with --out)")
     m = fit(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
-    if "test_acc" in m:
+    if "test_acc" in m and main_rank:
         print(f"final test accuracy {100 * m['test_acc']:.2f}%")
     return 0
 
@@ -322,7 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("MINIVIT_DEBUG"):
             raise
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"minivit {args.command}: error: {message}", file=sys.stderr)  # one line
+        from .distributed import world  # noqa: PLC0415  (under mpiexec: one report, all end)
+
+        if world.report_error(exc):
+            print(f"minivit {args.command}: error: {world.rank_prefix()}{message}",
+                  file=sys.stderr)  # one line
+        world.abort_after_error(2)
         return 2
     except KeyboardInterrupt:
         print(f"minivit {args.command}: interrupted (checkpoints written so far are kept)",
