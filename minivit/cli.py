@@ -65,8 +65,9 @@ def train_config_from_args(args):
     from .train import TrainConfig, TrainingError
 
     if args.pretrained:
-        raise TrainingError("--pretrained: minivit downloads no weights; download the weights "
-                            "yourself (timm's names) and pass --initial-checkpoint FILE")
+        raise TrainingError("--pretrained: minivit downloads no weights; download them "
+                            "yourself (e.g. timm's model.safetensors from the Hugging Face Hub, "
+                            "whose names minivit uses) and pass --initial-checkpoint FILE")
     given = given_config_values(args, TrainConfig)
     if args.config:
         from_file = load_config_file(args.config, TrainConfig)

@@ -80,8 +80,9 @@ class TrainConfig:
     model_args: dict = setting(help="override an entry of the model's configuration, e.g. "
                                "--model-arg depth=2", default_factory=dict, flag="--model-arg",
                                aliases=("--model-kwargs",))
-    init_weights: str | None = setting(None, "start from these weights: a state dict (.npz, "
-                                       "timm's names), a checkpoint or a run folder",
+    init_weights: str | None = setting(None, "start from these weights: a state dict "
+                                       "(.safetensors or .npz, timm's names), a checkpoint "
+                                       "or a run folder",
                                        aliases=("--initial-checkpoint",), metavar="FILE",
                                        default_help="the seed's initialisation")
     seed: int = setting(0, "seed of the initialisation, the data order and augmentation")

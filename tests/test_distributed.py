@@ -39,7 +39,7 @@ MPIEXEC = shutil.which("mpiexec", path=os.pathsep.join(
     [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 needs_mpi = pytest.mark.skipif(
     importlib.util.find_spec("mpi4py") is None or MPIEXEC is None,
-    reason="needs mpi4py and mpiexec: pip install 'minivit[mpi]'")
+    reason='needs mpi4py and mpiexec: pip install -e ".[mpi]"')
 TINY_VIT = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 TINY_BOTNET = {"stem_chs": 8, "widths": [16, 32, 32], "depths": [1, 1, 1], "num_heads": 2}
 
@@ -420,6 +420,11 @@ def test_cli_error_is_reported_once_and_ends_every_rank(tmp_path):
                "--no-progress", timeout=60)
     assert r.returncode != 0
     assert r.stderr.count("already holds a run") == 1, r.stderr
+    r = mpirun(2, "-m", "minivit", "train", "--out", tmp_path / "new", "--batch-size", "1",
+               "--train-limit", "64", "--no-progress", timeout=60)
+    assert r.returncode != 0
+    assert r.stderr.count("--batch-size 1 is the global batch and must be at least the number "
+                          "of ranks (2)") == 1, r.stderr
 
 
 def test_without_a_launcher_there_is_one_rank(monkeypatch):
@@ -463,3 +468,13 @@ def test_two_ranks_on_the_cuda_standin_train_as_on_the_cpu(tmp_path):
     assert "1 epochs on cuda" in r.stdout and "gradients go over MPI" in r.stdout, r.stdout
     a, b = weights(cpu.out), weights(gpu.out)
     assert max_difference(a, b, [k for k in a if a[k].dtype.kind == "f"]) < 1e-5   # 2.4e-7
+
+
+def test_a_launch_without_mpi4py_is_refused_not_run_n_times(monkeypatch):
+    from minivit.distributed import world
+    monkeypatch.setattr(world, "_world", None)
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)   # import mpi4py fails
+    with pytest.raises(world.DistributedError, match=r"one of 2 ranks, but mpi4py is not "
+                                                     r"installed; install it with: pip install"):
+        world.get_world()

@@ -76,6 +76,10 @@ class DataParallel:
     def shard(self, train_loader, test_loader):
         if not self.active:
             return train_loader, test_loader
+        if train_loader.batch_size < self.world.size:
+            raise DistributedError(f"--batch-size {train_loader.batch_size} is the global batch "
+                                   f"and must be at least the number of ranks "
+                                   f"({self.world.size})")
         if len(train_loader.x) < self.world.size:
             raise DistributedError(f"{len(train_loader.x)} training images cannot be shared by "
                                    f"{self.world.size} ranks (one image each at least)")
