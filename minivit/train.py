@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 import minivit
 from . import nn, optim
@@ -27,7 +28,6 @@ from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_che
 from .data import CIFARLoader, load_dataset
 from .models import create_model, list_models
 from .nn import functional as F
-from .progress import Progress
 
 
 class TrainingError(RuntimeError):
@@ -245,9 +245,9 @@ def _loaders(cfg: TrainConfig):
     augment = None if cfg.augment in (None, "none") else cfg.augment
     train = CIFARLoader(x_tr, y_tr, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
                         seed=cfg.seed, augment=augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
-                        num_classes=ds.num_classes)
+                        num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     test = CIFARLoader(x_te, y_te, batch_size=cfg.eval_batch_size, shuffle=False,
-                       augment=None, num_classes=ds.num_classes)
+                       augment=None, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     return ds, train, test
 
 
@@ -265,8 +265,8 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
     n, loss_sum, correct, top5 = 0, 0.0, 0, 0
     k = num_classes or loader.num_classes
     confusion = np.zeros((k, k), dtype=np.int64)
-    with minivit.no_grad(), Progress(total=len(loader.x), desc="eval", unit="img",
-                                      disable=not progress) as bar:
+    with minivit.no_grad(), tqdm(total=len(loader.x), desc="eval", unit="img", leave=False,
+                                  dynamic_ncols=True, disable=None if progress else True) as bar:
         for xb, yb in loader:
             logits = model(_to_device(xb, device))
             loss = F.cross_entropy(logits, _to_device(yb, device))
@@ -426,8 +426,9 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
         train_loader.set_epoch(epoch)
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
-        with Progress(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                      unit="img", disable=not cfg.progress) as bar:
+        # tqdm draws on a terminal only (disable=None); the epoch's summary line follows
+        with tqdm(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
+                  leave=False, dynamic_ncols=True, disable=None if cfg.progress else True) as bar:
             for xb, yb in train_loader:
                 logits = model(_to_device(xb, device))
                 loss = F.cross_entropy(logits, _to_device(yb, device),
@@ -455,8 +456,8 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
                 correct += int((pred == labels).sum())
                 seen += len(labels)
                 bar.update(len(labels))
-                bar.set_postfix(loss=loss_sum / seen, acc=correct / seen,
-                                img_s=seen / max(time.perf_counter() - t0, 1e-9))
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.1%}",
+                                refresh=False)
         train_time = time.perf_counter() - t0
         ev = evaluate(model, test_loader, device)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
