@@ -237,8 +237,11 @@ def add_columns_(a, col) -> None:
 # These two are that product.
 
 def row_sums(a):
-    """``a.sum(axis=-1)`` of a 2-D float array, as the gemv ``a @ 1``."""
-    return a @ _xp(a).ones(a.shape[-1], a.dtype)
+    """``a.sum(axis=-1)`` of a 2-D float array, as the gemv ``a @ 1`` (on the GPU one
+    reduction kernel: the vector of ones would be a kernel launch of its own)."""
+    if not isinstance(a, np.ndarray):
+        return a.sum(axis=-1)
+    return a @ np.ones(a.shape[-1], a.dtype)
 
 
 def row_max(a):
@@ -255,8 +258,10 @@ def row_max(a):
 
 
 def column_sums(a):
-    """``a.sum(axis=0)`` of a 2-D float array, as the gemv ``1 @ a``."""
-    return _xp(a).ones(a.shape[0], a.dtype) @ a
+    """``a.sum(axis=0)`` of a 2-D float array, as the gemv ``1 @ a`` (a reduction on the GPU)."""
+    if not isinstance(a, np.ndarray):
+        return a.sum(axis=0)
+    return np.ones(a.shape[0], a.dtype) @ a
 
 
 def sum_rows(fn, *arrays):
