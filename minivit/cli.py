@@ -1,7 +1,8 @@
 """The ``minivit`` command (also ``python -m minivit``): train, eval, plot, bench, gradcheck.
 
 Errors a user can fix (a bad name, a missing file, no GPU) print one line and exit with 2;
-they never end in a traceback (set MINIVIT_DEBUG=1 to see one).
+any other exception prints one line too and exits with 1. Neither ends in a traceback: pass
+``--debug`` (anywhere on the command line) or set MINIVIT_DEBUG=1 to see one.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
+from .runfolder import show
 
 DEFAULTS_NOTE = ("defaults: AdamW lr 1e-3, weight decay 0.05 (none on norms, biases, tokens), "
                  "1 warmup epoch then cosine, label smoothing 0.1, crop+flip, batch 128")
@@ -96,6 +97,9 @@ def _eval(args) -> int:
     from .models import create_model
     from .train import TrainConfig, evaluate, load_run_checkpoint
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be an integer >= 1 (or omitted: all images), got "
+                         f"{args.limit}")
     path = Path(args.run)
     file = path / ("best.npz" if args.best else "last.npz") if path.is_dir() else path
     ckpt = load_run_checkpoint(file)
@@ -114,14 +118,14 @@ def _eval(args) -> int:
         x, y = x[:args.limit], y[:args.limit]
     loader = CIFARLoader(x, y, batch_size=256, shuffle=False, num_classes=ds.num_classes)
     ev = evaluate(model, loader, args.device, ds.num_classes, progress=True)
-    print(f"{cfg.model} from {file} (epoch {ckpt['epoch']}) on {args.dataset or cfg.dataset} "
+    print(f"{cfg.model} from {show(file)} (epoch {ckpt['epoch']}) on {args.dataset or cfg.dataset} "
           f"{'train' if args.train else 'test'} ({len(x)} images): accuracy "
           f"{100 * ev['acc']:.2f}%, loss {ev['loss']:.4f}")
     print(format_confusion(ev["confusion"], ds.class_names))
     return 0
 
 
-def format_confusion(cm: np.ndarray, names) -> str:
+def format_confusion(cm, names) -> str:
     """The confusion matrix as text: rows are true classes, columns predictions."""
     short = [str(n)[:5] for n in names]
     width = max(5, len(str(int(cm.max()))) + 1)
@@ -135,7 +139,7 @@ def _plot(args) -> int:
     from .plot import plot_run
 
     out = plot_run(args.run, args.output)
-    print(f"wrote {out}")
+    print(f"wrote {show(out)}")
     return 0
 
 
@@ -165,6 +169,9 @@ def _gradcheck(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minivit", description="a from-scratch ViT engine")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also MINIVIT_DEBUG=1; "
+                             "accepted anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     p = sub.add_parser("eval", help="accuracy and confusion matrix of a run or checkpoint")
@@ -197,7 +204,33 @@ COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "models": _models, "b
             "gradcheck": _gradcheck}
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as one printable line; an OSError names its file first."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{show(exc.filename)}: {exc.strerror}"
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _printable_streams() -> None:
+    """Print what cannot be encoded (a non-UTF-8 file name) as escapes instead of failing."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import _sigint_default
+
+    _sigint_default()  # loaded: from here Ctrl-C is a KeyboardInterrupt, handled below
+    _printable_streams()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MINIVIT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .data import DatasetError
@@ -205,17 +238,24 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (TrainingError, DatasetError, CheckpointError, OSError, RuntimeError,
-            ValueError) as exc:
-        if os.environ.get("MINIVIT_DEBUG"):
-            raise
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"minivit {args.command}: error: {message}", file=sys.stderr)  # one line
-        return 2
-    except KeyboardInterrupt:
-        print(f"minivit {args.command}: interrupted (checkpoints written so far are kept)",
+    except KeyboardInterrupt as exc:
+        detail = _one_line(exc) if str(exc) else ""
+        print(f"minivit {args.command}: interrupted" + (f"; {detail}" if detail else ""),
               file=sys.stderr)
         return 130
+    except (TrainingError, DatasetError, CheckpointError, OSError, RuntimeError,
+            ValueError) as exc:
+        if debug:
+            raise
+        print(f"minivit {args.command}: error: {_one_line(exc)}", file=sys.stderr)  # one line
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on demand
+        if debug:
+            raise
+        print(f"minivit {args.command}: error: {type(exc).__name__}: {_one_line(exc)} "
+              f"(unexpected; run again with --debug for the traceback, and please report it)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     fit(TrainConfig(model="vit_cifar", dataset="cifar10-subset", epochs=3, out="runs/vit"))
 
 A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per epoch), and the
-checkpoints ``last.npz`` and ``best.npz`` (model, optimizer, schedule, epoch, RNG states).
+checkpoints ``last.npz`` and ``best.npz`` (model, optimizer, schedule, epoch, RNG states);
+``runfolder.py`` keeps it consistent whatever kills the run.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import json
 import math
 import os
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,13 +27,16 @@ from .autograd import backend
 from .checkpoint import (CheckpointError, atomic_write, checkpoint_tree, is_checkpoint,
                          load_checkpoint, read_npz, save_checkpoint)
 from .data import CIFARLoader, load_dataset
+from .finite import LossWatch, NonFiniteLoss, non_finite_state
 from .models import create_model, list_models
 from .nn import functional as F
 from .progress import Progress
+from .runfolder import (RunFolder, TrainingError, append_metrics, crash_point, read_metrics,
+                        reconcile_metrics, show)
 
 
-class TrainingError(RuntimeError):
-    """A run cannot start or cannot go on (bad setting, NaN loss, unusable folder)."""
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``fit``; the message says what the run folder holds."""
 
 
 @dataclass
@@ -63,48 +69,127 @@ class TrainConfig:
     test_limit: int | None = None
     eval_batch_size: int = 256
     progress: bool = True
+    log_interval: int = 50  # read the loss (and check it is finite) every N steps
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
 
-    def validate(self) -> None:
-        """Raise ``TrainingError`` naming the first setting out of range (before a run starts,
-        so nothing is written and no epoch is spent on a setting that fails later)."""
+    def validate(self, source: str | None = None) -> None:
+        """Raise ``TrainingError`` naming the first setting of the wrong type or out of range
+        (before a run starts, so nothing is written and no epoch is spent on a setting that
+        fails later). ``source``: the file the settings were read from, named in the error;
+        without it the error names the command-line flag."""
         def bad(name, value, expected):
-            option = "" if name == "eval_batch_size" else f" (--{name.replace('_', '-')})"
-            raise TrainingError(f"{name}{option} must be {expected}, got {value!r}")
+            if source is not None:
+                where = f"{source}: {name}"
+            else:
+                flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+                where = f"{name} ({flag})" if flag else name
+            text = repr(value)
+            raise TrainingError(f"{where} must be {expected}, got "
+                                f"{text if len(text) <= 60 else text[:57] + '...'}")
 
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+        for f, hint in _field_types().items():
+            expected = _type_problem(getattr(self, f), hint)
+            if expected:
+                bad(f, getattr(self, f), expected)
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_interval"):
+            if getattr(self, name) < 1:
                 bad(name, getattr(self, name), "an integer >= 1")
         for name in ("train_limit", "test_limit"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
+            if v is not None and v < 1:
                 bad(name, v, "an integer >= 1 (or unset: all images)")
         for name in ("lr", "min_lr", "weight_decay", "mixup", "cutmix"):
-            if not getattr(self, name) >= 0:   # also catches NaN
+            if not getattr(self, name) >= 0:
                 bad(name, getattr(self, name), ">= 0")
         if not 0 <= self.warmup_epochs <= self.epochs:
             bad("warmup_epochs", self.warmup_epochs, f"between 0 and --epochs ({self.epochs})")
         if not 0 <= self.label_smoothing < 1:
             bad("label_smoothing", self.label_smoothing, "in [0, 1)")
+        if not all(0 <= b < 1 for b in self.betas):
+            bad("betas", list(self.betas), "two numbers in [0, 1)")
         if self.clip_grad is not None and not self.clip_grad > 0:
             bad("clip_grad", self.clip_grad, "> 0 (or unset: no clipping)")
         if self.augment not in (None, "none", "standard", "randaugment"):
             bad("augment", self.augment, "one of 'none', 'standard', 'randaugment'")
+        if not 0 <= self.seed < 2**63:
+            bad("seed", self.seed, "an integer in [0, 2**63)")
+        rate = self.model_args.get("drop_path_rate", 0.0)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            bad("drop_path_rate", rate, "a number in [0, 1)")
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
+    def from_json(cls, d: dict, source: str = "config") -> "TrainConfig":
+        """A config from its JSON form (``to_json``), checked like ``validate`` with errors
+        naming ``source`` (the file it came from)."""
+        if not isinstance(d, dict):
+            raise TrainingError(f"{source}: expected a JSON object of settings, got "
+                                f"{_json_kind(d)}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise TrainingError(f"config has unknown keys {sorted(unknown)}")
+            raise TrainingError(f"{source}: unknown keys {sorted(map(str, unknown))[:5]}; "
+                                f"expected some of {', '.join(sorted(names))}")
         d = dict(d)
+        hints = _field_types()
+        for name, value in d.items():
+            expected = _type_problem(value, hints[name])
+            if expected:
+                text = repr(value)
+                raise TrainingError(f"{source}: {name} must be {expected}, got "
+                                    f"{text if len(text) <= 60 else text[:57] + '...'}")
+            if hints[name] in (float, float | None) and isinstance(value, int):
+                d[name] = float(value)
         if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
+            d["betas"] = tuple(float(b) for b in d["betas"])
+        cfg = cls(**d)
+        cfg.validate(source)
+        return cfg
+
+
+_FLAGS = {"model_args": "--model-arg", "progress": "--no-progress", "eval_batch_size": "",
+          "drop_path_rate": "--drop-path", "out": "--out"}
+
+
+def _field_types() -> dict:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _json_kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false",
+            type(None): "null", int: "a number", float: "a number"}.get(type(value),
+                                                                       type(value).__name__)
+
+
+def _type_problem(value, hint) -> str | None:
+    """What ``value`` should be for the type ``hint`` of a ``TrainConfig`` field, or None if
+    it is that already (bools are not numbers; ints are fine where a float is expected)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = _type_problem(value, next(a for a in args if a is not type(None)))
+        return inner and f"{inner} (or null/unset)"
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok and math.isfinite(value) else "a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    if hint is dict or typing.get_origin(hint) is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        return None if ok else "an object of NAME: VALUE entries"
+    if typing.get_origin(hint) is tuple:
+        ok = (isinstance(value, (list, tuple)) and len(value) == len(args)
+              and all(_type_problem(v, a) is None for v, a in zip(value, args)))
+        return None if ok else f"a list of {len(args)} numbers"
+    return None
 
 
 # --- pieces of a run -----------------------------------------------------------------------
@@ -117,6 +202,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         return create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
     except TypeError as exc:  # an unknown configuration entry
         raise TrainingError(f"model_args {cfg.model_args} do not fit {cfg.model}: {exc}") from None
+    except (ValueError, ZeroDivisionError) as exc:  # an entry out of range
+        raise TrainingError(f"--model-arg: {exc}") from None
 
 
 def _state_dict_problems(exc: Exception) -> str:
@@ -203,22 +290,20 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
 
 # --- the run folder ------------------------------------------------------------------------
 
-def _prepare_out(out: str | None, resume: bool) -> Path | None:
-    if out is None:
-        return None
-    path = Path(out)
+def read_config(run: Path) -> TrainConfig:
+    """The checked ``TrainConfig`` of a run folder's ``config.json``."""
+    file = run / "config.json"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise TrainingError(f"cannot write to run folder {path}: {exc.strerror or exc}; "
-                            f"choose another --out") from None
-    if not resume and (path / "config.json").exists():
-        raise TrainingError(f"run folder {path} already holds a run; continue it with "
-                            f"--resume {path}, or choose another --out (nothing was changed)")
-    return path
+        text = file.read_bytes().decode("utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        raise TrainingError(f"--resume {show(run)}: no config.json there (not a run folder)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"{show(file)}: cannot be read ({exc})") from None
+    try:
+        d = json.loads(text)
+    except ValueError as exc:
+        raise TrainingError(f"{show(file)}: not valid JSON ({exc})") from None
+    return TrainConfig.from_json(d, source=show(file))
 
 
 def _checkpoint_tree(model, opt, sched, loader, epoch, best_acc, cfg) -> dict:
@@ -236,33 +321,71 @@ def _checkpoint_tree(model, opt, sched, loader, epoch, best_acc, cfg) -> dict:
     }
 
 
+_CHECKPOINT_ENTRIES = {"model_name": (str, "a string"), "config": (dict, "an object"),
+                       "epoch": (int, "an integer"), "best_acc": ((int, float), "a number"),
+                       "model": (dict, "an object"), "optimizer": (dict, "an object"),
+                       "schedule": (dict, "an object"), "loader": (dict, "an object"),
+                       "rng": (dict, "an object")}
+
+
+def _check_checkpoint(ckpt: dict, file: Path) -> None:
+    """Type and range of every entry ``fit`` and ``eval`` use: a damaged or crafted
+    checkpoint is a one-line ``CheckpointError`` naming the file and the entry."""
+    if ckpt.get("format") != "minivit-checkpoint-1":
+        raise CheckpointError(f"{show(file)}: not a minivit training checkpoint")
+    for key, (kind, expected) in _CHECKPOINT_ENTRIES.items():
+        if key not in ckpt:
+            raise CheckpointError(f"{show(file)}: the checkpoint has no {key!r} entry "
+                                  f"(a damaged or foreign file)")
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            raise CheckpointError(f"{show(file)}: its {key!r} entry must be {expected}, "
+                                  f"got {_json_kind(ckpt[key])}")
+    try:
+        cfg = TrainConfig.from_json(ckpt["config"], source=f"{show(file)} (its config)")
+    except TrainingError as exc:
+        raise CheckpointError(str(exc)) from None
+    if not 0 <= ckpt["epoch"] <= cfg.epochs:
+        raise CheckpointError(f"{show(file)}: its epoch must be in [0, {cfg.epochs}], got "
+                              f"{ckpt['epoch']}")
+    if not -1 <= ckpt["best_acc"] <= 1:
+        raise CheckpointError(f"{show(file)}: its best_acc must be in [-1, 1], got "
+                              f"{ckpt['best_acc']}")
+    for name, value in ckpt["model"].items():
+        if not isinstance(value, np.ndarray):
+            raise CheckpointError(f"{show(file)}: its model entry {name!r} is not an array")
+
+
 def load_run_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
                         model_name: str | None = None) -> dict:
     """Load ``last.npz`` of a run folder, or a checkpoint file; check it fits the model."""
     path = Path(path)
     file = path / "last.npz" if path.is_dir() else path
     ckpt = load_checkpoint(file)
-    if ckpt.get("format") != "minivit-checkpoint-1":
-        raise CheckpointError(f"{file}: not a minivit training checkpoint")
+    _check_checkpoint(ckpt, file)
     if model_name is not None and ckpt["model_name"] != model_name:
-        raise CheckpointError(f"{file} is a checkpoint of model {ckpt['model_name']!r}, "
+        raise CheckpointError(f"{show(file)} is a checkpoint of model {ckpt['model_name']!r}, "
                               f"not {model_name!r}")
     if model is not None:
         try:
             model.load_state_dict(ckpt["model"], strict=True)
         except (KeyError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{file} does not fit model {model_name or ''} (another model "
-                                  f"or configuration?): {_state_dict_problems(exc)}") from None
+            raise CheckpointError(f"{show(file)} does not fit model {model_name or ''} (another "
+                                  f"model or configuration?): {_state_dict_problems(exc)}") from None
     return ckpt
 
 
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (a run killed mid-save)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines()
-             if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
-    atomic_write(path, lambda f: f.write("".join(ln + "\n" for ln in lines).encode()))
+def _restore(ckpt: dict, file: Path, opt, sched, loader) -> None:
+    """Optimizer, schedule, data order and RNG from a checkpoint, each refused by name if it
+    does not fit (a checkpoint edited by hand or crafted)."""
+    parts = (("optimizer", opt.load_state_dict), ("schedule", sched.load_state_dict),
+             ("loader", loader.load_state_dict), ("rng", backend.set_rng_state))
+    for name, load in parts:
+        try:
+            load(ckpt[name])
+        except Exception as exc:  # noqa: BLE001 - any failure here is the file's fault
+            text = " ".join(str(exc).split())[:200]
+            raise CheckpointError(f"{show(file)}: its {name} state does not fit this run "
+                                  f"({type(exc).__name__}: {text})") from None
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -276,23 +399,47 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     ``stop_after_epochs``: stop once this many epochs are done (counted from the start of the
     run), as if interrupted; the schedule still spans ``cfg.epochs``, so a later ``resume``
     finishes the very run an uninterrupted ``fit`` would have made.
+
+    The run folder (``cfg.out``) is held with a lock for the whole call; see ``runfolder``
+    for what a kill at any moment leaves behind.
     """
+    if stop_after_epochs is not None and (type(stop_after_epochs) is not int
+                                          or stop_after_epochs < 1):
+        raise TrainingError(f"--stop-after-epochs must be an integer >= 1, got "
+                            f"{stop_after_epochs!r}")
     if resume is not None:
         run = Path(resume)
-        if not (run / "config.json").is_file():
-            raise TrainingError(f"--resume {run}: no config.json there (not a run folder)")
-        saved = TrainConfig.from_json(json.loads((run / "config.json").read_text()))
+        saved = read_config(run)
         if cfg.epochs and cfg.epochs != saved.epochs:
             # the learning-rate schedule spans the saved number of epochs: a resumed run
             # finishes that run exactly; training longer is a new run
-            raise TrainingError(f"--resume {run}: the run was set up for {saved.epochs} epochs "
-                                f"and resuming finishes that schedule; omit --epochs, or start "
-                                f"a new run to train for {cfg.epochs}")
+            raise TrainingError(f"--resume {show(run)}: the run was set up for {saved.epochs} "
+                                f"epochs and resuming finishes that schedule; omit --epochs, or "
+                                f"start a new run to train for {cfg.epochs}")
         saved.progress = cfg.progress
         cfg, cfg.out = saved, str(run)
     cfg.validate()
     device = backend.check_device(cfg.device)
-    out = _prepare_out(cfg.out, resume is not None)
+    folder = None if cfg.out is None else RunFolder(cfg.out, log).open(resume is not None)
+    try:
+        metrics = _fit(cfg, device, folder, log, stop_after_epochs)
+    except KeyboardInterrupt:
+        if folder is not None:
+            folder.close(failed=True)
+        raise RunInterrupted("" if folder is None else folder.holds()) from None
+    except BaseException:
+        if folder is not None:
+            folder.close(failed=True)
+        raise
+    if folder is not None:
+        folder.close()
+    return metrics
+
+
+def _fit(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
+         stop_after_epochs: int | None) -> dict:
+    out = None if folder is None else folder.path
+    resume = out if folder is not None and folder.state == "resume" else None
     minivit.manual_seed(cfg.seed)
     ds, train_loader, test_loader = _loaders(cfg)
     model = build_model(cfg, ds.num_classes)
@@ -303,22 +450,26 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     sched = build_schedule(opt, cfg, len(train_loader))
     start_epoch, best_acc = 0, -1.0
     if resume is not None:
-        ckpt = load_run_checkpoint(Path(resume), model, cfg.model)
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["schedule"])
-        train_loader.load_state_dict(ckpt["loader"])
-        backend.set_rng_state(ckpt["rng"])
+        ckpt = load_run_checkpoint(folder.last, model, cfg.model)
+        _restore(ckpt, folder.last, opt, sched, train_loader)
         start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt["best_acc"])
-        _truncate_metrics(out / "metrics.jsonl", start_epoch)
-        log(f"resumed {out} after epoch {start_epoch}")
-    if out is not None and resume is None:
-        atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_json(), indent=2).encode()))
+        folder.committed_epoch = start_epoch
+        done = reconcile_metrics(folder.metrics, start_epoch, log)
+        if start_epoch >= cfg.epochs:
+            log(f"{show(out)}: all {cfg.epochs} epochs of this run are done already; nothing "
+                f"to train (evaluate it with: minivit eval {show(out)})")
+            return {**(done[-1] if done else {"epoch": start_epoch}), "model": model}
+        log(f"resumed {show(out)} after epoch {start_epoch}")
+    if out is not None and folder.state == "new":
+        text = json.dumps(cfg.to_json(), indent=2).encode()
+        atomic_write(folder.config, lambda f: f.write(text))
 
     n_params = sum(p.size for p in model.parameters())
     log(f"{cfg.model}: {n_params:,} parameters; {cfg.dataset}: {len(train_loader.x)} train / "
         f"{len(test_loader.x)} test images; {cfg.epochs} epochs on {device}")
     metrics: dict = {}
     step = start_epoch * len(train_loader)
+    watch = LossWatch(cfg.log_interval)  # NaN/inf caught without a host sync per step
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         train_loader.set_epoch(epoch)
@@ -330,12 +481,9 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
                 logits = model(_to_device(xb, device))
                 loss = F.cross_entropy(logits, _to_device(yb, device),
                                        label_smoothing=cfg.label_smoothing)
+                if watch.add(loss.data, step):
+                    _check_loss(watch, folder, epoch)
                 loss_value = float(loss.item())
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"loss became {loss_value} at step {step} (epoch {epoch + 1}); stopped. "
-                        f"The last good checkpoint is kept"
-                        f"{' in ' + str(out / 'last.npz') if out else ''}; try a lower --lr")
                 opt.zero_grad()
                 loss.backward()
                 if cfg.clip_grad:
@@ -343,6 +491,7 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
                 opt.step()
                 sched.step()
                 step += 1
+                crash_point("step")
                 labels = yb if yb.ndim == 1 else yb.argmax(axis=1)
                 pred = backend.as_numpy(logits.data).argmax(axis=1)
                 loss_sum += loss_value * len(labels)
@@ -352,6 +501,7 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
                 bar.set_postfix(loss=loss_sum / seen, acc=correct / seen,
                                 img_s=seen / max(time.perf_counter() - t0, 1e-9))
         train_time = time.perf_counter() - t0
+        _check_loss(watch, folder, epoch)
         ev = evaluate(model, test_loader, device)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "test_loss": ev["loss"], "test_acc": ev["acc"],
@@ -361,20 +511,34 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
             f"train acc {100 * metrics['train_acc']:.2f}%  test loss {ev['loss']:.4f}  "
             f"test acc {100 * ev['acc']:.2f}%  lr {metrics['lr']:.2e}  "
             f"time {train_time:.1f}s ({metrics['train_imgs_per_s']:.0f} img/s)")
+        bad = non_finite_state(model, opt, ev["loss"])
+        if bad is not None:
+            where = "" if folder is None else f"; {folder.holds()}"
+            raise TrainingError(f"epoch {epoch + 1} ended with a non-finite {bad}; stopped "
+                                f"without saving it{where}; try a lower --lr")
         if out is not None:
-            # metrics first: a resume drops lines past the checkpoint's epoch, so a kill
-            # between the two writes loses nothing
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            crash_point("epoch-end")
+            # metrics, then best.npz, then last.npz, the commit point: a resume drops metric
+            # lines past last.npz's epoch, so a kill anywhere in between loses nothing
+            append_metrics(folder.metrics, metrics)
             best = ev["acc"] > best_acc
             best_acc = max(best_acc, ev["acc"])
             tree = _checkpoint_tree(model, opt, sched, train_loader, epoch + 1, best_acc, cfg)
-            save_checkpoint(out / "last.npz", tree)
-            if best:
-                save_checkpoint(out / "best.npz", tree)
+            folder.commit(tree, improved=best)
         if stop_after_epochs is not None and stop_after_epochs <= epoch + 1 < cfg.epochs:
             log(f"stopped after epoch {epoch + 1} of {cfg.epochs} as asked"
-                f"{'; continue with --resume ' + str(out) if out else ''}")
+                f"{'; continue with --resume ' + show(out) if out else ''}")
             break
     metrics["model"] = model
     return metrics
+
+
+def _check_loss(watch: LossWatch, folder: RunFolder | None, epoch: int) -> None:
+    """Read the losses waiting on the device; stop the run if one is NaN or inf."""
+    try:
+        watch.check()
+    except NonFiniteLoss as exc:
+        where = "Nothing was saved" if folder is None else folder.holds()
+        where = where[0].upper() + where[1:]
+        raise TrainingError(f"{exc} (epoch {epoch + 1}); stopped. {where}; try a lower "
+                            f"--lr") from None

@@ -34,7 +34,7 @@ import minivit
 from minivit import nn
 import minivit.nn.functional as F
 
-from .registry import register_model
+from .registry import check_hparams, register_model
 from .vit import LN_EPS, Mlp, PatchEmbed, _drop_path, _dropout, _pair, check_input
 
 __all__ = ["Image2Tokens", "I2TEmbed", "PointwiseConv", "LeFF", "Block", "ClassTokenAttention",
@@ -283,6 +283,7 @@ class CeIT(nn.Module):
                  i2t_stride=2, patch_size=4, embed_dim=192, depth=12, num_heads=3,
                  mlp_ratio=4.0, qkv_bias=True, leff_kernel=3, leff_with_bn=True,
                  leff_variant="paper", drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0):
+        check_hparams(CeIT, locals())  # sizes > 0, rates in [0, 1), flags bool
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")

@@ -23,7 +23,7 @@ import math
 from minivit import nn
 from minivit.nn import functional as F
 
-from .registry import register_model
+from .registry import check_hparams, register_model
 from .vit import LN_EPS, Mlp, PatchEmbed, _drop_path, _dropout, check_input
 
 __all__ = ["MixerBlock", "MlpMixer", "mixer_b16_224", "mlp_mixer_cifar"]
@@ -112,6 +112,7 @@ class MlpMixer(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000,
                  embed_dim=512, depth=8, mlp_ratio=(0.5, 4.0), drop_rate=0.0,
                  proj_drop_rate=0.0, drop_path_rate=0.0):
+        check_hparams(MlpMixer, locals())  # sizes > 0, rates in [0, 1), flags bool
         super().__init__()
         if not isinstance(mlp_ratio, (tuple, list)):
             mlp_ratio = (0.5, float(mlp_ratio))   # a single number sets the channel ratio
