@@ -4,16 +4,11 @@
     x = minivit.tensor([[1.0, 2.0]], requires_grad=True)
     y = (x * x).sum()
     y.backward()          # x.grad == 2 x
+
+``import minivit`` changes nothing in the process; ``minivit.runtime.tune()`` applies the
+thread and allocator settings the ``minivit`` command uses.
 """
 import os as _os
-
-# OpenBLAS's worker threads busy-wait for 2^28 cycles (about 0.1 s) after every matrix product
-# before they sleep, so on a small machine they take the cores that minivit's own threads
-# (elementwise blocks, conv copies, stacks of small products) need between two GEMMs. 2^4
-# cycles makes them sleep at once: training steps 5-10% faster on 2 cores. Read when NumPy
-# loads OpenBLAS, so it only takes effect when minivit is imported before NumPy (the
-# ``minivit`` command always is); set the variable yourself to override it.
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
 def _interrupted_while_importing(signum, frame):  # pragma: no cover - runs in a subprocess
@@ -39,7 +34,7 @@ def _cli_launch() -> bool:
     return _os.path.splitext(name)[0] == "minivit"
 
 
-if _cli_launch():  # the `minivit` command: Ctrl-C during the imports is one line
+if _cli_launch():  # the `minivit` command only: Ctrl-C during the imports is one line
     import signal as _signal
     try:
         _signal.signal(_signal.SIGINT, _interrupted_while_importing)
@@ -47,8 +42,9 @@ if _cli_launch():  # the `minivit` command: Ctrl-C during the imports is one lin
         pass
 
 from .autograd import (Function, GradcheckError, Tensor, arange, enable_grad, full,
-                       gradcheck, gradcheck_directional, is_grad_enabled, manual_seed,
-                       no_grad, ones, ones_like, rand, randn, tensor, zeros, zeros_like)
+                       gradcheck, gradcheck_directional, inference_mode, is_grad_enabled,
+                       manual_seed, no_grad, ones, ones_like, rand, randn, set_grad_enabled,
+                       tensor, zeros, zeros_like)
 from .autograd.backend import is_cupy_available
 from .autograd.ops import (abs, add, cat, chunk, clip, concatenate, div, einsum, erf, exp,
                            flatten, gelu, log, log_softmax, logsumexp, matmul, max, maximum,
@@ -56,7 +52,12 @@ from .autograd.ops import (abs, add, cat, chunk, clip, concatenate, div, einsum,
                            sigmoid, softmax, split, sqrt, squeeze, stack, std, sub, sum, swapaxes,
                            tanh, transpose, unsqueeze, var, where)
 from .autograd.ops import broadcast_to
+from .autograd.ops import ValuesIndices, clone, masked_fill, norm, repeat  # PyTorch's names
 from .autograd.ops import broadcast_to as expand  # noqa: F401
+from .kernels import is_reference_mode, reference_mode
+from . import kernels as _kernels
+
+_kernels.load()   # registers the fast bodies (minivit/kernels/cpu_*.py) against their ops
 
 float32 = "float32"
 float64 = "float64"

@@ -1,4 +1,5 @@
-"""The ``minivit`` command (also ``python -m minivit``): train, eval, plot, bench, gradcheck.
+"""The ``minivit`` command (also ``python -m minivit``): train, eval, export, plot, bench,
+gradcheck.
 
 Errors a user can fix (a bad name, a missing file, no GPU) print one line and exit with 2;
 any other exception prints one line too and exits with 1. Neither ends in a traceback: pass
@@ -13,65 +14,80 @@ from pathlib import Path
 
 from .runfolder import show
 
-DEFAULTS_NOTE = ("defaults: AdamW lr 1e-3, weight decay 0.05 (none on norms, biases, tokens), "
-                 "1 warmup epoch then cosine, label smoothing 0.1, crop+flip, batch 128")
-
-
 def _add_train(sub):
-    p = sub.add_parser("train", help="train a model on CIFAR", description=DEFAULTS_NOTE)
-    p.add_argument("--model", default="vit_cifar", help="registry name (see `minivit models`)")
-    p.add_argument("--dataset", default="cifar10-subset",
-                   help="cifar10-subset (bundled, offline), cifar10 or cifar100")
-    p.add_argument("--data", default=None, help="a CIFAR folder or .tar.gz (else the cache)")
-    p.add_argument("--epochs", type=int, default=None, help="default 10 (resume: as saved)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--min-lr", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--augment", default="standard", choices=["none", "standard", "randaugment"])
-    p.add_argument("--mixup", type=float, default=0.0, help="Beta alpha; 0 = off")
-    p.add_argument("--cutmix", type=float, default=0.0, help="Beta alpha; 0 = off")
-    p.add_argument("--clip-grad", type=float, default=None)
-    p.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an entry of the model's configuration, e.g. --model-arg "
-                        "depth=2 (repeatable; values are Python literals, else strings)")
-    p.add_argument("--init-weights", default=None, metavar="FILE",
-                   help="start from these weights instead of the seed's initialisation: a "
-                        ".npz of a state dict (timm's names), a checkpoint or a run folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", default=None, help="run folder (config, metrics, checkpoints)")
+    from .config_cli import add_config_arguments
+    from .train import TrainConfig
+
+    p = sub.add_parser(
+        "train", help="train a model on CIFAR",
+        description="Train a model on CIFAR with the recipe of docs/recipe.md. Every option "
+                    "is a field of minivit.train.TrainConfig; precedence: options typed here, "
+                    "then -c FILE, then the defaults shown. timm's train.py spellings are "
+                    "accepted (-b, --opt, --sched, --smoothing, --output, --model-kwargs, "
+                    "--initial-checkpoint).")
+    p.add_argument("-c", "--config", default=None, metavar="FILE",
+                   help="read settings from a JSON or TOML file (field names as keys, e.g. a "
+                        "run's config.json); options typed on the command line win")
     p.add_argument("--resume", default=None, metavar="RUN",
-                   help="continue a run folder with its saved config (other options are ignored)")
+                   help="continue a run folder with its saved recipe (options that would "
+                        "change the recipe are an error; --device, --data, --no-progress may "
+                        "change)")
     p.add_argument("--stop-after-epochs", type=int, default=None, metavar="N",
                    help="stop once N epochs are done (the schedule still spans --epochs); "
                         "continue later with --resume")
-    p.add_argument("--train-limit", type=int, default=None, help="use the first N train images")
-    p.add_argument("--test-limit", type=int, default=None, help="use the first N test images")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--pretrained", action="store_true",
+                   help="not supported: minivit downloads no weights (see --initial-checkpoint)")
+    add_config_arguments(p.add_argument_group(
+        "settings of the run (the fields of minivit.train.TrainConfig)"), TrainConfig)
+
+
+def default_run_folder(model: str, root: str | Path = "runs") -> str:
+    """``runs/MODEL-YYYYmmdd-HHMMSS`` (``-2``, ``-3``... appended if that folder exists)."""
+    import time
+
+    base = Path(root) / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return str(path)
+
+
+def train_config_from_args(args):
+    """The TrainConfig of ``minivit train``: typed options over ``-c FILE`` over the defaults
+    (or, with ``--resume``, over the run's saved config)."""
+    from .config_cli import given_config_values, load_config_file
+    from .train import TrainConfig, TrainingError, read_config
+
+    if args.pretrained:
+        raise TrainingError("--pretrained: minivit downloads no weights; download the weights "
+                            "yourself (timm's names) and pass --initial-checkpoint FILE")
+    given = given_config_values(args, TrainConfig)
+    if args.config:
+        from_file = load_config_file(args.config, TrainConfig)
+        if "model_args" in given and "model_args" in from_file:   # merge, the typed ones win
+            given["model_args"] = {**from_file["model_args"], **given["model_args"]}
+        given = {**from_file, **given}
+    if args.resume is not None:
+        run = Path(args.resume)
+        base = read_config(run).to_json()   # checked, errors naming the file
+        out = given.pop("out", None)
+        if out is not None and Path(out).resolve() != run.resolve():
+            raise TrainingError(f"--resume {show(run)} continues in {show(run)}; --out "
+                                f"{show(out)} cannot be used with it (start a new run to write "
+                                f"elsewhere)")
+    else:
+        base = {}
+    return TrainConfig.from_json({**base, **given})
 
 
 def _train(args) -> int:
-    from .train import TrainConfig, fit
+    from .train import fit
 
-    model_args = dict(_parse_model_arg(a) for a in args.model_arg)
-    if args.drop_path is not None:
-        model_args["drop_path_rate"] = args.drop_path
-    cfg = TrainConfig(
-        model=args.model, dataset=args.dataset, data=args.data,
-        epochs=args.epochs if args.epochs is not None else 10, batch_size=args.batch_size,
-        lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        augment=args.augment, mixup=args.mixup, cutmix=args.cutmix, clip_grad=args.clip_grad,
-        model_args=model_args, init_weights=args.init_weights, seed=args.seed,
-        device=args.device, out=args.out,
-        train_limit=args.train_limit, test_limit=args.test_limit,
-        progress=not args.no_progress)
-    if args.resume is not None and args.epochs is None:
-        cfg.epochs = 0  # keep the saved number of epochs
+    cfg = train_config_from_args(args)
+    if args.resume is None and cfg.out is None:
+        cfg.out = default_run_folder(cfg.model)
+        print(f"run folder: {cfg.out} (choose another with --out)")
     m = fit(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
     if "test_acc" in m:
         print(f"final test accuracy {100 * m['test_acc']:.2f}%")
@@ -80,28 +96,33 @@ def _train(args) -> int:
 
 def _parse_model_arg(text: str) -> tuple[str, object]:
     """``"depth=2"`` -> ``("depth", 2)``; a value that is no Python literal stays a string."""
-    import ast
+    from .config_cli import parse_key_value
 
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"--model-arg {text!r}: expected KEY=VALUE, e.g. --model-arg depth=2")
+    return parse_key_value(text)
+
+
+def _is_plain_state_dict(file: Path) -> bool:
+    """Whether ``file`` is a readable ``.npz`` of arrays that is not a training checkpoint."""
+    from .checkpoint import CheckpointError, is_checkpoint, read_npz
+
     try:
-        parsed = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-        parsed = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
-    return key.strip(), parsed
+        return file.suffix == ".npz" and file.is_file() and not is_checkpoint(read_npz(file, ""))
+    except CheckpointError:
+        return False   # load_run_checkpoint says what is wrong with it
 
 
 def _eval(args) -> int:
-    from .data import NUM_CLASSES, CIFARLoader, DatasetError, load_dataset
+    from .data import NUM_CLASSES, DatasetError, load_dataset
     from .models import create_model
-    from .train import TrainConfig, evaluate, load_run_checkpoint
+    from .train import TrainConfig, load_run_checkpoint
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be an integer >= 1 (or omitted: all images), got "
                          f"{args.limit}")
     path = Path(args.run)
     file = path / ("best.npz" if args.best else "last.npz") if path.is_dir() else path
+    if file.suffix == ".safetensors" or _is_plain_state_dict(file):
+        return _eval_weights(args, file)
     ckpt = load_run_checkpoint(file)
     cfg = TrainConfig.from_json(ckpt["config"])
     name = args.dataset or cfg.dataset
@@ -112,16 +133,65 @@ def _eval(args) -> int:
     ds = load_dataset(name, args.data if args.data else cfg.data)
     model = create_model(cfg.model, num_classes=ds.num_classes, **cfg.model_args)
     load_run_checkpoint(file, model, cfg.model)
+    return _report(args, model, ds, f"{cfg.model} from {file} (epoch {ckpt['epoch']}) on {name}")
+
+
+def _eval_weights(args, file: Path) -> int:
+    """``eval`` of a plain state dict (``.safetensors`` or ``.npz``): the model comes from
+    ``--model`` or the file's metadata (``minivit export`` records it)."""
+    import json
+
+    from .data import load_dataset
+    from .models import create_model
+    from .weights import read_metadata
+
+    meta = read_metadata(file)
+    model_name = args.model or meta.get("model")
+    if not model_name:
+        raise ValueError(f"{file} is a plain state dict without a model name; name its model "
+                         f"with --model (e.g. --model vit_cifar)")
+    name = args.dataset or meta.get("dataset") or "cifar10"
+    ds = load_dataset(name, args.data)
+    model_args = json.loads(meta.get("model_args", "{}")) if model_name == meta.get("model") else {}
+    model = create_model(model_name, num_classes=ds.num_classes, checkpoint_path=file,
+                         **model_args)
+    return _report(args, model, ds, f"{model_name} from {file} on {name}")
+
+
+def _report(args, model, ds, label: str) -> int:
+    """Evaluate ``model`` on ``ds`` as ``eval``'s flags say; print accuracy and confusion."""
+    from .data import CIFARLoader
+    from .train import evaluate
+
     model.to(args.device)
     x, y = (ds.x_test, ds.y_test) if not args.train else (ds.x_train, ds.y_train)
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
     loader = CIFARLoader(x, y, batch_size=256, shuffle=False, num_classes=ds.num_classes)
     ev = evaluate(model, loader, args.device, ds.num_classes, progress=True)
-    print(f"{cfg.model} from {show(file)} (epoch {ckpt['epoch']}) on {args.dataset or cfg.dataset} "
-          f"{'train' if args.train else 'test'} ({len(x)} images): accuracy "
+    print(f"{label} {'train' if args.train else 'test'} ({len(x)} images): accuracy "
           f"{100 * ev['acc']:.2f}%, loss {ev['loss']:.4f}")
     print(format_confusion(ev["confusion"], ds.class_names))
+    return 0
+
+
+def _export(args) -> int:
+    """Write a run's model weights as a state dict: ``.safetensors`` (timm's format) or ``.npz``."""
+    import json
+
+    from .train import load_run_checkpoint
+    from .weights import save_state_dict_file
+
+    path = Path(args.run)
+    file = path / ("best.npz" if args.best else "last.npz") if path.is_dir() else path
+    ckpt = load_run_checkpoint(file)
+    cfg = ckpt["config"]
+    out = Path(args.out) if args.out else file.with_name(file.stem + ".safetensors")
+    meta = {"model": ckpt["model_name"], "dataset": cfg.get("dataset", ""),
+            "model_args": json.dumps(cfg.get("model_args", {})), "epoch": str(ckpt["epoch"])}
+    save_state_dict_file(out, ckpt["model"], metadata=meta)
+    print(f"wrote {out} ({ckpt['model_name']}, {len(ckpt['model'])} tensors, epoch "
+          f"{ckpt['epoch']})")
     return 0
 
 
@@ -148,7 +218,7 @@ def _models(args) -> int:
 
     for name in list_models():
         if args.count:
-            n = sum(p.size for p in create_model(name, num_classes=10 if "cifar" in name else 1000).parameters())
+            n = create_model(name).num_parameters()   # its own class count: 10 for CIFAR
             print(f"{name:28s} {n:>12,d}")
         else:
             print(name)
@@ -168,20 +238,33 @@ def _gradcheck(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="minivit", description="a from-scratch ViT engine")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also MINIVIT_DEBUG=1; "
                              "accepted anywhere on the command line)")
+    parser.add_argument("--version", action="version", version=f"minivit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     p = sub.add_parser("eval", help="accuracy and confusion matrix of a run or checkpoint")
-    p.add_argument("run", help="a run folder (uses last.npz) or a .npz checkpoint")
+    p.add_argument("run", help="a run folder (uses last.npz), a .npz checkpoint, or a state "
+                               "dict (.safetensors or .npz)")
     p.add_argument("--best", action="store_true", help="use best.npz of the run folder")
     p.add_argument("--dataset", default=None, help="default: the run's dataset")
     p.add_argument("--data", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--train", action="store_true", help="evaluate on the training split")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--model", default=None,
+                   help="the model of a plain state dict (.safetensors or .npz); default: the "
+                        "name in the file's metadata")
+    p = sub.add_parser("export", help="write a run's weights as .safetensors (or .npz)")
+    p.add_argument("run", help="a run folder (uses last.npz) or a .npz checkpoint")
+    p.add_argument("--best", action="store_true", help="use best.npz of the run folder")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="model.safetensors or model.npz (default: beside the checkpoint, "
+                        "last.safetensors)")
     p = sub.add_parser("plot", help="draw a run's curves to a PNG (needs matplotlib)")
     p.add_argument("run")
     p.add_argument("--output", default=None, help="default RUN/curves.png")
@@ -200,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "models": _models, "bench": _bench,
+COMMANDS = {"train": _train, "eval": _eval, "export": _export, "plot": _plot, "models": _models, "bench": _bench,
             "gradcheck": _gradcheck}
 
 
@@ -224,14 +307,17 @@ def _printable_streams() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import _sigint_default
+    from . import _sigint_default, runtime
 
+    if argv is None:                 # the command itself (not a call from Python code)
+        runtime.reexec_with_blas_env()   # OpenBLAS reads its variable when NumPy loads
     _sigint_default()  # loaded: from here Ctrl-C is a KeyboardInterrupt, handled below
     _printable_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MINIVIT_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
+    runtime.tune()                   # allocator and BLAS settings: minivit/runtime.py
     from .checkpoint import CheckpointError
     from .data import DatasetError
     from .train import TrainingError

@@ -191,7 +191,7 @@ def run_model(name: str, out=print, seed: int = 0, overrides: dict | None = None
     overrides = SMALL.get(name, {}) if overrides is None else overrides
     model = create_model(name, num_classes=10, **overrides).to("float64").eval()
     move_off_init(model, seed)
-    n_params = sum(p.size for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
     h, w = _input_size(model)
     x = minivit.tensor(np.random.default_rng(seed).standard_normal((2, 3, h, w)),
                        dtype="float64", requires_grad=True)

@@ -9,6 +9,7 @@ checkpoints ``last.npz`` and ``best.npz`` (model, optimizer, schedule, epoch, RN
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -24,14 +25,14 @@ import numpy as np
 import minivit
 from . import nn, optim
 from .autograd import backend
-from .checkpoint import (CheckpointError, atomic_write, checkpoint_tree, is_checkpoint,
-                         load_checkpoint, read_npz, save_checkpoint)
+from .config_cli import format_value, is_recipe, option_name, setting
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint
 from .data import CIFARLoader, load_dataset
 from .finite import LossWatch, NonFiniteLoss, non_finite_state
 from .models import create_model, list_models
 from .nn import functional as F
 from .progress import Progress
-from .runfolder import (RunFolder, TrainingError, append_metrics, crash_point, read_metrics,
+from .runfolder import (RunFolder, TrainingError, append_metrics, crash_point,
                         reconcile_metrics, show)
 
 
@@ -41,35 +42,70 @@ class RunInterrupted(KeyboardInterrupt):
 
 @dataclass
 class TrainConfig:
-    """Every knob of a run. The defaults are the standard CIFAR recipe of BENCHMARKS.md:
-    AdamW (lr 1e-3 at batch 128, wd 0.05, none on norms/biases/tokens), 1 warmup epoch then
-    cosine to 0 per step, label smoothing 0.1, random crop (pad 4) and horizontal flip."""
+    """Every knob of a run; the ``minivit train`` options are generated from these fields
+    (``minivit.config_cli``), so each default is written here once. The defaults are the
+    standard CIFAR recipe of docs/recipe.md: AdamW (lr 1e-3 at batch 128, wd 0.05, none on
+    norms/biases/tokens), 1 warmup epoch then cosine to 0 per step, label smoothing 0.1,
+    random crop (pad 4) and horizontal flip.
 
-    model: str = "vit_cifar"
-    dataset: str = "cifar10-subset"
-    data: str | None = None  # a folder or archive; None: bundled subset or the cache folder
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    augment: str = "standard"  # "none", "standard" (crop + flip), "randaugment"
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    clip_grad: float | None = None
-    model_args: dict = field(default_factory=dict)  # overrides of the model configuration
-    init_weights: str | None = None  # start from these weights (a state-dict .npz or checkpoint)
-    seed: int = 0
-    device: str = "cpu"
-    out: str | None = None
-    train_limit: int | None = None  # use only the first N training images (quick runs, tests)
-    test_limit: int | None = None
-    eval_batch_size: int = 256
-    progress: bool = True
-    log_interval: int = 50  # read the loss (and check it is finite) every N steps
+    A field needs a type the command line can parse (see ``config_cli``) and, for ``--help``,
+    ``setting(default, "help", ...)``; ``recipe=False`` marks one a resumed run may change."""
+
+    model: str = setting("vit_cifar", "registry name (see `minivit models`)")
+    dataset: str = setting("cifar10-subset", "cifar10-subset (bundled, offline), cifar10 or "
+                           "cifar100", metavar="NAME")
+    data: str | None = setting(None, "a CIFAR folder or .tar.gz", aliases=("--data-dir",),
+                               metavar="PATH", recipe=False,
+                               default_help="the bundled subset, else the download cache")
+    epochs: int = setting(10, "epochs; the schedule spans them all")
+    batch_size: int = setting(128, "images per step", aliases=("-b",))
+    opt: str = setting("adamw", "optimizer (AdamW with decoupled weight decay, or SGD)",
+                       choices=("adamw", "sgd"))
+    lr: float = setting(1e-3, "peak learning rate (after warmup)")
+    min_lr: float = setting(0.0, "learning rate at the end of the schedule")
+    weight_decay: float = setting(0.05, "weight decay (none on norms, biases, tokens)")
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW's betas",
+                                         aliases=("--opt-betas",), metavar=("B1", "B2"))
+    momentum: float = setting(0.9, "SGD momentum (--opt sgd)")
+    sched: str = setting("cosine", "schedule after the linear warmup: cosine or linear decay "
+                         "to --min-lr, or constant", choices=("cosine", "linear", "constant"))
+    warmup_epochs: float = setting(1.0, "linear warmup from 0, in epochs (fractions allowed)")
+    label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy",
+                                     aliases=("--smoothing",))
+    augment: str = setting("standard", "data augmentation: none, random crop (pad 4) and flip, "
+                           "or those plus RandAugment",
+                           choices=("none", "standard", "randaugment"))
+    mixup: float = setting(0.0, "mixup's Beta alpha; 0 = off")
+    cutmix: float = setting(0.0, "CutMix's Beta alpha; 0 = off")
+    clip_grad: float | None = setting(None, "clip the gradients' global norm to this",
+                                      default_help="no clipping")
+    drop_path: float | None = setting(None, "stochastic depth rate (the model's "
+                                      "drop_path_rate)", default_help="the model's own")
+    model_args: dict = setting(help="override an entry of the model's configuration, e.g. "
+                               "--model-arg depth=2", default_factory=dict, flag="--model-arg",
+                               aliases=("--model-kwargs",))
+    init_weights: str | None = setting(None, "start from these weights: a state dict (.npz, "
+                                       "timm's names), a checkpoint or a run folder",
+                                       aliases=("--initial-checkpoint",), metavar="FILE",
+                                       default_help="the seed's initialisation")
+    seed: int = setting(0, "seed of the initialisation, the data order and augmentation")
+    device: str = setting("cpu", "cpu or cuda", recipe=False)
+    out: str | None = setting(None, "run folder (config, metrics, checkpoints)",
+                              aliases=("--output",), metavar="DIR", recipe=False,
+                              default_help="runs/MODEL-YYYYmmdd-HHMMSS on the command line; "
+                                           "nothing saved from the API")
+    train_limit: int | None = setting(None, "use only the first N training images",
+                                      metavar="N", default_help="all")
+    test_limit: int | None = setting(None, "use only the first N test images", metavar="N",
+                                     recipe=False, default_help="all")
+    eval_batch_size: int = setting(256, "images per evaluation step",
+                                   aliases=("--validation-batch-size",), recipe=False)
+    progress: bool = setting(True, "progress bars", recipe=False)
+    log_interval: int = setting(50, "read the training loss from the device (and check it is "
+                                "finite) every N steps", metavar="N", recipe=False)
+    reference: bool = setting(False, "run every op on its reference body, the plain math of its "
+                              "docstring (slower; the same results to float32 rounding)",
+                              recipe=False)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -80,16 +116,9 @@ class TrainConfig:
         """Raise ``TrainingError`` naming the first setting of the wrong type or out of range
         (before a run starts, so nothing is written and no epoch is spent on a setting that
         fails later). ``source``: the file the settings were read from, named in the error;
-        without it the error names the command-line flag."""
+        without it the error names the command-line option."""
         def bad(name, value, expected):
-            if source is not None:
-                where = f"{source}: {name}"
-            else:
-                flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
-                where = f"{name} ({flag})" if flag else name
-            text = repr(value)
-            raise TrainingError(f"{where} must be {expected}, got "
-                                f"{text if len(text) <= 60 else text[:57] + '...'}")
+            _refuse(name, value, expected, source)
 
         for f, hint in _field_types().items():
             expected = _type_problem(getattr(self, f), hint)
@@ -102,7 +131,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 bad(name, v, "an integer >= 1 (or unset: all images)")
-        for name in ("lr", "min_lr", "weight_decay", "mixup", "cutmix"):
+        for name in ("lr", "min_lr", "weight_decay", "mixup", "cutmix", "momentum"):
             if not getattr(self, name) >= 0:
                 bad(name, getattr(self, name), ">= 0")
         if not 0 <= self.warmup_epochs <= self.epochs:
@@ -113,34 +142,36 @@ class TrainConfig:
             bad("betas", list(self.betas), "two numbers in [0, 1)")
         if self.clip_grad is not None and not self.clip_grad > 0:
             bad("clip_grad", self.clip_grad, "> 0 (or unset: no clipping)")
-        if self.augment not in (None, "none", "standard", "randaugment"):
-            bad("augment", self.augment, "one of 'none', 'standard', 'randaugment'")
+        if self.drop_path is not None and not 0 <= self.drop_path < 1:
+            bad("drop_path", self.drop_path, "a number in [0, 1) (or unset: the model's own)")
         if not 0 <= self.seed < 2**63:
             bad("seed", self.seed, "an integer in [0, 2**63)")
-        rate = self.model_args.get("drop_path_rate", 0.0)
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-            bad("drop_path_rate", rate, "a number in [0, 1)")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if f.name == "augment" and self.augment is None:   # the API's spelling of "none"
+                continue
+            if choices and getattr(self, f.name) not in choices:
+                bad(f.name, getattr(self, f.name), "one of " + ", ".join(map(repr, choices)))
 
     @classmethod
-    def from_json(cls, d: dict, source: str = "config") -> "TrainConfig":
-        """A config from its JSON form (``to_json``), checked like ``validate`` with errors
-        naming ``source`` (the file it came from)."""
+    def from_json(cls, d: dict, source: str | None = None) -> "TrainConfig":
+        """A config from its JSON form (``to_json``), checked like ``validate``: errors name
+        ``source`` (the file it came from), else the command-line option."""
         if not isinstance(d, dict):
-            raise TrainingError(f"{source}: expected a JSON object of settings, got "
-                                f"{_json_kind(d)}")
+            raise TrainingError(f"{source or 'config'}: expected a JSON object of settings, "
+                                f"got {_json_kind(d)}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise TrainingError(f"{source}: unknown keys {sorted(map(str, unknown))[:5]}; "
-                                f"expected some of {', '.join(sorted(names))}")
+            raise TrainingError(f"{source or 'config'}: unknown keys "
+                                f"{sorted(map(str, unknown))[:5]}; expected some of "
+                                f"{', '.join(sorted(names))}")
         d = dict(d)
         hints = _field_types()
         for name, value in d.items():
             expected = _type_problem(value, hints[name])
             if expected:
-                text = repr(value)
-                raise TrainingError(f"{source}: {name} must be {expected}, got "
-                                    f"{text if len(text) <= 60 else text[:57] + '...'}")
+                _refuse(name, value, expected, source)
             if hints[name] in (float, float | None) and isinstance(value, int):
                 d[name] = float(value)
         if "betas" in d:
@@ -150,8 +181,12 @@ class TrainConfig:
         return cfg
 
 
-_FLAGS = {"model_args": "--model-arg", "progress": "--no-progress", "eval_batch_size": "",
-          "drop_path_rate": "--drop-path", "out": "--out"}
+def _refuse(name: str, value, expected: str, source: str | None):
+    """The one-line error for a setting: naming the file it came from, else its option."""
+    where = f"{source}: {name}" if source else f"{name} ({option_name(FIELDS[name])})"
+    text = repr(value)
+    raise TrainingError(f"{where} must be {expected}, got "
+                        f"{text if len(text) <= 60 else text[:57] + '...'}")
 
 
 def _field_types() -> dict:
@@ -192,16 +227,33 @@ def _type_problem(value, hint) -> str | None:
     return None
 
 
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def resume_conflicts(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """The recipe fields in which ``cfg`` differs from a run's saved config, as
+    ``"--lr 5.0 (the run's: 0.001)"``; a resumed run must keep its recipe."""
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        new, old = getattr(cfg, f.name), getattr(saved, f.name)
+        if is_recipe(f) and new != old:
+            out.append(f"{option_name(f)} {format_value(new)} (the run's: {format_value(old)})")
+    return out
+
+
 # --- pieces of a run -----------------------------------------------------------------------
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if cfg.model not in list_models():
         raise TrainingError(f"unknown model {cfg.model!r}; known models: "
                             f"{', '.join(list_models())}")
+    model_args = dict(cfg.model_args)
+    if cfg.drop_path is not None:
+        model_args["drop_path_rate"] = cfg.drop_path
     try:
-        return create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
+        return create_model(cfg.model, num_classes=num_classes, **model_args)
     except TypeError as exc:  # an unknown configuration entry
-        raise TrainingError(f"model_args {cfg.model_args} do not fit {cfg.model}: {exc}") from None
+        raise TrainingError(f"model_args {model_args} do not fit {cfg.model}: {exc}") from None
     except (ValueError, ZeroDivisionError) as exc:  # an entry out of range
         raise TrainingError(f"--model-arg: {exc}") from None
 
@@ -215,16 +267,16 @@ def _state_dict_problems(exc: Exception) -> str:
 
 
 def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str) -> None:
-    """Copy starting weights into ``model``: a plain ``.npz`` of a state dict (parameter name ->
-    array, e.g. saved from timm with ``np.savez``), a minivit checkpoint, or a run folder."""
+    """Copy starting weights into ``model``: a state dict (parameter name -> array, timm's
+    names) as ``.safetensors`` or plain ``.npz``, a minivit checkpoint, or a run folder."""
+    from .weights import load_state_dict_file  # noqa: PLC0415
+
     path = Path(path)
     file = path / "last.npz" if path.is_dir() else path
     if not file.is_file():
         raise TrainingError(f"--init-weights {file}: no such file")
     try:
-        state = read_npz(file, ".npz file")
-        if is_checkpoint(state):  # a training checkpoint: take its model
-            state = checkpoint_tree(state, file)["model"]
+        state = load_state_dict_file(file)
     except CheckpointError as exc:
         raise TrainingError(f"--init-weights {exc}") from None
     try:
@@ -236,13 +288,29 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike, model_name: str
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> optim.Optimizer:
     groups = optim.param_groups_weight_decay(model, cfg.weight_decay)
+    if cfg.opt == "sgd":
+        return optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 def build_schedule(opt: optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    return optim.lr_scheduler.WarmupCosineLR(
-        opt, warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
-        total_steps=cfg.epochs * steps_per_epoch, min_lr=cfg.min_lr)
+    """Stepped per batch: linear warmup from 0 over ``warmup_epochs``, then ``cfg.sched``:
+    cosine or linear decay to ``min_lr`` at the last step, or constant."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    total = cfg.epochs * steps_per_epoch
+    if cfg.sched == "cosine":
+        return optim.lr_scheduler.WarmupCosineLR(opt, warmup_steps=warmup, total_steps=total,
+                                                 min_lr=cfg.min_lr)
+    floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        if cfg.sched == "constant" or total <= warmup:
+            return 1.0
+        return floor + (1.0 - floor) * max(0.0, 1.0 - (step - warmup) / (total - warmup))
+
+    return optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _loaders(cfg: TrainConfig):
@@ -395,7 +463,10 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     """Train ``cfg.model`` on ``cfg.dataset``; return the final metrics.
 
     ``resume`` is a run folder: the run continues exactly where its ``last.npz`` left off
-    (on the CPU the weights end bit-for-bit where an uninterrupted run would).
+    (on the CPU the weights end bit-for-bit where an uninterrupted run would). ``cfg`` must
+    then hold the run's recipe (``TrainConfig.from_json`` of its ``config.json``); a recipe
+    field that differs is an error naming it; the fields with ``recipe=False`` (device, data
+    folder, progress bars, ...) are taken from ``cfg``.
     ``stop_after_epochs``: stop once this many epochs are done (counted from the start of the
     run), as if interrupted; the schedule still spans ``cfg.epochs``, so a later ``resume``
     finishes the very run an uninterrupted ``fit`` would have made.
@@ -410,19 +481,29 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     if resume is not None:
         run = Path(resume)
         saved = read_config(run)
-        if cfg.epochs and cfg.epochs != saved.epochs:
+        conflicts = resume_conflicts(saved, cfg)
+        if conflicts:
             # the learning-rate schedule spans the saved number of epochs: a resumed run
-            # finishes that run exactly; training longer is a new run
-            raise TrainingError(f"--resume {show(run)}: the run was set up for {saved.epochs} "
-                                f"epochs and resuming finishes that schedule; omit --epochs, or "
-                                f"start a new run to train for {cfg.epochs}")
-        saved.progress = cfg.progress
+            # finishes that very run; another recipe (or training longer) is a new run
+            raise TrainingError(f"--resume {show(run)}: a resumed run keeps its recipe, but "
+                                f"{'; '.join(conflicts)}; omit these options, or start a new "
+                                f"run")
+        for f in dataclasses.fields(TrainConfig):   # device, data folder, progress bars...
+            if not is_recipe(f) and f.name != "out":
+                setattr(saved, f.name, getattr(cfg, f.name))
         cfg, cfg.out = saved, str(run)
+    # reference=True: every op on its reference body (minivit.reference_mode)
+    with minivit.reference_mode() if cfg.reference else contextlib.nullcontext():
+        return _fit(cfg, resume, log, stop_after_epochs)
+
+
+def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | None) -> dict:
+    """The run of ``fit`` once ``cfg`` is settled: the run folder held from start to end."""
     cfg.validate()
     device = backend.check_device(cfg.device)
     folder = None if cfg.out is None else RunFolder(cfg.out, log).open(resume is not None)
     try:
-        metrics = _fit(cfg, device, folder, log, stop_after_epochs)
+        metrics = _train(cfg, device, folder, log, stop_after_epochs)
     except KeyboardInterrupt:
         if folder is not None:
             folder.close(failed=True)
@@ -436,8 +517,8 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     return metrics
 
 
-def _fit(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
-         stop_after_epochs: int | None) -> dict:
+def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
+           stop_after_epochs: int | None) -> dict:
     out = None if folder is None else folder.path
     resume = out if folder is not None and folder.state == "resume" else None
     minivit.manual_seed(cfg.seed)
@@ -464,7 +545,7 @@ def _fit(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
         text = json.dumps(cfg.to_json(), indent=2).encode()
         atomic_write(folder.config, lambda f: f.write(text))
 
-    n_params = sum(p.size for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.model}: {n_params:,} parameters; {cfg.dataset}: {len(train_loader.x)} train / "
         f"{len(test_loader.x)} test images; {cfg.epochs} epochs on {device}")
     metrics: dict = {}

@@ -18,11 +18,41 @@ settings.register_profile("thorough", max_examples=300, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+# The CUDA case runs on a real GPU where CuPy sees one, and otherwise on the strict CuPy
+# stand-in (tests/cupy_standin): the test id says which, ``[cuda-gpu]`` or ``[cuda-standin]``.
+# MINIVIT_CUDA_STANDIN=0 skips the CUDA case instead where there is no GPU.
+REAL_GPU = backend.is_cupy_available()
+CUDA_ID = "cuda-gpu" if REAL_GPU else "cuda-standin"
+STANDIN_ON = os.environ.get("MINIVIT_CUDA_STANDIN", "1") != "0"
+
+
+@pytest.fixture
+def cuda_backend():
+    """Yields the ``cupy`` module in use for a CUDA test: the real one or the stand-in
+    (installed for the test's duration, so CPU tests never see it)."""
+    if REAL_GPU:
+        yield backend._import_cupy()
+        return
+    if not STANDIN_ON:
+        pytest.skip(f"no GPU ({backend.cuda_unavailable_reason()}) and MINIVIT_CUDA_STANDIN=0")
+    import cupy_standin  # noqa: PLC0415
+
+    yield cupy_standin.install()
+    cupy_standin.uninstall()
+
+
+@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu, id=CUDA_ID)])
+def cuda(request):
+    """For tests that only run on the GPU: ``"cuda"``, with CuPy or the stand-in in place."""
+    request.getfixturevalue("cuda_backend")
+    return request.param
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu, id=CUDA_ID)])
 def device(request):
-    """Run a test on each backend; the CUDA case skips cleanly without CuPy or a GPU."""
-    if request.param == "cuda" and not backend.is_cupy_available():
-        pytest.skip(f"no GPU: {backend.cuda_unavailable_reason()}")
+    """Run a test on each backend (see ``cuda_backend`` for what CUDA means here)."""
+    if request.param == "cuda":
+        request.getfixturevalue("cuda_backend")
     return request.param
 
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import minivit
-from minivit.autograd import backend, get_rng_state, set_rng_state
+from minivit.autograd import backend
+from minivit.autograd import get_rng_state, set_rng_state
+from minivit.kernels import normal_cdf
 from harness import check_grad
 
 ROOT = pathlib.Path(minivit.__file__).parent
@@ -177,31 +179,6 @@ def test_manual_seed_before_cupy_is_loaded_seeds_the_gpu(monkeypatch):
     assert seeds == [1234, 5]
 
 
-def test_openblas_thread_timeout_default_and_override():
-    """minivit asks OpenBLAS's idle threads to sleep at once, unless the user set it."""
-    code = "import minivit, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "4", out.stderr
-    env["OPENBLAS_THREAD_TIMEOUT"] = "20"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "20", out.stderr
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [1000, 300_000])
-def test_erf_into_out(dtype, n):
-    """erf(x, out=...) fills ``out`` (contiguous or not) with the same numbers as erf(x)."""
-    x = np.linspace(-5, 5, n).astype(dtype)
-    want = backend.erf(x)
-    out = np.empty_like(x)
-    assert backend.erf(x, out=out) is out
-    np.testing.assert_array_equal(out, want)
-    strided = np.empty(2 * n, dtype)[::2]
-    backend.erf(x, out=strided)
-    np.testing.assert_array_equal(strided, want)
-
-
 def test_normal_cdf_block_matches_the_erf_definition():
     """Φ(x) = 1 / (1 + exp(-2 x P(x²))) in float32: within 1.2e-7 of the erf definition (float32's
     own rounding near 1 is 6e-8), everywhere, saturating cleanly for huge |x|."""
@@ -211,11 +188,11 @@ def test_normal_cdf_block_matches_the_erf_definition():
     want = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x64])
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # no overflow warning escapes for the huge inputs
-        got32 = backend.normal_cdf_block(x64.astype(np.float32))
+        got32 = normal_cdf.normal_cdf_block(x64.astype(np.float32))
     assert got32.dtype == np.float32
     assert np.abs(got32 - want).max() < 1.2e-7
     assert np.all(np.diff(got32[:48001]) >= 0)       # monotone, as a CDF
-    np.testing.assert_allclose(backend.normal_cdf_block(x64), want, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(normal_cdf.normal_cdf_block(x64), want, rtol=1e-14, atol=1e-15)
     out = np.empty(x64.shape, np.float32)
-    assert backend.normal_cdf_block(x64.astype(np.float32), out=out) is out
+    assert normal_cdf.normal_cdf_block(x64.astype(np.float32), out=out) is out
     np.testing.assert_array_equal(out, got32)

@@ -325,7 +325,11 @@ def test_eval_bad_input(tmp_path, run_dir, capsys):
     cases = [([tmp_path / "none.npz"], r"no such checkpoint file"),
              ([tmp_path], r"last.npz: no such checkpoint file"),
              ([junk], r"not a readable minivit checkpoint"),
-             ([plain], r"not a minivit checkpoint"),
+             ([plain], r"plain.npz is a plain state dict without a model name; name its "
+                       r"model with --model"),
+             ([plain, "--model", "vit_cifar", "--dataset", "cifar10-subset"],
+              r"plain.npz does not fit model vit_cifar with 10 classes: missing keys .*"
+              r"unexpected keys \(1\): x"),
              ([other], r"does not fit model mlp_mixer_cifar .*missing keys"),
              ([run_dir, "--dataset", "svhn"], r"unknown dataset 'svhn'"),
              ([run_dir, "--dataset", "cifar100", "--data", tmp_path / "nope"],   # not read

@@ -55,7 +55,7 @@ def test_registration_and_named_parameters_order():
         "blocks.0.index", "blocks.1.index", "bn.running_mean", "bn.running_var",
         "bn.num_batches_tracked"]
     assert "not_a_param" not in dict(net.named_parameters())
-    assert net.num_parameters() == sum(p.size for p in net.parameters())
+    assert net.num_parameters() == sum(p.numel() for p in net.parameters())
 
 
 def test_reassign_and_delete_and_shared_parameters():

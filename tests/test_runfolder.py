@@ -225,7 +225,7 @@ def test_a_run_interrupted_before_its_first_checkpoint_resumes_from_the_start(
         tmp_path, monkeypatch):
     run = interrupted_in_epoch_1(tmp_path, monkeypatch)
     log = []
-    fit(tiny_config(None, epochs=0), resume=str(run), log=log.append)
+    fit(tiny_config(run), resume=str(run), log=log.append)
     assert "has no checkpoint yet" in lines_of(log) and "from the beginning" in lines_of(log)
     assert load_checkpoint(run / "last.npz")["epoch"] == 2
 
@@ -308,7 +308,7 @@ def test_resuming_a_finished_run_says_so(tmp_path):
     run = tmp_path / "run"
     fit(tiny_config(run, epochs=1), log=lambda *a: None)
     log = []
-    metrics = fit(tiny_config(None, epochs=0), resume=str(run), log=log.append)
+    metrics = fit(tiny_config(run, epochs=1), resume=str(run), log=log.append)
     assert "all 1 epochs of this run are done already" in lines_of(log)
     assert metrics["epoch"] == 1 and "test_acc" in metrics
 

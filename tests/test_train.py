@@ -163,7 +163,7 @@ def test_resume_needs_a_run_folder(tmp_path):
 def test_resume_refuses_a_different_epoch_count(finished_run):
     # the schedule spans the saved epochs: more epochs would train at lr 0
     before = {p.name: p.read_bytes() for p in finished_run.iterdir()}
-    with pytest.raises(TrainingError, match="set up for 2 epochs.*new run"):
+    with pytest.raises(TrainingError, match="keeps its recipe, but --epochs 4 \\(the run.s: 2\\); omit.*new run"):
         fit(tiny_config(None, epochs=4), resume=str(finished_run), log=quiet)
     assert {p.name: p.read_bytes() for p in finished_run.iterdir()} == before
 
@@ -346,14 +346,19 @@ def test_init_weights_that_do_not_fit_name_the_file_and_the_keys(tmp_path):
     ({"seed": 1.5}, r"seed \(--seed\) must be an integer, got 1.5"),
     ({"betas": 5}, r"betas \(--betas\) must be a list of 2 numbers, got 5"),
     ({"betas": (0.9, 1.0)}, r"betas \(--betas\) must be two numbers in \[0, 1\)"),
-    ({"model_args": {"drop_path_rate": 1.5}}, r"drop_path_rate \(--drop-path\) must be a "
-                                              r"number in \[0, 1\), got 1.5"),
-    ({"model_args": {"drop_path_rate": -0.1}}, r"drop_path_rate \(--drop-path\)"),
-    ({"model_args": {"drop_path_rate": float("nan")}}, r"drop_path_rate \(--drop-path\)"),
+    ({"drop_path": 1.5}, r"drop_path \(--drop-path\) must be a number in \[0, 1\)"),
+    ({"drop_path": -0.1}, r"drop_path \(--drop-path\) must be a number in \[0, 1\)"),
+    ({"drop_path": float("nan")}, r"drop_path \(--drop-path\) must be a finite number"),
+    ({"model_args": {"drop_path_rate": 1.5}}, r"--model-arg: VisionTransformer: "
+                                              r"drop_path_rate must be a number in \[0, 1\)"),
+    ({"model_args": {"qkv_bias": "maybe"}}, r"qkv_bias must be True or False, got 'maybe'"),
+    ({"model_args": {"embed_dim": 0}}, r"embed_dim must be an integer >= 1"),
+    ({"model_args": {"mlp_ratio": 0}}, r"mlp_ratio must be a number > 0"),
+    ({"log_interval": 0}, r"log_interval \(--log-interval\) must be an integer >= 1"),
     ({"weight_decay": -0.1}, r"weight_decay \(--weight-decay\) must be >= 0"),
     ({"cutmix": -1.0}, r"cutmix \(--cutmix\) must be >= 0"),
     ({"clip_grad": 0.0}, r"clip_grad \(--clip-grad\) must be > 0"),
-    ({"eval_batch_size": 0}, r"eval_batch_size must be an integer >= 1"),
+    ({"eval_batch_size": 0}, r"eval_batch_size \(--eval-batch-size\) must be an integer >= 1"),
     ({"augment": "autoaugment"}, r"augment \(--augment\) must be one of"),
 ])
 def test_a_setting_out_of_range_is_refused_before_anything_is_written(tmp_path, change,

@@ -1,4 +1,4 @@
-"""Fit the polynomial P of ``backend.normal_cdf_block``'s Φ(x) = (1 + tanh(x P(x²))) / 2.
+"""Fit the polynomial P of ``minivit/kernels/normal_cdf.py``'s (``normal_cdf_block``) Φ(x) = (1 + tanh(x P(x²))) / 2.
 
     python tools/fit_normal_cdf.py [--degree 6] [--limit 5.5]
 
@@ -7,7 +7,7 @@ float32's Φ is 1 to within an ulp and tanh saturates anyway). An error δ in P 
 w(x) δ with w = (1 - tanh²) x / 2, so the fit is a least-squares fit weighted by w, then
 Lawson's iteration (reweighting each point by its error) pushes it towards the minimax fit.
 Prints the coefficients (highest power first) and Φ's largest error when evaluated in float32
-as the backend does, as the same number written as a sigmoid, 1 / (1 + exp(-2 x P(x²))).
+as the fast GELU does, as the same number written as a sigmoid, 1 / (1 + exp(-2 x P(x²))).
 """
 from __future__ import annotations
 

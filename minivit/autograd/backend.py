@@ -7,18 +7,14 @@ libraries (scatter-add, strided windows, erf, random numbers) are wrapped here o
 """
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import sys
 
 import numpy as np
 
-from . import parallel
-
 DEVICES = ("cpu", "cuda")
 GPU_INSTALL_HINT = (
-    "install the GPU extra that matches your CUDA driver: "
+    "install the GPU extra that matches your CUDA driver, which brings CuPy with the CUDA "
+    "libraries it loads (NVRTC, cuBLAS, cuRAND): "
     "pip install 'minivit[gpu]' (CUDA 12) or pip install 'minivit[gpu-cuda13]' (CUDA 13)"
 )
 
@@ -44,19 +40,37 @@ def _import_cupy():
     return _cupy
 
 
+_probed: dict = {}   # id(cupy module) -> "" (kernels run) or why not
+
+
+def _probe_gpu(cp) -> str:
+    """Run a tiny elementwise kernel (NVRTC), a matmul (cuBLAS) and a random draw (cuRAND)
+    once: CuPy 14 wheels bundle none of these libraries, so a machine with only the driver
+    sees a GPU yet fails at the first kernel. Returns "" or why it failed."""
+    key = id(cp)
+    if key not in _probed:
+        try:
+            a = cp.arange(4, dtype=cp.float32).reshape(2, 2)
+            b = a * 2 + 1
+            c = cp.matmul(a, b)
+            r = cp.random.RandomState(0).random_sample((2,), dtype=cp.float32)
+            float(c.sum() + r.sum())
+            _probed[key] = ""
+        except Exception as exc:  # libnvrtc / libcublas / libcurand missing, driver too old
+            msg = " ".join(str(exc).split())[:200]
+            _probed[key] = (f"CuPy sees a GPU but cannot run kernels on it "
+                            f"({type(exc).__name__}: {msg}); {GPU_INSTALL_HINT}")
+    return _probed[key]
+
+
 def is_cupy_available() -> bool:
-    """True when CuPy imports and sees at least one GPU."""
-    cp = _import_cupy()
-    if cp is None:
-        return False
-    try:
-        return cp.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+    """True when CuPy imports, sees at least one GPU and can run kernels on it (checked once
+    with a tiny elementwise op, a matmul and a random draw)."""
+    return _import_cupy() is not None and cuda_unavailable_reason() == ""
 
 
 def cuda_unavailable_reason() -> str:
-    """A one-line explanation of why ``device="cuda"`` cannot be used here."""
+    """A one-line explanation of why ``device="cuda"`` cannot be used here ("" if it can)."""
     cp = _import_cupy()
     if cp is None:
         return f"CuPy is not installed ({_cupy_error}); {GPU_INSTALL_HINT}"
@@ -66,7 +80,7 @@ def cuda_unavailable_reason() -> str:
         return f"CuPy is installed but no NVIDIA GPU is usable ({type(exc).__name__}: {exc})"
     if n == 0:
         return "CuPy is installed but no NVIDIA GPU was found"
-    return ""
+    return _probe_gpu(cp)
 
 
 def check_device(device: str) -> str:
@@ -131,31 +145,6 @@ def as_strided(x, shape, strides, writeable: bool = False):
     return np.lib.stride_tricks.as_strided(x, shape=shape, strides=strides, writeable=writeable)
 
 
-# --- allocator --------------------------------------------------------------------------
-# Training allocates and frees the same large activations every step. glibc serves blocks
-# above its mmap threshold (at most 32 MB) with fresh mmaps and unmaps them on free, so every
-# step page-faults its activations in again: up to half of a step's time for conv models.
-# Keeping all blocks on the heap and never trimming it makes the memory reused instead.
-# Set MINIVIT_MALLOC_TUNING=0 to leave the allocator alone.
-
-def tune_malloc() -> bool:
-    """Keep freed memory for reuse (glibc only); returns True when the settings took."""
-    if os.environ.get("MINIVIT_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl, ...)
-        return False
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
-    ok = libc.mallopt(M_MMAP_MAX, 0)  # no mmap for big blocks: they stay on the heap
-    ok &= libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # never give the heap top back
-    ok &= libc.mallopt(M_TOP_PAD, 64 << 20)  # grow the heap in 64 MB steps
-    return bool(ok)
-
-
-MALLOC_TUNED = tune_malloc()
-
-
 def overflow_to_inf():
     """A context in which a float overflow gives inf without a warning (NumPy's ``errstate``;
     CuPy never warns): for formulas whose inf is the right limit, such as 1 / (1 + exp(z))."""
@@ -163,12 +152,12 @@ def overflow_to_inf():
 
 
 # --- erf ---------------------------------------------------------------------------------
-# NumPy has no erf. In float64 we follow CPython's math.erf (a power series near 0, a
-# continued fraction for erfc further out), accurate to a few ulps; in float32 the rational
-# approximation erf(x) = x P(x^2) / Q(x^2) on [-4, 4] that Eigen and XLA use: a few float32
-# ulps, relative, all the way down to tiny x (beyond |x| = 4, erf(x) rounds to +-1).
+# NumPy has no erf. We follow CPython's math.erf, in float64 whatever the input's dtype (the
+# result is then rounded to it): a power series near 0, a continued fraction for erfc further
+# out, accurate to a few ulps. The fast float32 version is ``minivit/kernels/normal_cdf.py``.
 
-def _erf_float64(x: np.ndarray) -> np.ndarray:
+def erf_float64(x: np.ndarray) -> np.ndarray:
+    """erf of a float64 NumPy array (CPython's algorithm, vectorised)."""
     ax = np.abs(x)
     out = np.empty_like(x)
     small = ax < 1.5
@@ -200,125 +189,80 @@ def _erf_float64(x: np.ndarray) -> np.ndarray:
     return np.copysign(out, x)
 
 
-_ERF32_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
-            -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
-            -1.60960333262415e-02)  # odd numerator, highest power first
-_ERF32_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
-            -7.37332916720468e-03, -1.42647390514189e-02)  # even denominator
-
-
-def _polynomial(u, coeffs):
-    """sum_k coeffs[k] u^(n-k) by Horner's rule, in place (new arrays are the cost here)."""
-    p = u * coeffs[0]
-    for c in coeffs[1:-1]:
-        p += c
-        p *= u
-    p += coeffs[-1]
-    return p
-
-
-def _erf_float32(x, out=None):
-    xp = get_array_module(x)
-    z = xp.clip(x.reshape(-1), -4.0, 4.0)  # 1-d: arithmetic on 0-d arrays gives scalars
-    z2 = z * z
-    p, q = _polynomial(z2, _ERF32_P), _polynomial(z2, _ERF32_Q)
-    p *= z
-    if out is not None and out.dtype == np.float32 and out.flags.c_contiguous:
-        xp.divide(p, q, out=out.reshape(-1))   # a view of out: the result lands in place
-        return xp.clip(out, -1.0, 1.0, out=out)
-    p /= q
-    return xp.clip(p, -1.0, 1.0, out=p).astype(x.dtype, copy=False).reshape(x.shape)
-
-
-# Φ(x) = (1 + erf(x/√2)) / 2 as Φ(x) = (1 + tanh(x P(x²))) / 2: P is a degree-6 polynomial fitted
-# to atanh(2Φ(x) - 1) / x, a smooth function of u = x² that starts at √(2/π) (P's last
-# coefficient; GELU's tanh approximation is the degree-1 version, √(2/π) (1 + 0.044715 u)). The
-# fit (``tools/fit_normal_cdf.py``: weighted least squares with Lawson's reweighting towards
-# minimax, on [0, 5.5]) weighs each point by dΦ/dP, so the error is spread evenly over Φ, not
-# over P. It is evaluated as the same number written as a logistic sigmoid,
-#     (1 + tanh(z)) / 2 = 1 / (1 + exp(-2z)),   z = x P(x²),
-# with the -2 folded into P's coefficients: NumPy's float32 ``exp`` costs about half its
-# ``tanh`` (measured on this project's 2-core AVX2 machine, per element in cache: tanh 4.3 ns,
-# exp 2.4 ns, a multiplication 0.2 ns), so Φ costs 3.8 ns per element instead of 7.1. Its
-# largest error in float32 is 1.16e-7 (two float32 ulps below 1; 9.5e-8 through tanh, 2e-7
-# for the rational erf used before), in 17 passes over a block. The VM's CPU varies: on one
-# with AVX-512 (2026-12-05) NumPy's float32 tanh took 0.17 ns and exp 0.34 ns per element, and
-# a tanh form of Φ would be 1.11 ns against this one's 1.34; the sigmoid form stays, twice as
-# fast where only AVX2 is there, and one formula for every CPU. There is no clip:
-# P(u) >= √(2/π) > 0 for every u >= 0, and an infinite exp gives 1/inf = 0 (Φ = 0), an
-# infinite z the other way exp = 0 (Φ = 1).
-_CDF32_TANH_P = (1.7561730925271752e-09, -1.3226341718551647e-07, 3.964745306000315e-06,
-                 -5.530619808104247e-05, -3.259496629021904e-05, 0.036333084566528215,
-                 0.7978849414618344)  # highest power of u = x² first
-_CDF32_SIGMOID_P = tuple(-2.0 * c for c in _CDF32_TANH_P)   # -2 P: Φ = 1 / (1 + exp(x (-2P)))
-
-
-def normal_cdf_block(x, out=None):
-    """Φ(x), the standard normal CDF, of a float32 block (into ``out`` if given), as
-    1 / (1 + exp(-2 x P(x²))); float64 and the GPU go through ``erf``."""
-    xp = get_array_module(x)
-    if x.dtype != np.float32 or device_of(x) != "cpu":
-        y = erf(x * (1 / math.sqrt(2)))
-        y += 1
-        y *= 0.5
-        if out is None:
-            return y
-        out[...] = y
-        return out
-    with overflow_to_inf():   # P(x²) overflows for |x| > ~9e3, exp for z < ~ -44:
-        p = _polynomial(x * x, _CDF32_SIGMOID_P)   # Φ is still 1 or 0
-        p *= x
-        xp.exp(p, out=p)
-    p += 1
-    y = out if out is not None else xp.empty_like(x)
-    return xp.divide(1.0, p, out=y)
-
-
-def erf(x, out=None):
-    """Elementwise error function, to the precision of ``x``'s dtype (into ``out`` if given)."""
+def erf(x):
+    """Elementwise error function of an array, rounded to its dtype."""
     if device_of(x) == "cuda":
         import cupyx.scipy.special  # noqa: PLC0415
 
-        y = cupyx.scipy.special.erf(x)
-    elif x.dtype == np.float32:
-        if out is not None and x.size < parallel.MIN_ELEMENTS:  # a block: fill out directly
-            y = _erf_float32(x, out=out)   # out itself, or a new array if out is strided
-        else:
-            y = parallel.blockwise(_erf_float32, x.reshape(-1)).reshape(x.shape)  # all cores
-    else:
-        y = parallel.blockwise(_erf_float64, x.reshape(-1)).reshape(x.shape)
-    if out is None or y is out:
-        return y
-    out[...] = y
-    return out
+        return cupyx.scipy.special.erf(x)
+    return erf_float64(np.asarray(x, dtype=np.float64)).astype(x.dtype, copy=False)
 
 
 # --- random numbers ----------------------------------------------------------------------
-# One generator per device, seeded by ``minivit.manual_seed``; its state goes in checkpoints.
+# One generator per device, seeded by ``minivit.manual_seed``; both states go in checkpoints.
+# cuRAND's state cannot be read back, so the GPU generator's state is two integers, the seed
+# and the number of draws so far: draw n comes from a Philox generator keyed by (seed, n)
+# (counter-based, so re-keying costs no state set-up kernel). A resumed run restores both
+# and its dropout and drop-path masks continue exactly where they left off.
 
 _np_rng = np.random.default_rng(0)
 _seed: int | None = None  # the last manual_seed, for a CuPy imported after it
+_CURAND_PHILOX = 161  # CURAND_RNG_PSEUDO_PHILOX4_32_10 (curand.h)
+
+
+class CudaGenerator:
+    """``cupy.random``'s draws behind a state of two integers (see above)."""
+
+    def __init__(self, seed: int = 0, draws: int = 0):
+        self.seed, self.draws = int(seed), int(draws)
+        self._rs = None
+
+    def _next(self):
+        if self._rs is None:
+            self._rs = _cupy.random.RandomState(0, method=_CURAND_PHILOX)
+        key = np.random.SeedSequence([self.seed, self.draws]).generate_state(1, np.uint64)[0]
+        self._rs.seed(int(key))
+        self.draws += 1
+        return self._rs
+
+    def random_sample(self, size=None, dtype=np.float64):
+        return self._next().random_sample(size=size, dtype=dtype)
+
+    random = random_sample
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return self._next().standard_normal(size=size, dtype=dtype)
+
+    def get_state(self) -> dict:
+        return {"seed": self.seed, "draws": self.draws}
+
+
+_cuda_gen = CudaGenerator(0)
 
 
 def manual_seed(seed: int) -> None:
     """Seed minivit's random generators (CPU, and the GPU now or when CuPy is first loaded)."""
-    global _np_rng, _seed
+    global _np_rng, _seed, _cuda_gen
     _np_rng = np.random.default_rng(seed)
+    _cuda_gen = CudaGenerator(seed)
     _seed = seed
     if _cupy is not None:
         _cupy.random.seed(seed)
 
 
 def rng(device: str = "cpu"):
-    """The generator for ``device``: a NumPy ``Generator`` or ``cupy.random``."""
+    """The generator for ``device``: a NumPy ``Generator`` or a ``CudaGenerator``."""
     if device == "cuda":
-        return _cupy.random
+        return _cuda_gen
     return _np_rng
 
 
 def get_rng_state() -> dict:
-    return {"numpy": _np_rng.bit_generator.state}
+    return {"numpy": _np_rng.bit_generator.state, "cuda": _cuda_gen.get_state()}
 
 
 def set_rng_state(state: dict) -> None:
+    global _cuda_gen
     _np_rng.bit_generator.state = state["numpy"]
+    if "cuda" in state:   # checkpoints from before issue 29 have only the NumPy state
+        _cuda_gen = CudaGenerator(int(state["cuda"]["seed"]), int(state["cuda"]["draws"]))

@@ -11,7 +11,8 @@ import heapq
 import itertools
 import math
 
-from . import backend, parallel
+from ..kernels import REFERENCE, parallel
+from . import backend
 from .function import Edge
 
 
@@ -33,7 +34,8 @@ def sum_to(grad, shape: tuple):
 def _sum_axes(grad, axes: tuple):
     """``grad.sum(axis=axes, keepdims=True)``, on all cores for big arrays: per row when axis 0
     is kept (bit-identical), down the columns when only leading axes go (``sum_rows``)."""
-    if not axes or grad.size < parallel.MIN_ELEMENTS or backend.device_of(grad) != "cpu":
+    if (not axes or REFERENCE[0] or grad.size < parallel.MIN_ELEMENTS
+            or backend.device_of(grad) != "cpu"):
         return grad.sum(axis=axes, keepdims=True)
     if 0 not in axes:
         return parallel.blockwise(lambda g: g.sum(axis=axes, keepdims=True), grad)
@@ -127,7 +129,7 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
                 continue
             key = (id(t.creator), t.index)   # the op stays alive in the heap until it runs
             if key in pending:
-                pending[key] = parallel.add(pending[key], g)  # out of place
+                pending[key] = pending[key] + g if REFERENCE[0] else parallel.add(pending[key], g)
             else:
                 pending[key] = g
                 push(t.creator)

@@ -19,6 +19,10 @@ that are not differentiated; it returns one array or a tuple of arrays. ``backwa
 gradient per output (zeros where an output received none) and returns one gradient per input
 (``None`` for inputs that need none). Gradients of broadcast inputs are summed back to the
 input's shape by the engine, never by the op (see ``engine.sum_to``).
+
+These two methods are the op's *reference body*, the math as written. An op may also have a
+*fast body* in ``minivit/kernels`` (a subclass registered against it); ``apply`` runs that
+one unless reference mode is on (``minivit.reference_mode()``, ``MINIVIT_REFERENCE=1``).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import weakref
 
 import numpy as np
 
+from ..kernels import FAST, REFERENCE
 from . import backend
 from .grad_mode import is_grad_enabled
 
@@ -106,7 +111,8 @@ class Function:
         from .tensor import Tensor  # noqa: PLC0415 (tensor.py imports the ops, which import us)
 
         tensors = _as_tensors(cls, inputs, Tensor)
-        ctx = cls()
+        # the op's fast body (a subclass registered in minivit/kernels) unless in reference mode
+        ctx = cls() if REFERENCE[0] else FAST.get(cls, cls)()
         try:
             raw = ctx.forward(*[t.data for t in tensors], **attrs)
         except ValueError as exc:

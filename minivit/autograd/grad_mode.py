@@ -37,3 +37,33 @@ def no_grad():
 def enable_grad():
     """Record the graph again inside a ``no_grad`` region."""
     return _GradMode(True)
+
+
+class set_grad_enabled(_GradMode):  # noqa: N801 (PyTorch's name)
+    """Switch grad recording on or off: as a call it takes effect at once and stays
+    (``minivit.set_grad_enabled(False)``); as a context manager or decorator it restores the
+    previous mode on exit (``with minivit.set_grad_enabled(is_train): ...``)."""
+
+    def __init__(self, mode: bool):
+        global _enabled
+        super().__init__(bool(mode))
+        self._prev.append(_enabled)   # what __exit__ restores if used as a bare call
+        _enabled = self.enabled
+
+    def __enter__(self):  # already switched in __init__
+        return self
+
+    def __exit__(self, *exc):
+        global _enabled
+        _enabled = self._prev.pop() if self._prev else _enabled
+        return False
+
+    def __call__(self, fn):  # as a decorator: switch around each call, not at decoration
+        global _enabled
+        _enabled = self._prev.pop()  # undo the switch __init__ made
+        return _GradMode(self.enabled)(fn)
+
+
+def inference_mode(mode: bool = True):
+    """PyTorch's ``inference_mode``: here the same as ``no_grad()`` (``mode=False``: record)."""
+    return _GradMode(not mode)

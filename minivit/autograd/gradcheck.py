@@ -5,6 +5,10 @@
 two extra forward passes (Chainer's ``check_backward``), for layers and whole models.
 Both contract the outputs with a random upstream gradient ``v`` (not ones: ones hide bugs
 such as a BatchNorm backward that forgets the mean term), i.e. they check ``v^T J``.
+
+Both run the ops on their *reference* bodies (``bodies="reference"``, the default): the math
+of each op's docstring is what finite differences check, and ``tests/test_kernels.py`` checks
+every fast body against its reference. ``bodies="fast"`` checks the fast bodies directly.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from ..kernels import reference_mode
 from . import backend
 from .grad_mode import no_grad
 from .tensor import Tensor
@@ -97,8 +102,14 @@ def gradient_pairs(fn, *inputs, eps: float = 1e-6, params=(), seed: int = 0) -> 
     return pairs
 
 
+def _bodies(bodies: str):
+    if bodies not in ("reference", "fast"):
+        raise ValueError(f"gradcheck: bodies must be 'reference' or 'fast', got {bodies!r}")
+    return reference_mode(bodies == "reference")
+
+
 def gradcheck(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
-              params=(), seed: int = 0) -> bool:
+              params=(), seed: int = 0, bodies: str = "reference") -> bool:
     """Compare every element of the gradient of ``fn`` with central differences.
 
     Example::
@@ -107,8 +118,10 @@ def gradcheck(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 
         gradcheck(lambda x: (x * x).sum(axis=1), x)     # True, or GradcheckError
 
     ``params`` are extra tensors (e.g. a module's parameters) to check besides the inputs.
+    ``bodies``: run the ops on their ``"reference"`` bodies (default) or ``"fast"`` ones.
     """
-    pairs = gradient_pairs(fn, *inputs, eps=eps, params=params, seed=seed)
+    with _bodies(bodies):
+        pairs = gradient_pairs(fn, *inputs, eps=eps, params=params, seed=seed)
     for k, (numeric, ga) in enumerate(pairs):
         bad = np.abs(ga - numeric) > atol + rtol * np.abs(numeric)
         if bad.any():
@@ -149,12 +162,16 @@ def directional_derivatives(fn, *inputs, eps: float = 1e-6, params=(),
 
 
 def gradcheck_directional(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5,
-                          rtol: float = 1e-3, params=(), seed: int = 0) -> bool:
+                          rtol: float = 1e-3, params=(), seed: int = 0,
+                          bodies: str = "reference") -> bool:
     """Check the derivative along one random unit direction over all inputs and ``params``.
 
     Two forward passes instead of two per element: the check for big layers and whole models.
+    ``bodies`` as in ``gradcheck``.
     """
-    numeric, exact = directional_derivatives(fn, *inputs, eps=eps, params=params, seed=seed)
+    with _bodies(bodies):
+        numeric, exact = directional_derivatives(fn, *inputs, eps=eps, params=params,
+                                                 seed=seed)
     if abs(exact - numeric) > atol + rtol * abs(numeric):
         n = len(_checked(inputs, params))
         raise GradcheckError(f"directional gradcheck failed: numeric {numeric:.10g}, analytic "

@@ -93,16 +93,27 @@ class Tensor:
     def dtype(self):
         return self.data.dtype
 
-    @property
-    def size(self) -> int:
-        return int(self.data.size)
+    def size(self, dim: int | None = None):
+        """PyTorch's ``size()``: the shape as a tuple, or the length of dimension ``dim``
+        (the number of elements is ``numel()``)."""
+        if dim is None:
+            return self.shape
+        if not isinstance(dim, int) or not -max(self.ndim, 1) <= dim < max(self.ndim, 1):
+            raise IndexError(f"size: dimension {dim!r} is out of range for a tensor with "
+                             f"{self.ndim} dimensions")
+        return self.shape[dim]
+
+    def dim(self) -> int:
+        """The number of dimensions (``ndim``), as PyTorch's ``dim()``."""
+        return self.data.ndim
 
     @property
     def device(self) -> str:
         return backend.device_of(self.data)
 
     def numel(self) -> int:
-        return self.size
+        """The number of elements."""
+        return int(self.data.size)
 
     def __len__(self) -> int:
         if self.ndim == 0:
@@ -114,7 +125,7 @@ class Tensor:
         return backend.as_numpy(self.data)
 
     def item(self) -> float:
-        if self.size != 1:
+        if self.numel() != 1:
             raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
         return self.numpy().reshape(()).item()
 
@@ -197,7 +208,7 @@ class Tensor:
     def __ge__(self, o): return self._compare(o, lambda a, b: a >= b)
 
     def __bool__(self) -> bool:
-        if self.size != 1:
+        if self.numel() != 1:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous; "
                              f"use .any() or .all()")
         return bool(self.item())
@@ -208,36 +219,66 @@ class Tensor:
     def all(self) -> bool:
         return bool(self.data.all())
 
-    def argmax(self, axis=None, dim=None) -> "Tensor":
-        return Tensor._from_op(self.data.argmax(axis=_axis(axis, dim)), False)
+    def argmax(self, dim=None, keepdim=False, *, axis=None, keepdims=None) -> "Tensor":
+        axis, keepdims = ops.axis_of("argmax", axis, dim, keepdims, keepdim)
+        return Tensor._from_op(self.data.argmax(axis=axis, keepdims=keepdims), False)
+
+    def argmin(self, dim=None, keepdim=False, *, axis=None, keepdims=None) -> "Tensor":
+        axis, keepdims = ops.axis_of("argmin", axis, dim, keepdims, keepdim)
+        return Tensor._from_op(self.data.argmin(axis=axis, keepdims=keepdims), False)
 
     # --- methods (PyTorch names; ``dim``/``keepdim`` are accepted for ``axis``/``keepdims``) -
     def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return ops.sum(self, _axis(axis, dim), keepdims or bool(keepdim))
+        return ops.sum(self, axis, keepdims, dim=dim, keepdim=keepdim)
 
     def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return ops.mean(self, _axis(axis, dim), keepdims or bool(keepdim))
+        return ops.mean(self, axis, keepdims, dim=dim, keepdim=keepdim)
 
-    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return ops.max(self, _axis(axis, dim), keepdims or bool(keepdim))
+    def max(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """Max; over one ``dim`` the pair ``(values, indices)`` as in PyTorch, over ``axis``
+        (NumPy) the values only."""
+        return ops.max(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
-    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return ops.min(self, _axis(axis, dim), keepdims or bool(keepdim))
+    def min(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return ops.min(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
-    def var(self, axis=None, ddof=0, keepdims=False, *, dim=None, keepdim=None):
-        return ops.var(self, _axis(axis, dim), ddof, keepdims or bool(keepdim))
+    def var(self, axis=None, ddof=0, keepdims=False, *, dim=None, keepdim=None, correction=None):
+        return ops.var(self, axis, ddof, keepdims, dim=dim, keepdim=keepdim, correction=correction)
 
-    def std(self, axis=None, ddof=0, keepdims=False, *, dim=None, keepdim=None):
-        return ops.std(self, _axis(axis, dim), ddof, keepdims or bool(keepdim))
+    def std(self, axis=None, ddof=0, keepdims=False, *, dim=None, keepdim=None, correction=None):
+        return ops.std(self, axis, ddof, keepdims, dim=dim, keepdim=keepdim, correction=correction)
 
     def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return ops.logsumexp(self, _axis(axis, dim), keepdims or bool(keepdim))
+        return ops.logsumexp(self, axis, keepdims, dim=dim, keepdim=keepdim)
 
     def softmax(self, axis=-1, *, dim=None):
-        return ops.softmax(self, _axis(axis, dim))
+        return ops.softmax(self, axis, dim=dim)
 
     def log_softmax(self, axis=-1, *, dim=None):
-        return ops.log_softmax(self, _axis(axis, dim))
+        return ops.log_softmax(self, axis, dim=dim)
+
+    def norm(self, p=2, dim=None, keepdim=False):
+        """The p-norm over ``dim`` (all elements by default), as ``torch.norm``."""
+        return ops.norm(self, p, dim, keepdim)
+
+    def clone(self) -> "Tensor":
+        """A differentiable copy with its own memory."""
+        return ops.clone(self)
+
+    def repeat(self, *sizes) -> "Tensor":
+        """Tile along each dimension, as PyTorch's ``repeat`` (NumPy's ``tile``)."""
+        return ops.repeat(self, *sizes)
+
+    def masked_fill(self, mask, value) -> "Tensor":
+        """``value`` where the boolean ``mask`` is True."""
+        return ops.masked_fill(self, mask, value)
+
+    def t(self) -> "Tensor":
+        """The transpose of a matrix (a tensor of at most 2 dimensions), as PyTorch's ``t()``."""
+        if self.ndim > 2:
+            raise ValueError(f"t() expects a tensor with at most 2 dimensions, got shape "
+                             f"{self.shape}; use transpose(dim0, dim1) or mT")
+        return self if self.ndim < 2 else ops.swapaxes(self, 0, 1)
 
     def reshape(self, *shape): return ops.reshape(self, *shape)
     view = reshape
@@ -245,8 +286,8 @@ class Tensor:
     def transpose(self, dim0: int, dim1: int): return ops.swapaxes(self, dim0, dim1)
     def swapaxes(self, a: int, b: int): return ops.swapaxes(self, a, b)
     def flatten(self, start_dim=0, end_dim=-1): return ops.flatten(self, start_dim, end_dim)
-    def squeeze(self, axis=None, *, dim=None): return ops.squeeze(self, _axis(axis, dim))
-    def unsqueeze(self, axis: int): return ops.unsqueeze(self, axis)
+    def squeeze(self, axis=None, *, dim=None): return ops.squeeze(self, axis, dim=dim)
+    def unsqueeze(self, axis=None, *, dim=None): return ops.unsqueeze(self, axis, dim=dim)
     def broadcast_to(self, shape): return ops.broadcast_to(self, shape)
 
     def expand(self, *shape):
@@ -277,10 +318,6 @@ class Tensor:
     def clip(self, lo=None, hi=None): return ops.clip(self, lo, hi)
     clamp = clip
     def pow(self, p): return ops.pow(self, p)
-
-
-def _axis(axis, dim):
-    return dim if dim is not None else axis
 
 
 # --- creation ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import minivit
 import minivit.nn.functional as F
 from minivit import nn
 
+from .classifier import ClassifierMixin
 from .registry import check_hparams, register_model
 
 __all__ = ["BoTNet", "BottleneckAttn", "PosEmbedRel", "botnet26t_256", "botnet_cifar"]
@@ -277,7 +278,7 @@ class ClassifierHead(nn.Module):
         return self.fc(x)
 
 
-class BoTNet(nn.Module):
+class BoTNet(ClassifierMixin, nn.Module):
     """ResNet backbone with BoT blocks: stem -> stages of bottleneck / self-attention blocks ->
     global average pool -> fc (paper Sec. 3-4; timm ``ByobNet`` for ``botnet26t``).
 
@@ -405,7 +406,7 @@ def botnet26t_256(num_classes: int = 1000, **overrides) -> BoTNet:
 
 
 @register_model
-def botnet_cifar(num_classes: int = 1000, **overrides) -> BoTNet:
+def botnet_cifar(num_classes: int = 10, **overrides) -> BoTNet:
     """CIFAR BoTNet (BENCHMARKS.md): 7x7/2 stem to 16x16, widths (128, 256, 512), depths 2,
     strides (1, 2, 1); the last stage is two 4-head MHSA blocks at 8x8."""
     return _build(BOTNET_CIFAR, num_classes, overrides)

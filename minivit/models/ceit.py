@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import minivit
 from minivit import nn
-import minivit.nn.functional as F
+from minivit.nn.helpers import check_input, to_2tuple
 
+from .classifier import ClassifierMixin
 from .registry import check_hparams, register_model
-from .vit import LN_EPS, Mlp, PatchEmbed, _drop_path, _dropout, _pair, check_input
 
-__all__ = ["Image2Tokens", "I2TEmbed", "PointwiseConv", "LeFF", "Block", "ClassTokenAttention",
-           "LCABlock", "CeIT", "ceit_tiny_patch16_224", "ceit_cifar"]
+__all__ = ["Image2Tokens", "I2TEmbed", "LeFF", "Block", "ClassTokenAttention", "LCABlock",
+           "CeIT", "ceit_tiny_patch16_224", "ceit_cifar"]
+
+LN_EPS = 1e-6  # the official code's LayerNorm eps (DeiT's)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,7 +72,7 @@ class Image2Tokens(nn.Module):
         return self.maxpool(self.bn(self.conv(x)))
 
 
-class I2TEmbed(PatchEmbed):
+class I2TEmbed(nn.PatchEmbed):
     """``i2t``: the I2T ``backbone`` followed by the patch projection ``proj`` (a P×P
     convolution with stride P on the low-level feature map), giving (B, N, D) tokens.
     CeiT-T: 56×56 feature map, P = 4 → 14×14 = 196 tokens (the "patch16" in the official
@@ -79,9 +81,9 @@ class I2TEmbed(PatchEmbed):
     def __init__(self, img_size=224, patch_size=4, in_chans=3, embed_dim=192, i2t_chans=64,
                  i2t_kernel=7, i2t_stride=2):
         backbone = Image2Tokens(in_chans, i2t_chans, i2t_kernel, i2t_stride)
-        H, W = _pair(img_size)
+        H, W = to_2tuple(img_size)
         feat = (backbone.output_size(H), backbone.output_size(W))
-        ph, pw = _pair(patch_size)
+        ph, pw = to_2tuple(patch_size)
         if feat[0] % ph or feat[1] % pw:
             raise ValueError(
                 f"CeiT: the I2T feature map of a {H}x{W} input is {feat[0]}x{feat[1]}, "
@@ -91,22 +93,6 @@ class I2TEmbed(PatchEmbed):
 
     def forward(self, x):
         return super().forward(self.backbone(x))
-
-
-class PointwiseConv(nn.Conv2d):
-    """A 1×1 convolution applied to channels-last tokens (B, N, C_in) → (B, N, C_out).
-
-    The paper's LeFF uses linear projections on the tokens; the official code stores them as
-    1×1 convolutions, weight (C_out, C_in, 1, 1). Both are the same numbers: this keeps the
-    official parameter shape (and PyTorch's default convolution init) and computes a Linear.
-    """
-
-    def __init__(self, in_channels, out_channels, bias=True):
-        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
-        self.c_in, self.c_out = in_channels, out_channels
-
-    def forward(self, x):
-        return F.linear(x, self.weight.reshape(self.c_out, self.c_in), self.bias)
 
 
 class LeFF(nn.Module):
@@ -122,10 +108,12 @@ class LeFF(nn.Module):
     ``leff_with_bn`` in the official code.) Because the block adds LeFF(LN2(x)) to x, the class
     row of the residual becomes x_cls + LN2(x)_cls — a quirk of the official code, reproduced.
 
-    The map stays channels-last, (B, h, w, hidden), from conv1 to conv3: the official code's
-    BatchNorm2d takes per-channel statistics over all B·h·w positions in either layout, and the
-    depthwise conv runs on that layout directly (``F.depthwise_conv2d_nhwc``), so the same
-    numbers come out without four transposes of the hidden map.
+    The paper's linear projections are stored as 1×1 convolutions, weight (C_out, C_in, 1, 1),
+    as in the official code. The map stays channels-last, (B, h, w, C), from conv1 to conv3:
+    the convolutions run on that layout (``channels_last=True``: a 1×1 conv is a Linear on the
+    rows, the depthwise one needs no transpose), and BatchNorm takes the same per-channel
+    statistics over all B·h·w positions in either layout (``BatchNormAct``: BN and GELU in
+    one op). The restore-to-2-D and the flatten are then free reshapes.
     """
 
     def __init__(self, dim, hidden, grid_size, kernel_size=3, with_bn=True, variant="paper"):
@@ -135,15 +123,18 @@ class LeFF(nn.Module):
         self.grid_size, self.hidden = grid_size, hidden
         self.act_last = variant == "paper"
         self.with_bn = with_bn
-        self.conv1 = PointwiseConv(dim, hidden)
+        self.conv1 = nn.Conv2d(dim, hidden, 1, channels_last=True)
         self.conv2 = nn.Conv2d(hidden, hidden, kernel_size=kernel_size, stride=1,
-                               padding=(kernel_size - 1) // 2, groups=hidden)
-        self.conv3 = PointwiseConv(hidden, dim)
-        self.act = nn.GELU()
-        if with_bn:
-            self.bn1 = nn.BatchNorm1d(hidden)
-            self.bn2 = nn.BatchNorm2d(hidden)
-            self.bn3 = nn.BatchNorm1d(dim)
+                               padding=(kernel_size - 1) // 2, groups=hidden, channels_last=True)
+        self.conv3 = nn.Conv2d(hidden, dim, 1, channels_last=True)
+        if with_bn:   # GELU(BN(.)), each one fused op; the keys are the official BatchNorms'
+            self.bn1 = nn.BatchNormAct1d(hidden, act_layer=nn.GELU, channels_last=True)
+            self.bn2 = nn.BatchNormAct2d(hidden, act_layer=nn.GELU, channels_last=True)
+            self.bn3 = nn.BatchNormAct1d(dim, act_layer=nn.GELU, apply_act=self.act_last,
+                                         channels_last=True)
+        else:
+            self.act1, self.act2 = nn.GELU(), nn.GELU()
+            self.act3 = nn.GELU() if self.act_last else nn.Identity()
 
     def forward(self, x):
         B, N, C = x.shape
@@ -151,20 +142,15 @@ class LeFF(nn.Module):
         if N - 1 != h * w:
             raise ValueError(f"LeFF expects 1 + {h}*{w} tokens, got {N}")
         cls_token, t = x[:, :1], x[:, 1:]
-        t = self._bn_act("bn1", self.conv1(t))
-        t = t.reshape(B, h, w, self.hidden)                    # restore to 2-D, channels last
-        c2 = self.conv2
-        t = self._bn_act("bn2", F.depthwise_conv2d_nhwc(t, c2.weight, c2.bias, c2.stride,
-                                                            c2.padding))
-        t = t.reshape(B, h * w, self.hidden)                   # flatten
-        t = self._bn_act("bn3", self.conv3(t), act=self.act_last)
+        t = t.reshape(B, h, w, C)                               # the (h, w) grid, channels last
+        t = self.conv1(t)
+        t = self.bn1(t) if self.with_bn else self.act1(t)
+        t = self.conv2(t)                                       # depthwise k×k
+        t = self.bn2(t) if self.with_bn else self.act2(t)
+        t = self.conv3(t)
+        t = self.bn3(t) if self.with_bn else self.act3(t)
+        t = t.reshape(B, h * w, C)                              # flatten
         return minivit.cat([cls_token, t], axis=1)
-
-    def _bn_act(self, bn: str, t, act: bool = True):
-        """GELU(BN(t)) on channels-last tokens (one fused op), with either part optional."""
-        if self.with_bn:
-            return getattr(self, bn).forward_channels_last(t, act="gelu" if act else None)
-        return self.act(t) if act else t
 
 
 class Block(nn.Module):
@@ -183,20 +169,18 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.leff = LeFF(dim, int(dim * mlp_ratio), grid_size, kernel_size, with_bn,
                          leff_variant)
-        self.drop_path = _drop_path(drop_path)
+        self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):
-        if isinstance(self.drop_path, nn.Identity):   # the add inside attn.proj's bias pass
-            x = self.attn(self.norm1(x), residual=x)
-        else:
-            x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.leff(self.norm2(x)))   # LeFF ends in BN + GELU
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.leff(self.norm2(x)))
+        return x
 
 
 class ClassTokenAttention(nn.Module):
     """Multi-head attention in which only the last token queries (the official
-    ``AttentionLCA``): rows [:D] of ``qkv`` make the query from the last class token, rows
-    [D:] the keys and values from all L class tokens; output (B, 1, D) after ``proj``."""
+    ``AttentionLCA``): ``qkv`` maps all L class tokens, the query of the last one attends over
+    the keys and values of all of them; output (B, 1, D) after ``proj``."""
 
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
@@ -204,19 +188,15 @@ class ClassTokenAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = _dropout(attn_drop)
+        self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = _dropout(proj_drop)
+        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x):                                                 # x: (B, L, D)
         B, L, D = x.shape
         H, d = self.num_heads, self.head_dim
-        w, b = self.qkv.weight, self.qkv.bias
-        q = F.linear(x[:, L - 1:], w[:D], None if b is None else b[:D])   # (B, 1, D)
-        kv = F.linear(x, w[D:], None if b is None else b[D:])             # (B, L, 2D)
-        q = q.reshape(B, 1, H, d).permute(0, 2, 1, 3)                     # (B, H, 1, d)
-        kv = kv.reshape(B, L, 2, H, d).permute(2, 0, 3, 1, 4)             # (2, B, H, L, d)
-        k, v = kv[0], kv[1]
+        qkv = self.qkv(x).reshape(B, L, 3, H, d).permute(2, 0, 3, 1, 4)   # (3, B, H, L, d)
+        q, k, v = qkv[0][:, :, L - 1:], qkv[1], qkv[2]                    # q: the last token
         attn = (q @ k.transpose(2, 3)) * self.scale                       # (B, H, 1, L)
         attn = self.attn_drop(attn.softmax(axis=-1))
         out = (attn @ v).transpose(1, 2).reshape(B, 1, D)
@@ -242,7 +222,7 @@ class LCABlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         self.attn = ClassTokenAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop=drop)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.feedforward = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.feedforward = nn.Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
     def forward(self, s):
         L = s.shape[1]
@@ -254,7 +234,7 @@ class LCABlock(nn.Module):
 # Model
 # --------------------------------------------------------------------------------------------
 
-class CeIT(nn.Module):
+class CeIT(ClassifierMixin, nn.Module):
     """CeiT classifier: I2T tokens + class token + position embedding → ``depth`` LeFF blocks,
     collecting the class token after each → LCA over them → LayerNorm → head.
 
@@ -289,7 +269,7 @@ class CeIT(nn.Module):
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
-        self.img_size, self.in_chans = _pair(img_size), in_chans
+        self.img_size, self.in_chans = to_2tuple(img_size), in_chans
         self.leff_variant = leff_variant
 
         self.i2t = I2TEmbed(img_size, patch_size, in_chans, embed_dim, i2t_chans, i2t_kernel,
@@ -297,7 +277,7 @@ class CeIT(nn.Module):
         num_patches = self.i2t.num_patches
         self.cls_token = nn.Parameter(minivit.zeros((1, 1, embed_dim)))
         self.pos_embed = nn.Parameter(minivit.zeros((1, num_patches + 1, embed_dim)))
-        self.pos_drop = _dropout(drop_rate)
+        self.pos_drop = nn.Dropout(drop_rate)
 
         dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList([
@@ -372,7 +352,7 @@ def ceit_tiny_patch16_224(num_classes=1000, **overrides) -> CeIT:
 
 
 @register_model
-def ceit_cifar(num_classes=1000, **overrides) -> CeIT:
+def ceit_cifar(num_classes=10, **overrides) -> CeIT:
     """CIFAR CeiT (BENCHMARKS.md): I2T 3×3 conv stride 1 (3→32, no bias) + BN + 3×3/2 max pool
     (16×16), 2×2 projection to D192 (64 tokens + class token), depth 6, 3 heads, LeFF hidden
     384 (ratio 2) with 3×3 depthwise, LCA over the 6 class tokens with MLP ratio 2 —

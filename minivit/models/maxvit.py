@@ -23,6 +23,7 @@ import minivit
 import minivit.nn.functional as F
 from minivit import nn
 
+from .classifier import ClassifierMixin
 from .registry import check_hparams, register_model
 
 __all__ = ["MaxViT", "MaxViTBlock", "MbConvBlock", "PartitionAttention", "RelPosBiasTf",
@@ -399,7 +400,7 @@ class LinearHead(nn.Module):
         return self.fc(x)
 
 
-class MaxViT(nn.Module):
+class MaxViT(ClassifierMixin, nn.Module):
     """Stem -> stages of MaxViT blocks -> head (paper Fig. 2; timm ``MaxxVit``, tf configs).
 
     ``window_size`` (= ``grid_size`` unless given) defaults to ``img_size // 32`` like timm.
@@ -524,7 +525,7 @@ def maxvit_tiny_tf_224(num_classes: int = 1000, **overrides) -> MaxViT:
 
 
 @register_model
-def maxvit_cifar(num_classes: int = 1000, **overrides) -> MaxViT:
+def maxvit_cifar(num_classes: int = 10, **overrides) -> MaxViT:
     """CIFAR MaxViT (BENCHMARKS.md): stem to 16x16, one 64-wide block at 16x16, two 128-wide
     blocks at 8x8 (first strided), window = grid = 4, head dim 32."""
     return _build(MAXVIT_CIFAR, num_classes, overrides)

@@ -21,10 +21,12 @@ from __future__ import annotations
 import math
 
 from minivit import nn
-from minivit.nn import functional as F
+from minivit.nn.helpers import check_input
 
+from .classifier import ClassifierMixin
 from .registry import check_hparams, register_model
-from .vit import LN_EPS, Mlp, PatchEmbed, _drop_path, _dropout, check_input
+
+LN_EPS = 1e-6  # timm's Mixer LayerNorm eps
 
 __all__ = ["MixerBlock", "MlpMixer", "mixer_b16_224", "mlp_mixer_cifar"]
 
@@ -39,60 +41,39 @@ class MixerBlock(nn.Module):
         U = X + W2 σ(W1 LN(X))ᵀ        token mixing: an MLP over the S patches, shared by channels
         Y = U + W4 σ(W3 LN(U))         channel mixing: an MLP over the C channels, shared by patches
 
-    ``mlp_tokens`` (S → DS → S) acts on the transposed (B, C, S) tensor, ``mlp_channels``
-    (C → DC → C) on (B, S, C); both are Linear · exact GELU · Linear. Pre-LayerNorm with eps 1e-6.
-    Stochastic depth drops each residual branch per sample; timm uses the same rate for every
-    block (not a linear ramp), and so does this file.
+    ``mlp_tokens`` (S → DS → S) mixes along the patch axis, ``mlp_channels`` (C → DC → C)
+    along the channel axis; both are Linear · exact GELU · Linear (``nn.Mlp``). Pre-LayerNorm
+    with eps 1e-6. Stochastic depth drops each residual branch per sample; timm uses the same
+    rate for every block (not a linear ramp), and so does this file.
 
-    Layout: the block takes and returns X **tokens first**, (S, B, C). Both MLPs then need no
-    transpose at all: the token MLP is one GEMM W (out, S) @ (S, B·C) on a free reshape
-    (``F.linear_columns``), the channel MLP and the LayerNorms work on the last axis as usual.
-    (Mixer layers written on (B, S, C), as in timm, transpose twice per block.)
+    Layout: the block takes and returns X **tokens first**, (S, B, C). Then neither MLP needs
+    a transpose: the token MLP's Linears are ``nn.LinearColumns``, which map the first axis
+    (one GEMM W (out, S) @ (S, B·C) on a free reshape), the channel MLP and the LayerNorms
+    work on the last axis as usual. (Mixer layers written on (B, S, C), as in timm, transpose
+    twice per block.) Stochastic depth draws per sample along axis 1 (``batch_dim=1``).
     """
 
     def __init__(self, dim, seq_len, mlp_ratio=(0.5, 4.0), drop=0.0, drop_path=0.0):
         super().__init__()
         tokens_dim, channels_dim = (int(r * dim) for r in mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp_tokens = Mlp(seq_len, tokens_dim, drop=drop)
-        self.drop_path = _drop_path(drop_path)
+        self.mlp_tokens = nn.Mlp(seq_len, tokens_dim, act_layer=nn.GELU, drop=drop,
+                                 linear_layer=nn.LinearColumns)
+        self.drop_path = nn.DropPath(drop_path, batch_dim=1) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp_channels = Mlp(dim, channels_dim, drop=drop)
+        self.mlp_channels = nn.Mlp(dim, channels_dim, act_layer=nn.GELU, drop=drop)
 
     def forward(self, x):                                              # x: (S, B, C)
-        if isinstance(self.drop_path, nn.Identity):   # each residual add in the fc2's bias pass
-            x = self.token_mixing(self.norm1(x), residual=x)
-            return self.mlp_channels(self.norm2(x), residual=x)
-        x = x + self._drop_path(self.token_mixing(self.norm1(x)))
-        x = x + self._drop_path(self.mlp_channels(self.norm2(x)))
+        x = x + self.drop_path(self.mlp_tokens(self.norm1(x)))         # mixes along S
+        x = x + self.drop_path(self.mlp_channels(self.norm2(x)))       # mixes along C
         return x
-
-    def token_mixing(self, h, residual=None):
-        """``mlp_tokens`` along the S axis of h (S, B, C): the paper's MLP on the transposed
-        (B, C, S) tensor, as one GEMM W (out, S) @ (S, B·C) per Linear (``F.linear_columns``);
-        with ``residual`` (S, B, C), residual + that, added in fc2's bias pass."""
-        S, B, C = h.shape
-        m = self.mlp_tokens
-        h = h.reshape(S, B * C)
-        h = m.drop1(m.fc1_act(h, linear=F.linear_columns))
-        if residual is not None and isinstance(m.drop2, nn.Identity):
-            r = residual.reshape(S, B * C)
-            return F.linear_columns(h, m.fc2.weight, m.fc2.bias, residual=r).reshape(S, B, C)
-        h = m.drop2(F.linear_columns(h, m.fc2.weight, m.fc2.bias)).reshape(S, B, C)
-        return h if residual is None else residual + h
-
-    def _drop_path(self, h):
-        """Stochastic depth per sample: the batch is axis 1 here, axis 0 of the (B, S, C) view."""
-        if isinstance(self.drop_path, nn.Identity):
-            return h
-        return self.drop_path(h.transpose(0, 1)).transpose(0, 1)
 
 
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
 
-class MlpMixer(nn.Module):
+class MlpMixer(ClassifierMixin, nn.Module):
     """MLP-Mixer classifier (§2, Fig. 1): per-patch linear embedding (``stem``, a P×P
     convolution with stride P), ``depth`` mixer blocks, LayerNorm, global average pooling over
     the patches, linear head.
@@ -118,14 +99,14 @@ class MlpMixer(nn.Module):
             mlp_ratio = (0.5, float(mlp_ratio))   # a single number sets the channel ratio
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
-        self.stem = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.stem = nn.PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.img_size, self.in_chans = self.stem.img_size, in_chans
         self.blocks = nn.Sequential(*[
             MixerBlock(embed_dim, self.stem.num_patches, tuple(mlp_ratio), drop=proj_drop_rate,
                        drop_path=drop_path_rate)
             for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
-        self.head_drop = _dropout(drop_rate)
+        self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
@@ -192,7 +173,7 @@ def mixer_b16_224(num_classes=1000, **overrides) -> MlpMixer:
 
 
 @register_model
-def mlp_mixer_cifar(num_classes=1000, **overrides) -> MlpMixer:
+def mlp_mixer_cifar(num_classes=10, **overrides) -> MlpMixer:
     """CIFAR Mixer (BENCHMARKS.md): 32×32 input, 4×4 patches (64 tokens), C192, 8 blocks,
     token-MLP hidden 96 (0.5·C), channel-MLP hidden 384 (2·C), mean-pool head —
     1,301,706 parameters with 10 classes."""

@@ -23,108 +23,19 @@ from __future__ import annotations
 
 import minivit
 from minivit import nn
-import minivit.nn.functional as F
+from minivit.nn.helpers import check_input
 
+from .classifier import ClassifierMixin
 from .registry import check_hparams, register_model
 
-__all__ = ["PatchEmbed", "Mlp", "Block", "VisionTransformer", "vit_tiny_patch16_224", "vit_cifar"]
+__all__ = ["Block", "VisionTransformer", "vit_tiny_patch16_224", "vit_cifar"]
 
 LN_EPS = 1e-6  # timm's ViT LayerNorm eps (PyTorch's default 1e-5 would be a silent mismatch)
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-
-def _dropout(p: float) -> nn.Module:
-    """``nn.Dropout(p)``, or ``nn.Identity()`` when p == 0 (skips a no-op multiply)."""
-    return nn.Dropout(p) if p > 0 else nn.Identity()
-
-
-def _drop_path(p: float) -> nn.Module:
-    return nn.DropPath(p) if p > 0 else nn.Identity()
-
-
-def check_input(model_name: str, x, in_chans: int, img_size: tuple[int, int]) -> None:
-    """Raise a ValueError naming the expected input size when ``x`` is not (B, C, H, W)."""
-    expected = (in_chans, img_size[0], img_size[1])
-    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-        raise ValueError(
-            f"{model_name} expects input (B, {expected[0]}, {expected[1]}, {expected[2]}), "
-            f"got {tuple(x.shape)}")
-
-
 # --------------------------------------------------------------------------------------------
-# Blocks
+# Blocks (the patch embedding and the MLP are nn.PatchEmbed and nn.Mlp)
 # --------------------------------------------------------------------------------------------
-
-class PatchEmbed(nn.Module):
-    """Eq. (1), the linear projection E of flattened P×P patches (§3.1, "Hybrid Architecture"
-    notes that this is a P×P convolution with stride P).
-
-    The parameter is timm's ``proj`` convolution, weight (D, C, P, P). Because the patches do
-    not overlap, the convolution is computed as a reshape into patch vectors ordered
-    (c, py, px) followed by one matrix product with ``weight.reshape(D, C·P·P)`` — the same
-    numbers as the strided convolution, without an im2col. Output (B, N, D), patches
-    row-major over the (H/P, W/P) grid, exactly like timm's ``flatten(2).transpose(1, 2)``.
-    """
-
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768):
-        super().__init__()
-        self.img_size = _pair(img_size)
-        self.patch_size = _pair(patch_size)
-        (H, W), (ph, pw) = self.img_size, self.patch_size
-        if H % ph or W % pw:
-            raise ValueError(
-                f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
-        self.grid_size = (H // ph, W // pw)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.in_chans = in_chans
-        self.embed_dim = embed_dim
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size,
-                              stride=self.patch_size, bias=True)
-
-    def forward(self, x):
-        B, C, H, W = x.shape
-        (gh, gw), (ph, pw) = self.grid_size, self.patch_size
-        # (B, C, gh, ph, gw, pw) -> (B, gh, gw, C, ph, pw) -> (B, N, C·ph·pw)
-        patches = x.reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
-        patches = patches.reshape(B, gh * gw, C * ph * pw)
-        w = self.proj.weight.reshape(self.embed_dim, C * ph * pw)
-        return F.linear(patches, w, self.proj.bias)
-
-
-class Mlp(nn.Module):
-    """The transformer MLP of Eq. (3) (§3.1: "two layers with a GELU non-linearity"):
-    fc1 (D → hidden), exact-erf GELU, dropout, fc2 (hidden → D), dropout."""
-
-    def __init__(self, in_features, hidden_features, out_features=None, drop=0.0):
-        super().__init__()
-        out_features = out_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
-        self.drop1 = _dropout(drop)
-        self.fc2 = nn.Linear(hidden_features, out_features)
-        self.drop2 = _dropout(drop)
-
-    def forward(self, x, residual=None):
-        """fc2(drop(act(fc1(x)))); with ``residual``, residual + that, the add riding on fc2's
-        bias pass (``F.linear(..., residual=)``) when no dropout follows fc2."""
-        h = self.drop1(self.fc1_act(x))
-        if residual is not None and isinstance(self.drop2, nn.Identity):
-            return F.linear(h, self.fc2.weight, self.fc2.bias, residual=residual)
-        y = self.drop2(self.fc2(h))
-        return y if residual is None else residual + y
-
-    def fc1_act(self, x, linear=F.linear):
-        """act(fc1(x)), fc1 applied by ``linear`` (``F.linear``, or ``F.linear_columns`` for
-        the Mixer's token MLP). With a GELU that is one op, ``linear(..., act="gelu")``, whose
-        bias add and bias gradient ride on the GELU's own passes (the same numbers)."""
-        if type(self.act) is nn.GELU:
-            act = "gelu" if self.act.approximate == "none" else "gelu_tanh"
-            return linear(x, self.fc1.weight, self.fc1.bias, act=act)
-        return self.act(linear(x, self.fc1.weight, self.fc1.bias))
-
 
 class Block(nn.Module):
     """One pre-norm encoder layer, Eqs. (2) and (3) (§3.1 and Appendix A):
@@ -133,8 +44,9 @@ class Block(nn.Module):
         x = x + DropPath(MLP(LN2(x)))
 
     MSA is timm's ``Attention`` layout: ``qkv`` Linear(D, 3D) with rows [q | k | v], each
-    head-major, scale head_dim^-0.5, then ``proj``. DropPath (stochastic depth) drops the
-    residual branch per sample in training and is the identity in eval.
+    head-major, scale head_dim^-0.5, then ``proj``. The MLP (§3.1: "two layers with a GELU
+    non-linearity") is fc1 (D -> hidden), exact GELU, fc2 (hidden -> D). DropPath (stochastic
+    depth) drops the residual branch per sample in training and is the identity in eval.
     """
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, proj_drop=0.0,
@@ -143,28 +55,22 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         self.attn = nn.MultiheadSelfAttention(dim, num_heads, qkv_bias=qkv_bias,
                                               attn_drop=attn_drop, proj_drop=proj_drop)
-        self.drop_path1 = _drop_path(drop_path)
+        self.drop_path1 = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
-        self.drop_path2 = _drop_path(drop_path)
+        self.mlp = nn.Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.drop_path2 = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):
-        # Without stochastic depth, each residual add is done inside the branch's last Linear
-        # (attn.proj, mlp.fc2), in its bias pass: the same sums, one pass over x fewer.
-        if isinstance(self.drop_path1, nn.Identity):
-            x = self.attn(self.norm1(x), residual=x)
-        else:
-            x = x + self.drop_path1(self.attn(self.norm1(x)))
-        if isinstance(self.drop_path2, nn.Identity):
-            return self.mlp(self.norm2(x), residual=x)
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path1(self.attn(self.norm1(x)))                  # Eq. (2)
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))                   # Eq. (3)
+        return x
 
 
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(ClassifierMixin, nn.Module):
     """ViT classifier (§3.1, Fig. 1), timm semantics.
 
     Args:
@@ -187,6 +93,8 @@ class VisionTransformer(nn.Module):
             PyTorch's default.
     """
 
+    global_pool_choices = ("token", "avg")   # what reset_classifier(n, global_pool) accepts
+
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000,
                  embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True,
                  global_pool="token", drop_rate=0.0, pos_drop_rate=0.0, proj_drop_rate=0.0,
@@ -202,12 +110,12 @@ class VisionTransformer(nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 1
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = nn.PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.img_size, self.in_chans = self.patch_embed.img_size, in_chans
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(minivit.zeros((1, 1, embed_dim)))
         self.pos_embed = nn.Parameter(minivit.zeros((1, num_patches + 1, embed_dim)))
-        self.pos_drop = _dropout(pos_drop_rate)
+        self.pos_drop = nn.Dropout(pos_drop_rate)
 
         dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.Sequential(*[
@@ -217,7 +125,7 @@ class VisionTransformer(nn.Module):
         use_fc_norm = global_pool == "avg"
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=LN_EPS)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=LN_EPS) if use_fc_norm else nn.Identity()
-        self.head_drop = _dropout(drop_rate)
+        self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(zero_head)
 
@@ -282,7 +190,7 @@ def vit_tiny_patch16_224(num_classes=1000, **overrides) -> VisionTransformer:
 
 
 @register_model
-def vit_cifar(num_classes=1000, **overrides) -> VisionTransformer:
+def vit_cifar(num_classes=10, **overrides) -> VisionTransformer:
     """CIFAR ViT (BENCHMARKS.md): 32×32 input, 4×4 patches (64 + class token), D192, depth 6,
     3 heads, MLP ratio 2, head on the class token — 1,806,538 parameters with 10 classes."""
     cfg = dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_ratio=2.0)

@@ -8,8 +8,10 @@ import math
 
 import numpy as np
 
+from ..autograd.ops import pad
 from . import functional as F
 from . import init
+from .helpers import same_padding
 from .module import Module, Parameter
 
 
@@ -48,15 +50,44 @@ class Linear(Module):
             bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
             init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x):
+    def forward(self, x, act: Module | None = None, residual=None):
+        """x W^T + b. Two optional fusions, for the layers built on Linear (``Mlp``, attention):
+        ``act``, an activation module: act(x W^T + b), one op (``F.linear(..., act=)``) when it
+        is a GELU, whose bias add rides on the GELU's pass; ``residual`` (the output's shape):
+        residual + x W^T + b, the add done in the bias pass (``F.linear(..., residual=)``)."""
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"{self!r}: expected input (..., {self.in_features}), "
                              f"got {tuple(x.shape)}")
-        return F.linear(x, self.weight, self.bias)
+        return self._affine(F.linear, x, act, residual)
+
+    def _affine(self, linear, x, act, residual):
+        """``linear`` (``F.linear`` or ``F.linear_columns``) with the fusions of ``forward``."""
+        fused = fused_act_name(act)
+        if act is None or (fused in _LINEAR_ACTS and residual is None):
+            return linear(x, self.weight, self.bias, act=fused, residual=residual)
+        y = linear(x, self.weight, self.bias, act=fused if fused in _LINEAR_ACTS else None)
+        y = y if fused in _LINEAR_ACTS else act(y)
+        return y if residual is None else residual + y
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
+
+
+class LinearColumns(Linear):
+    """The same map as ``Linear`` (same parameters) on the FIRST axis: x (in_features, ...)
+    -> (out_features, ...), y = W x + b column by column (``F.linear_columns``), one GEMM on
+    a free reshape. The Mixer's token MLP runs on tokens-first (S, B, C) maps with it, so the
+    MLP over the S axis needs no transpose."""
+
+    def forward(self, x, act: Module | None = None, residual=None):
+        if x.ndim < 1 or x.shape[0] != self.in_features:
+            raise ValueError(f"{self!r}: expected input ({self.in_features}, ...), "
+                             f"got {tuple(x.shape)}")
+        rest = tuple(x.shape[1:])
+        r = None if residual is None else residual.reshape(self.out_features, -1)
+        y = self._affine(F.linear_columns, x.reshape(self.in_features, -1), act, r)
+        return y.reshape(self.out_features, *rest)
 
 
 class Conv2d(Module):
@@ -66,8 +97,9 @@ class Conv2d(Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True):
+                 dilation=1, groups: int = 1, bias: bool = True, channels_last: bool = False):
         super().__init__()
+        self.channels_last = channels_last
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels {in_channels} and out_channels "
                              f"{out_channels} must both be divisible by groups {groups}")
@@ -90,12 +122,76 @@ class Conv2d(Module):
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
             init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x):
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"{self!r}: expected input (N, {self.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups)
+    def forward(self, x, residual=None):
+        """conv(x) (+ ``residual``, of the output's shape). With ``channels_last=True`` x is a
+        (N, H, W, C) map and so is the result: a 1x1 conv is then one Linear on the rows
+        (``F.linear``, the residual added in its bias pass), a depthwise conv
+        ``F.depthwise_conv2d_nhwc``, a dense one ``F.conv2d_nhwc``; the weight keeps its
+        (out, in / groups, kh, kw) shape either way."""
+        if not self.channels_last:
+            if x.ndim != 4 or x.shape[1] != self.in_channels:
+                raise ValueError(f"{self!r}: expected input (N, {self.in_channels}, H, W), "
+                                 f"got {tuple(x.shape)}")
+            if self._patchify(x):
+                y = self._patch_linear(x)
+            else:
+                y = F.conv2d(self._pad(x), self.weight, self.bias, self.stride,
+                             self._nchw_padding(), self.dilation, self.groups)
+            return y if residual is None else residual + y
+        if x.ndim != 4 or x.shape[3] != self.in_channels:
+            raise ValueError(f"{self!r}: expected a channels-last input (N, H, W, "
+                             f"{self.in_channels}), got {tuple(x.shape)}")
+        padding = self._nhwc_padding(x)
+        if (self.groups == 1 and self.kernel_size + self.stride == (1, 1, 1, 1)
+                and padding == ((0, 0), (0, 0))):
+            w = self.weight.reshape(self.out_channels, self.in_channels)
+            return F.linear(x, w, self.bias, residual=residual)
+        if self.groups == self.in_channels == self.out_channels:
+            y = F.depthwise_conv2d_nhwc(x, self.weight, self.bias, self.stride, padding,
+                                        self.dilation)
+        elif self.groups == 1:
+            y = F.conv2d_nhwc(x, self.weight, self.bias, self.stride, padding, self.dilation)
+        else:
+            raise ValueError(f"{self!r}: channels_last runs dense (groups=1) and depthwise "
+                             f"convolutions, got groups={self.groups}")
+        return y if residual is None else residual + y
+
+    def _patchify(self, x) -> bool:
+        """Non-overlapping windows that tile the input exactly (a ViT patch embedding)."""
+        return (self.kernel_size == self.stride and self.dilation == (1, 1) and self.groups == 1
+                and self._nchw_padding() in ((0, 0), "valid", 0) and type(self) is Conv2d
+                and x.shape[2] % self.stride[0] == 0 and x.shape[3] % self.stride[1] == 0)
+
+    def _patch_linear(self, x):
+        """The same numbers for kernel == stride: the windows do not overlap, so the input is
+        reshaped into one row per window, ordered (c, i, j) like the weight's (in, kh, kw), and
+        one Linear with the weight viewed as (out, in·kh·kw) does the rest, no im2col. The
+        result is an NCHW view of the (N, gh, gw, out) product."""
+        n, c, h, w = x.shape
+        (ph, pw), (gh, gw) = self.kernel_size, (h // self.stride[0], w // self.stride[1])
+        rows = x.reshape(n, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
+        rows = rows.reshape(n, gh * gw, c * ph * pw)                     # (N, gh·gw, c·ph·pw)
+        y = F.linear(rows, self.weight.reshape(self.out_channels, c * ph * pw), self.bias)
+        return y.reshape(n, gh, gw, self.out_channels).permute(0, 3, 1, 2)
+
+    def _pad(self, x):
+        """The input as the NCHW convolution reads it (``Conv2dSame`` pads it here)."""
+        return x
+
+    def _nchw_padding(self):
+        return self.padding
+
+    def _nhwc_padding(self, x) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, bottom), (left, right)) for a channels-last input x."""
+        if self.padding == "valid":
+            return (0, 0), (0, 0)
+        if self.padding == "same":
+            if self.stride != (1, 1):
+                raise ValueError(f"{self!r}: padding='same' needs stride 1 (Conv2dSame pads "
+                                 f"strided convolutions as TF)")
+            return tuple(same_padding(x.shape[1 + a], self.kernel_size[a], 1,
+                                      self.dilation[a]) for a in (0, 1))
+        return tuple((p, p) for p in self.padding)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -108,7 +204,37 @@ class Conv2d(Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.channels_last:
+            s += ", channels_last=True"
         return s
+
+
+class Conv2dSame(Conv2d):
+    """Conv2d with TensorFlow's 'SAME' padding (timm's ``Conv2dSame``): the padding is computed
+    from the input size at each call so the output has ceil(size / stride) positions, an odd
+    total putting the extra pixel after (bottom/right). The TF-ported models (MaxViT) need it
+    for their strided convolutions; the parameters are Conv2d's."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, channels_last: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0, dilation, groups,
+                         bias, channels_last)
+
+    def _same(self, h: int, w: int):
+        return tuple(same_padding(size, self.kernel_size[a], self.stride[a], self.dilation[a])
+                     for a, size in enumerate((h, w)))
+
+    def _pad(self, x):
+        (t, b), (lft, r) = self._same(x.shape[2], x.shape[3])
+        if t == b == lft == r == 0:
+            return x
+        return pad(x, ((0, 0), (0, 0), (t, b), (lft, r)))
+
+    def _nchw_padding(self):
+        return 0
+
+    def _nhwc_padding(self, x):
+        return self._same(x.shape[1], x.shape[2])
 
 
 # --- normalisation -------------------------------------------------------------------------
@@ -226,12 +352,26 @@ class BatchNorm2d(_BatchNorm):
 
 # --- activations, dropout, reshaping -------------------------------------------------------
 
+_LINEAR_ACTS = ("gelu", "gelu_tanh")        # the activations F.linear fuses (act=)
+
+
+def fused_act_name(act: Module | None) -> str | None:
+    """The name under which the fused functionals (``F.linear(..., act=)``,
+    ``F.batch_norm(..., act=)``) run the activation module ``act``: "gelu", "gelu_tanh",
+    "relu", or None (no activation, or one they do not fuse)."""
+    return None if act is None else getattr(act, "fused_name", None)
+
+
 class GELU(Module):
     def __init__(self, approximate: str = "none"):
         super().__init__()
         if approximate not in ("none", "tanh"):
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
+
+    @property
+    def fused_name(self) -> str:
+        return "gelu" if self.approximate == "none" else "gelu_tanh"
 
     def forward(self, x):
         return F.gelu(x, self.approximate)
@@ -241,6 +381,8 @@ class GELU(Module):
 
 
 class ReLU(Module):
+    fused_name = "relu"
+
     def __init__(self, inplace: bool = False):  # inplace is accepted and ignored
         super().__init__()
 
@@ -311,17 +453,23 @@ class Dropout(Module):
 class DropPath(Module):
     """Stochastic depth per sample (timm's ``DropPath``); the identity in eval."""
 
-    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True):
+    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True, batch_dim: int = 0):
         super().__init__()
         if not 0.0 <= drop_prob <= 1.0:
             raise ValueError(f"DropPath: drop_prob must be in [0, 1], got {drop_prob}")
         self.drop_prob, self.scale_by_keep = float(drop_prob), scale_by_keep
+        self.batch_dim = batch_dim      # the samples' axis (1 for tokens-first (S, B, C) maps)
 
     def forward(self, x):
-        return F.drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
+        if self.batch_dim == 0:
+            return F.drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
+        x = x.transpose(0, self.batch_dim)                  # a view with the samples first
+        y = F.drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
+        return y.transpose(0, self.batch_dim)
 
     def extra_repr(self) -> str:
-        return f"drop_prob={round(self.drop_prob, 3):0.3f}"
+        s = f"drop_prob={round(self.drop_prob, 3):0.3f}"
+        return s if self.batch_dim == 0 else f"{s}, batch_dim={self.batch_dim}"
 
 
 # --- pooling (functions in functional/pooling.py) ------------------------------------------
@@ -385,6 +533,6 @@ class CrossEntropyLoss(Module):
         return f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
 
 
-__all__ = ["Linear", "Conv2d", "LayerNorm", "BatchNorm1d", "BatchNorm2d", "GELU", "ReLU",
+__all__ = ["Linear", "LinearColumns", "Conv2d", "Conv2dSame", "fused_act_name", "LayerNorm", "BatchNorm1d", "BatchNorm2d", "GELU", "ReLU",
            "SiLU", "Sigmoid", "Tanh", "Softmax", "Flatten", "Dropout", "DropPath", "MaxPool2d",
            "AvgPool2d", "AdaptiveAvgPool2d", "CrossEntropyLoss"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from ..autograd import cuda_kernels
+from ..kernels import cuda as cuda_kernels
 from ..autograd.backend import get_array_module
 from .optimizer import Optimizer
 

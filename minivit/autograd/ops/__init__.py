@@ -8,10 +8,13 @@ from .elementwise import (  # noqa: F401
 from .matmul import Einsum, MatMul, einsum, matmul  # noqa: F401
 from .reduce import (  # noqa: F401
     LogSoftmax, LogSumExp, Max, Mean, Min, Softmax, Sum, Var,
-    log_softmax, logsumexp, max, mean, min, softmax, std, sum, var,
+    axis_of, log_softmax, logsumexp, max, mean, min, softmax, std, sum, var,
 )
 from .shape import (  # noqa: F401
     BroadcastTo, Concatenate, GetItem, Pad, Permute, Reshape, Roll, Split, Stack,
     broadcast_to, cat, chunk, concatenate, flatten, getitem, pad, permute, reshape, roll,
     split, squeeze, stack, swapaxes, transpose, unsqueeze,
+)
+from .torch_like import (  # noqa: F401
+    Clone, MaskedFill, Repeat, ValuesIndices, clone, masked_fill, norm, repeat,
 )

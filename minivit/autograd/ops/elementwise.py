@@ -1,13 +1,14 @@
 """Elementwise ops: each forward beside its derivative.
 
 Binary ops broadcast like NumPy; their backward returns the gradient at the broadcast shape
-and the engine sums it back to each input's shape.
+and the engine sums it back to each input's shape. These are the reference bodies; Add, Mul,
+ReLU, Erf and GELU also have fast bodies in ``minivit/kernels/cpu_elementwise.py``.
 """
 from __future__ import annotations
 
 import math
 
-from .. import backend, cuda_kernels, parallel
+from .. import backend
 from ..function import Function
 
 xp_of = backend.get_array_module
@@ -16,8 +17,10 @@ INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 class Add(Function):
+    """Fast body: minivit/kernels/cpu_elementwise.py (AddFast)."""
+
     def forward(ctx, a, b):
-        return parallel.add(a, b)  # a + b (big same-shape arrays on all cores)
+        return a + b
 
     def backward(ctx, g):
         return g, g
@@ -32,16 +35,16 @@ class Sub(Function):
 
 
 class Mul(Function):
+    """y = a b;  da = g b,  db = g a.  Fast body: minivit/kernels/cpu_elementwise.py."""
+
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
-        return parallel.binary(xp_of(a).multiply, a, b)   # a * b (large ones on all cores)
+        return a * b
 
     def backward(ctx, g):
         a, b = ctx.saved_tensors
         da, db = ctx.needs_input_grad
-        mul = xp_of(g).multiply
-        return (parallel.binary(mul, g, b) if da else None), \
-            (parallel.binary(mul, g, a) if db else None)
+        return (g * b if da else None), (g * a if db else None)
 
 
 class Div(Function):
@@ -147,12 +150,19 @@ class Tanh(Function):
         return g * (1 - y * y)
 
 
+def sigmoid_value(x):
+    """σ(x) = 1 / (1 + e^-x), written as 1/(1+e^-|x|) for x >= 0 and e^-|x|/(1+e^-|x|) for
+    x < 0, so that e^-|x| <= 1 never overflows (the one sigmoid: SiLU uses it too)."""
+    xp = xp_of(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
 class Sigmoid(Function):
+    """y = σ(x);  dy/dx = σ(x) (1 - σ(x)) = y (1 - y)."""
+
     def forward(ctx, x):
-        xp = xp_of(x)
-        # 1/(1+e^-x) for x >= 0 and e^x/(1+e^x) for x < 0: never overflows
-        e = xp.exp(-xp.abs(x))
-        y = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        y = sigmoid_value(x)
         ctx.save_for_backward(y)
         return y
 
@@ -162,20 +172,21 @@ class Sigmoid(Function):
 
 
 class ReLU(Function):
-    """y = max(x, 0); dx = g where x > 0, else 0 (x is kept: its input tensor lives anyway)."""
+    """y = max(x, 0);  dx = g where x > 0, else 0.  Fast body: kernels/cpu_elementwise.py."""
 
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return parallel.blockwise(lambda a, out: xp_of(a).maximum(a, 0, out=out[0]), x,
-                                  out=parallel.empty_like(x))
+        return xp_of(x).maximum(x, 0)
 
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return parallel.blockwise(lambda g_, a, out: xp_of(a).multiply(g_, a > 0, out=out[0]),
-                                  g, x, out=parallel.empty_like(g))
+        return g * (x > 0)
 
 
 class Erf(Function):
+    """y = erf(x) = 2/√π ∫_0^x e^(-t²) dt;  dy/dx = 2/√π e^(-x²).
+    Fast body (float32 rational approximation): minivit/kernels/cpu_elementwise.py."""
+
     def forward(ctx, x):
         ctx.save_for_backward(x)
         return backend.erf(x)
@@ -185,160 +196,62 @@ class Erf(Function):
         return g * (2 / math.sqrt(math.pi)) * xp_of(x).exp(-x * x)
 
 
-# Each GELU pass takes ``out``, the arrays it fills (given by ``parallel.blockwise`` one block
-# at a time, so no block result is copied into place); without it, it makes new ones.
+# --- GELU: the one set of formulas (the fast bodies compute the same numbers) ---------------
 
-def _gelu_exact(x, out=None):
-    """y = x Φ(x) and Φ(x) = (1 + erf(x / √2)) / 2, kept for backward."""
-    y, cdf = out if out is not None else (xp_of(x).empty_like(x), xp_of(x).empty_like(x))
-    backend.normal_cdf_block(x, out=cdf)
-    xp_of(x).multiply(x, cdf, out=y)
-    return y, cdf
+GELU_TANH_C = 0.044715
 
 
-def _gelu_exact_grad(g, x, cdf, out=None):
-    """g (Φ(x) + x φ(x))."""
-    xp = xp_of(x)
-    d = out[0] if out is not None else xp.empty_like(x)
-    xp.multiply(x, x, out=d)
-    d *= -0.5
-    xp.exp(d, out=d)
-    d *= INV_SQRT_2PI      # φ(x)
-    d *= x
-    d += cdf
-    d *= g
-    return d
+def normal_cdf(x):
+    """Φ(x) = (1 + erf(x / √2)) / 2, the standard normal CDF."""
+    return 0.5 * (1 + backend.erf(x * (1 / math.sqrt(2))))
 
 
-def _gelu_tanh(x, out=None):
-    """y = x s and s = (1 + t) / 2, t = tanh(z), z = √(2/π) (x + 0.044715 x³); s kept for
-    backward. s is computed as the same number written as a sigmoid, s = 1 / (1 + exp(-2z)):
-    NumPy's float32 ``exp`` costs about half its ``tanh`` (see ``backend.normal_cdf_block``)."""
-    xp = xp_of(x)
-    y, s = out if out is not None else (xp.empty_like(x), xp.empty_like(x))
-    with backend.overflow_to_inf():   # exp(-2z) = inf far left (x³ too, |x| > 1e13): s = 0
-        xp.multiply(x, x, out=s)  # in place from here: a new array costs more than arithmetic
-        s *= -2 * 0.044715 * SQRT_2_OVER_PI
-        s -= 2 * SQRT_2_OVER_PI
-        s *= x  # -2z
-        xp.exp(s, out=s)
-    s += 1
-    xp.divide(1.0, s, out=s)
-    xp.multiply(x, s, out=y)
-    return y, s
+def normal_pdf(x):
+    """φ(x) = Φ'(x) = e^(-x²/2) / √(2π)."""
+    return xp_of(x).exp(-0.5 * x * x) * INV_SQRT_2PI
 
 
-def _gelu_tanh_grad(g, x, s, out=None):
-    """g s (1 + 2 x (1 - s) u'), u' = √(2/π) (1 + 3·0.044715 x²), using 1 - t² = 4 s (1 - s)."""
-    xp = xp_of(x)
-    d = out[0] if out is not None else xp.empty_like(x)
-    xp.multiply(x, x, out=d)
-    d *= 2 * SQRT_2_OVER_PI * 3 * 0.044715
-    d += 2 * SQRT_2_OVER_PI  # 2 u'
-    d *= x
-    d *= 1 - s
-    d += 1
-    d *= s
-    d *= g
-    return d
+def gelu_value(x, approximate: str = "none"):
+    """GELU(x) = x Φ(x) (exact), or x (1 + tanh(√(2/π) (x + 0.044715 x³))) / 2 (tanh)."""
+    if approximate == "tanh":
+        with backend.overflow_to_inf():      # x³ = inf far out: tanh(±inf) = ±1
+            t = xp_of(x).tanh(SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x))
+        return 0.5 * x * (1 + t)
+    return x * normal_cdf(x)
+
+
+def gelu_derivative(x, approximate: str = "none"):
+    """d GELU / dx = Φ(x) + x φ(x) (exact); for tanh, with t = tanh(u),
+    u = √(2/π) (x + 0.044715 x³): (1 + t) / 2 + x (1 - t²) u'(x) / 2,
+    u'(x) = √(2/π) (1 + 3·0.044715 x²)."""
+    if approximate == "tanh":
+        with backend.overflow_to_inf():
+            t = xp_of(x).tanh(SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x))
+            du = SQRT_2_OVER_PI * (1 + 3 * GELU_TANH_C * x * x)
+            return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du
+    return normal_cdf(x) + x * normal_pdf(x)
 
 
 class GELU(Function):
-    """GELU(x) = x Φ(x) (exact, with erf) or its tanh approximation (Hendrycks & Gimpel).
+    """GELU(x) = x Φ(x) (Hendrycks & Gimpel), exact (with erf) or its tanh approximation.
 
-    exact:  y = x Φ(x),            dy/dx = Φ(x) + x φ(x)
-    tanh:   y = x s,  s = (1 + t) / 2,  t = tanh(√(2/π) (x + 0.044715 x³)),
-            dy/dx = s + x (1 - t²) √(2/π) (1 + 3·0.044715 x²) / 2
-    Forward keeps Φ(x) (or s) for backward, so erf/tanh run once per element. Both passes
-    run flat, in cache-sized blocks on all cores (``parallel.blockwise``); on the GPU each pass
-    is one fused kernel (``cuda_kernels``) computing the same formula.
+    y = x Φ(x), so by the product rule dy/dx = Φ(x) + x Φ'(x) = Φ(x) + x φ(x) with
+    φ(x) = e^(-x²/2) / √(2π). The tanh form replaces Φ(x) by s = (1 + tanh(u)) / 2,
+    u = √(2/π) (x + 0.044715 x³), and tanh' = 1 - tanh² gives
+    dy/dx = s + x (1 - tanh(u)²) u'(x) / 2.  Backward: dx = g dy/dx.
+
+    Fast body: minivit/kernels/cpu_elementwise.py (blocked on all cores, a float32 Φ
+    polynomial from minivit/kernels/normal_cdf.py; one CUDA kernel per pass on the GPU).
     """
 
     def forward(ctx, x, approximate="none"):
         ctx.approximate = approximate
-        xf = x.reshape(-1)
-        y, saved = gelu_forward(xf, approximate)
-        ctx.save_for_backward(xf, saved)
-        return y.reshape(x.shape)
+        ctx.save_for_backward(x)
+        return gelu_value(x, approximate)
 
     def backward(ctx, g):
-        xf, saved = ctx.saved_tensors
-        return gelu_backward(g.reshape(-1), xf, saved, ctx.approximate).reshape(g.shape)
-
-
-def gelu_forward(x, approximate: str = "none", bias=None, bias_layout: str = "row"):
-    """GELU of a raw array: (y, saved), saved = Φ(x) (exact) or s (tanh) for ``gelu_backward``.
-
-    ``bias``: added to x *in place* first, in the same pass over each block, so x ends up
-    holding the GELU's input x + bias (``F.linear(..., act="gelu")`` uses this).
-    ``bias_layout="row"``: one bias per column, shape (F,) for x (N, F), as Linear's;
-    ``"column"``: one per row, shape (N,), as LinearColumns' (the same names as
-    ``gelu_backward``'s ``bias_grad``).
-    """
-    if bias is not None:
-        want = {"row": x.shape[-1:], "column": x.shape[:1]}.get(bias_layout)
-        if want is None:
-            raise ValueError(f"bias_layout must be 'row' or 'column', got {bias_layout!r}")
-        if x.ndim != 2 or bias.shape != want:
-            raise ValueError(f"a {bias_layout} bias for an input of shape {x.shape} must have "
-                             f"shape {want} (and the input must be 2-D), got {bias.shape}")
-        if bias_layout == "column":
-            bias = bias[:, None]
-    if cuda_kernels.enabled(x):
-        if bias is not None:
-            x += bias
-        return cuda_kernels.gelu_forward(x, approximate)
-    fn = _gelu_tanh if approximate == "tanh" else _gelu_exact
-    out = parallel.empty_like(x, 2)
-    if bias is None:
-        return parallel.blockwise(fn, x, out=out)
-    if bias_layout == "column":          # the bias is cut into blocks with x's rows
-        def shifted(xb, bb, out):
-            xb += bb
-            return fn(xb, out=out)
-
-        return parallel.blockwise(shifted, x, bias, out=out)
-
-    def shifted_row(xb, out):            # every block gets the whole row of biases
-        xb += bias
-        return fn(xb, out=out)
-
-    return parallel.blockwise(shifted_row, x, out=out)
-
-
-def gelu_backward(g, x, saved, approximate: str = "none", bias_grad: str | None = None):
-    """dL/dx of ``gelu_forward`` from its x and saved array.
-
-    ``bias_grad="row"`` also returns the column sums of dL/dx (the gradient of a row bias),
-    ``"column"`` its row sums (a column bias), each summed block by block in the same pass.
-    """
-    if cuda_kernels.enabled(g):
-        gx = cuda_kernels.gelu_backward(g, x, saved, approximate)
-    else:
-        fn = _gelu_tanh_grad if approximate == "tanh" else _gelu_exact_grad
-        if bias_grad == "row":
-            gx = parallel.empty_like(x)[0]
-
-            def fill(gb, xb, sb, ob):
-                return fn(gb, xb, sb, out=(ob,))
-
-            return gx, parallel.sum_rows(fill, g, x, saved, gx)
-        if bias_grad == "column":
-            gx, gb = parallel.empty_like(x)[0], xp_of(x).empty(x.shape[0], x.dtype)
-
-            def fill_and_sum(gb_, xb, sb, out):
-                fn(gb_, xb, sb, out=out[:1])
-                out[1][...] = parallel.row_sums(out[0])
-                return out
-
-            parallel.blockwise(fill_and_sum, g, x, saved, out=(gx, gb))
-            return gx, gb
-        gx = parallel.blockwise(fn, g, x, saved, out=parallel.empty_like(x))
-    if bias_grad == "row":
-        return gx, parallel.column_sums(gx)
-    if bias_grad == "column":
-        return gx, parallel.row_sums(gx)
-    return gx
+        (x,) = ctx.saved_tensors
+        return g * gelu_derivative(x, ctx.approximate)
 
 
 class Maximum(Function):

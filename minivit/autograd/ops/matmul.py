@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import string
 
-from .. import backend, parallel
+from .. import backend
 from ..flops import add_flops
 from ..function import Function
 
@@ -14,22 +14,22 @@ class MatMul(Function):
     """C = A @ B.  dA = dC @ B^T,  dB = A^T @ dC  (batch dims broadcast; the engine sums them).
 
     1-D operands follow NumPy: a vector on the left is a row (1, n), on the right a column (n, 1),
-    and the added axis is dropped from the result.
+    and the added axis is dropped from the result. Fast body (stacks of small products split
+    over the CPU threads): minivit/kernels/cpu_matmul.py.
     """
 
     def forward(ctx, a, b):
-        if a.ndim == 0 or b.ndim == 0:
-            raise ValueError("matmul: both operands need at least one dimension")
-        if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
-            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match: "
-                             f"{a.shape[-1]} (last dim of the first) != "
-                             f"{b.shape[-2 if b.ndim > 1 else 0]} (first matrix dim of the second)")
+        check_matmul(a, b)
         ctx.save_for_backward(a, b)
-        out = parallel.matmul(a, b)
+        out = xp_of(a).matmul(a, b)
         add_flops(2 * out.size * a.shape[-1])
         return out
 
     def backward(ctx, g):
+        return ctx.backward_with(g, xp_of(g).matmul)
+
+    def backward_with(ctx, g, matmul):
+        """dA and dB, the products computed by ``matmul``."""
         a, b = ctx.saved_tensors
         xp = xp_of(a)
         a2 = a[None, :] if a.ndim == 1 else a
@@ -40,12 +40,21 @@ class MatMul(Function):
         ga = gb = None
         if ctx.needs_input_grad[0]:
             # for a 1-D `a` this is (..., 1, n): sum_to sums the leading axes, the 1 included
-            ga = parallel.matmul(g2, xp.swapaxes(b2, -1, -2))
+            ga = matmul(g2, xp.swapaxes(b2, -1, -2))
         if ctx.needs_input_grad[1]:
-            gb = parallel.matmul(xp.swapaxes(a2, -1, -2), g2)
+            gb = matmul(xp.swapaxes(a2, -1, -2), g2)
             if b.ndim == 1:
                 gb = gb[..., 0]
         return ga, gb
+
+
+def check_matmul(a, b) -> None:
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("matmul: both operands need at least one dimension")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match: "
+                         f"{a.shape[-1]} (last dim of the first) != "
+                         f"{b.shape[-2 if b.ndim > 1 else 0]} (first matrix dim of the second)")
 
 
 def matmul(a, b):

@@ -5,7 +5,7 @@ reduced axes as size 1 (``keepdims`` shape), then broadcasts.
 """
 from __future__ import annotations
 
-from .. import backend, cuda_kernels
+from .. import backend
 from ..function import Function
 
 xp_of = backend.get_array_module
@@ -116,31 +116,51 @@ class LogSumExp(Function):
         return _keep(g, x.shape, ctx.axes, ctx.keepdims) * xp_of(x).exp(x - s)
 
 
+def softmax_value(x, axis: int = -1):
+    """softmax(x)_i = exp(x_i - m) / Σ_j exp(x_j - m) along ``axis``, m = max_j x_j (the same
+    number as exp(x_i) / Σ exp(x_j), without overflow). A row whose entries are all -inf (every
+    key masked in attention) gives 0, not NaN. The one softmax: attention uses it too."""
+    xp = xp_of(x)
+    m = x.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)
+    e = xp.exp(x - m)
+    total = e.sum(axis=axis, keepdims=True)
+    return e / xp.where(total > 0, total, 1)
+
+
+def softmax_grad(y, g, axis: int = -1):
+    """dx of y = softmax(x) from dy = g: dy_i/dx_j = y_i (δ_ij - y_j), so
+    dx_j = Σ_i g_i y_i (δ_ij - y_j) = y_j (g_j - Σ_i g_i y_i)."""
+    return y * (g - (g * y).sum(axis=axis, keepdims=True))
+
+
+def log_softmax_value(x, axis: int = -1):
+    """log softmax(x) = z - log Σ exp(z), z = x - max(x) (the max cancels out)."""
+    xp = xp_of(x)
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+
+
 class Softmax(Function):
-    """y = exp(x - max) / sum exp(x - max); dx = y * (g - sum(g * y))."""
+    """y = softmax(x) along ``axis`` (``softmax_value``); dx = y (g - Σ g y) (``softmax_grad``).
+    Fast body: minivit/kernels/cpu_reduce.py (rows in blocks on all cores; a CUDA kernel)."""
 
     def forward(ctx, x, axis=-1):
-        xp = xp_of(x)
-        e = xp.exp(x - x.max(axis=axis, keepdims=True))
-        y = e / e.sum(axis=axis, keepdims=True)
+        y = softmax_value(x, axis)
         ctx.axis = axis
         ctx.save_for_backward(y)
         return y
 
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        if cuda_kernels.enabled(g):  # one reduction and one fused kernel on the GPU
-            return cuda_kernels.softmax_backward(y, g, ctx.axis)
-        return y * (g - (g * y).sum(axis=ctx.axis, keepdims=True))
+        return softmax_grad(y, g, ctx.axis)
 
 
 class LogSoftmax(Function):
-    """y = x - logsumexp(x); dx = g - softmax(x) * sum(g)."""
+    """y = x - log Σ exp(x); dy_i/dx_j = δ_ij - softmax(x)_j, so dx = g - exp(y) Σ g."""
 
     def forward(ctx, x, axis=-1):
-        xp = xp_of(x)
-        z = x - x.max(axis=axis, keepdims=True)
-        y = z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+        y = log_softmax_value(x, axis)
         ctx.axis = axis
         ctx.save_for_backward(y)
         return y
@@ -151,23 +171,75 @@ class LogSoftmax(Function):
 
 
 # --- the functional names -------------------------------------------------------------------
+# Each takes NumPy's ``axis=``/``keepdims=`` or PyTorch's ``dim=``/``keepdim=`` (one of each pair).
 
-def sum(x, axis=None, keepdims=False): return Sum.apply(x, axis=axis, keepdims=keepdims)  # noqa: A001
-def mean(x, axis=None, keepdims=False): return Mean.apply(x, axis=axis, keepdims=keepdims)
-def max(x, axis=None, keepdims=False): return Max.apply(x, axis=axis, keepdims=keepdims)  # noqa: A001
-def min(x, axis=None, keepdims=False): return Min.apply(x, axis=axis, keepdims=keepdims)  # noqa: A001
-def logsumexp(x, axis=None, keepdims=False): return LogSumExp.apply(x, axis=axis, keepdims=keepdims)
-def softmax(x, axis=-1): return Softmax.apply(x, axis=axis)
-def log_softmax(x, axis=-1): return LogSoftmax.apply(x, axis=axis)
-
-
-def var(x, axis=None, ddof=0, keepdims=False):
-    """Variance as NumPy defines it (``ddof=0``: biased; ``ddof=1``: unbiased)."""
-    return Var.apply(x, axis=axis, ddof=ddof, keepdims=keepdims)
+def axis_of(op: str, axis, dim, keepdims=False, keepdim=None):
+    """The axis and keepdims of a call that used either spelling; an error if it used both."""
+    if axis is not None and dim is not None:
+        raise TypeError(f"{op}: got axis={axis!r} and dim={dim!r}; give one of them")
+    if keepdim is not None and keepdims:
+        raise TypeError(f"{op}: got keepdims and keepdim; give one of them")
+    return (dim if dim is not None else axis), bool(keepdims or keepdim)
 
 
-def std(x, axis=None, ddof=0, keepdims=False):
+def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
+    axis, keepdims = axis_of("sum", axis, dim, keepdims, keepdim)
+    return Sum.apply(x, axis=axis, keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    axis, keepdims = axis_of("mean", axis, dim, keepdims, keepdim)
+    return Mean.apply(x, axis=axis, keepdims=keepdims)
+
+
+def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
+    """Max of all elements; over ``dim`` (PyTorch) the named pair ``(values, indices)``, as
+    ``torch.max(x, dim)``; over ``axis`` (NumPy: an int or a tuple) the values only.
+
+    >>> values, indices = minivit.max(x, dim=1)
+    """
+    if dim is not None:
+        from .torch_like import reduce_with_indices  # noqa: PLC0415
+
+        axis_of("max", axis, dim)
+        return reduce_with_indices(x, "max", dim, bool(keepdim or keepdims))
+    return Max.apply(x, axis=axis, keepdims=bool(keepdim or keepdims))
+
+
+def min(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
+    """Min; ``(values, indices)`` over ``dim``, values only over ``axis`` (see ``max``)."""
+    if dim is not None:
+        from .torch_like import reduce_with_indices  # noqa: PLC0415
+
+        axis_of("min", axis, dim)
+        return reduce_with_indices(x, "min", dim, bool(keepdim or keepdims))
+    return Min.apply(x, axis=axis, keepdims=bool(keepdim or keepdims))
+
+
+def logsumexp(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    axis, keepdims = axis_of("logsumexp", axis, dim, keepdims, keepdim)
+    return LogSumExp.apply(x, axis=axis, keepdims=keepdims)
+
+
+def softmax(x, axis=-1, *, dim=None):
+    """Softmax over ``axis`` (or ``dim``): ``minivit.softmax(x, dim=1)``."""
+    return Softmax.apply(x, axis=dim if dim is not None else axis)
+
+
+def log_softmax(x, axis=-1, *, dim=None):
+    return LogSoftmax.apply(x, axis=dim if dim is not None else axis)
+
+
+def var(x, axis=None, ddof=0, keepdims=False, *, dim=None, keepdim=None, correction=None):
+    """Variance as NumPy defines it (``ddof=0``: biased; ``ddof=1``: unbiased). PyTorch's
+    ``correction=`` is accepted for ``ddof``; note that torch's default is 1, minivit's 0."""
+    axis, keepdims = axis_of("var", axis, dim, keepdims, keepdim)
+    return Var.apply(x, axis=axis, ddof=ddof if correction is None else correction,
+                     keepdims=keepdims)
+
+
+def std(x, axis=None, ddof=0, keepdims=False, *, dim=None, keepdim=None, correction=None):
     """Standard deviation: ``sqrt(var(x))``."""
     from .elementwise import sqrt  # noqa: PLC0415
 
-    return sqrt(var(x, axis=axis, ddof=ddof, keepdims=keepdims))
+    return sqrt(var(x, axis, ddof, keepdims, dim=dim, keepdim=keepdim, correction=correction))

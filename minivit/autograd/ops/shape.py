@@ -1,7 +1,7 @@
 """Ops that move elements without changing them: their backward moves the gradient back."""
 from __future__ import annotations
 
-from .. import backend, parallel
+from .. import backend
 from ..function import Function
 from .reduce import normalize_axis
 
@@ -9,16 +9,24 @@ xp_of = backend.get_array_module
 
 
 class Reshape(Function):
+    """The same elements in a new shape; the gradient is reshaped back. Fast body (the copy
+    of a permuted view on all cores): minivit/kernels/cpu_shape.py."""
+
     def forward(ctx, x, shape=()):
         ctx.shape = x.shape
-        try:
-            return parallel.reshape(x, shape)  # a view, or a copy made on all cores
-        except ValueError:
-            raise ValueError(f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
-                             f"into shape {tuple(shape)}") from None
+        return _reshape(x.reshape, x, shape)
 
     def backward(ctx, g):
-        return parallel.reshape(g, ctx.shape)
+        return g.reshape(ctx.shape)
+
+
+def _reshape(reshape, x, shape):
+    """``reshape(shape)`` with a message naming both shapes when they do not fit."""
+    try:
+        return reshape(shape)
+    except ValueError:
+        raise ValueError(f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
+                         f"into shape {tuple(shape)}") from None
 
 
 class Permute(Function):
@@ -222,7 +230,8 @@ def flatten(x, start_dim: int = 0, end_dim: int = -1):
     return reshape(x, x.shape[:s] + (n,) + x.shape[e + 1:])
 
 
-def squeeze(x, axis=None):
+def squeeze(x, axis=None, *, dim=None):
+    axis = dim if dim is not None else axis
     if axis is None:
         return reshape(x, tuple(n for n in x.shape if n != 1))
     axes = normalize_axis(axis, x.ndim)
@@ -232,7 +241,10 @@ def squeeze(x, axis=None):
     return reshape(x, tuple(n for i, n in enumerate(x.shape) if i not in axes))
 
 
-def unsqueeze(x, axis: int):
+def unsqueeze(x, axis: int | None = None, *, dim: int | None = None):
+    axis = dim if dim is not None else axis
+    if axis is None:
+        raise TypeError("unsqueeze: give the position of the new axis, e.g. unsqueeze(x, dim=0)")
     a = _dim("unsqueeze", axis, x.ndim + 1)
     return reshape(x, x.shape[:a] + (1,) + x.shape[a:])
 
@@ -241,7 +253,8 @@ def getitem(x, index):
     return GetItem.apply(x, index=index)
 
 
-def concatenate(tensors, axis: int = 0):
+def concatenate(tensors, axis: int = 0, *, dim: int | None = None):
+    axis = dim if dim is not None else axis
     if len(tensors) == 0:
         raise ValueError("concatenate: need at least one tensor")
     return Concatenate.apply(*tensors, axis=axis)
@@ -250,21 +263,24 @@ def concatenate(tensors, axis: int = 0):
 cat = concatenate
 
 
-def stack(tensors, axis: int = 0):
+def stack(tensors, axis: int = 0, *, dim: int | None = None):
+    axis = dim if dim is not None else axis
     if len(tensors) == 0:
         raise ValueError("stack: need at least one tensor")
     return Stack.apply(*tensors, axis=axis)
 
 
-def split(x, indices_or_sections, axis: int = 0):
+def split(x, indices_or_sections, axis: int = 0, *, dim: int | None = None):
     """NumPy's split: a number of equal sections, or the indices where to cut."""
+    axis = dim if dim is not None else axis
     if isinstance(indices_or_sections, (list, tuple)):
         indices_or_sections = list(indices_or_sections)
     return list(Split.apply(x, indices_or_sections=indices_or_sections, axis=axis))
 
 
-def chunk(x, chunks: int, axis: int = 0):
+def chunk(x, chunks: int, axis: int = 0, *, dim: int | None = None):
     """PyTorch's chunk: ``chunks`` pieces of size ceil(n / chunks) (the last may be smaller)."""
+    axis = dim if dim is not None else axis
     if not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"chunk: chunks must be a positive integer, got {chunks!r}")
     n = x.shape[axis]
@@ -278,7 +294,8 @@ def pad(x, pad_width, value: float = 0.0):
     return Pad.apply(x, pad_width=pad_width, value=value)
 
 
-def roll(x, shift, axis=None):
+def roll(x, shift, axis=None, *, dims=None):
+    axis = dims if dims is not None else axis
     if isinstance(shift, list):
         shift = tuple(shift)
     if isinstance(axis, list):

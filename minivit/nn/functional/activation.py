@@ -7,17 +7,16 @@ from __future__ import annotations
 
 from ...autograd import backend, ops
 from ...autograd.function import Function
+from ...autograd.ops.elementwise import sigmoid_value
 
 xp_of = backend.get_array_module
 
 
 class SiLU(Function):
-    """silu(x) = x * sigmoid(x);  d/dx = s (1 + x (1 - s)) with s = sigmoid(x)."""
+    """silu(x) = x σ(x);  d/dx = σ + x σ (1 - σ) = σ (1 + x (1 - σ)) (σ' = σ (1 - σ))."""
 
     def forward(ctx, x):
-        xp = xp_of(x)
-        e = xp.exp(-xp.abs(x))  # sigmoid without overflow on either side
-        s = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        s = sigmoid_value(x)
         ctx.save_for_backward(x, s)
         return x * s
 

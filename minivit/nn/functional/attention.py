@@ -16,160 +16,105 @@ import math
 
 import numpy as np
 
-from ...autograd import backend, cuda_kernels, parallel
+from ...autograd import backend
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
+from ...autograd.ops.reduce import softmax_grad, softmax_value
 from ...autograd.tensor import Tensor
 from .. import _random
 
 xp_of = backend.get_array_module
 
 
-def _attend(q, k, v, bias, keep, scale, dropout_p):
+def attention_forward(q, k, v, bias, keep, scale, dropout_p):
     """The forward math on raw arrays q (..., Nq, d), k (..., Nk, d), v (..., Nk, dv):
-    returns (P v, P, the dropout mask or None)."""
+    returns (out, P, the dropout mask or None). P, the attention probabilities, is explicit."""
     xp = xp_of(q)
-    s = parallel.matmul(q, xp.swapaxes(k, -1, -2))
+    s = (q @ xp.swapaxes(k, -1, -2)) * scale                  # S = q k^T * scale
     add_flops(2 * s.size * q.shape[-1] + 2 * s.size * v.shape[-1])  # q k^T and P v
-    s *= scale
     if bias is not None:
-        s += bias            # the mask broadcasts to the scores' shape (checked by the callers)
-    if keep is not None:  # boolean mask: True = attend
-        s = xp.where(keep, s, -xp.inf)
-    s2 = s.reshape(-1, s.shape[-1])
-    p = parallel.blockwise(_softmax_rows, s2, out=parallel.empty_like(s2)).reshape(s.shape)
-    drop = None
-    pd = p
+        s = s + bias                                          # + relative positions, masks
+    if keep is not None:
+        s = xp.where(keep, s, -xp.inf)                        # True = may attend
+    p = softmax_value(s, -1)                                  # P = softmax(S) along keys
+    drop, pd = None, p
     if dropout_p > 0.0:
         drop = _random.bernoulli(p.shape, 1.0 - dropout_p, backend.device_of(q))
         pd = p * drop * (1.0 / (1.0 - dropout_p))
-    return parallel.matmul(pd, v), p, drop
+    return pd @ v, p, drop
 
 
-def _attend_backward(g, q, k, v, p, drop, scale, dropout_p, need, out=(None, None, None)):
-    """The backward math: (dq, dk, dv, dS) from the incoming gradient g of P v; dq, dk, dv
-    (each None where ``need`` says so) go into the arrays in ``out`` where given."""
+def attention_backward(g, q, k, v, p, drop, scale, dropout_p):
+    """(dq, dk, dv, dS) from the gradient g of out = Pd v (the module docstring's formulas)."""
     xp = xp_of(g)
-    inv_keep = 1.0 / (1.0 - dropout_p)
-    pd = p if drop is None else p * drop * inv_keep
-    gv = parallel.matmul(xp.swapaxes(pd, -1, -2), g, out=out[2]) if need[2] else None
-    dp = parallel.matmul(g, xp.swapaxes(v, -1, -2))
+    pd = p if drop is None else p * drop * (1.0 / (1.0 - dropout_p))
+    dv = xp.swapaxes(pd, -1, -2) @ g                          # dv = Pd^T g
+    dp = g @ xp.swapaxes(v, -1, -2)                           # dPd = g v^T
     if drop is not None:
-        dp = dp * drop * inv_keep
-    p2 = p.reshape(-1, p.shape[-1])
-    ds = parallel.blockwise(_softmax_rows_backward, p2, dp.reshape(-1, p.shape[-1]),
-                            out=parallel.empty_like(p2)).reshape(p.shape)
-    gq = gk = None
-    if need[0]:
-        gq = parallel.matmul(ds, k, out=out[0])
-        gq *= scale
-    if need[1]:
-        gk = parallel.matmul(xp.swapaxes(ds, -1, -2), q, out=out[1])
-        gk *= scale
-    return gq, gk, gv, ds
+        dp = dp * drop * (1.0 / (1.0 - dropout_p))            # dP = dPd * D
+    ds = softmax_grad(p, dp, -1)                              # dS = P (dP - Σ_k dP P)
+    dq = (ds @ k) * scale
+    dk = (xp.swapaxes(ds, -1, -2) @ q) * scale
+    return dq, dk, dv, ds
 
 
 class ScaledDotProductAttention(Function):
+    """softmax(q k^T * scale + bias) v (module docstring). Fast body (the products split over
+    the CPU threads, the softmax rows blocked): minivit/kernels/cpu_attention.py."""
+
     name = "scaled_dot_product_attention"
 
     def forward(ctx, q, k, v, *bias, scale=1.0, keep=None, dropout_p=0.0):
-        out, p, drop = _attend(q, k, v, bias[0] if bias else None, keep, scale, dropout_p)
+        out, p, drop = attention_forward(q, k, v, bias[0] if bias else None, keep, scale,
+                                         dropout_p)
         ctx.scale, ctx.dropout_p, ctx.has_bias = scale, dropout_p, bool(bias)
         ctx.save_for_backward(q, k, v, p, drop)
         return out
 
     def backward(ctx, g):
         q, k, v, p, drop = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        gq, gk, gv, ds = _attend_backward(g, q, k, v, p, drop, ctx.scale, ctx.dropout_p, need)
-        if ctx.has_bias:
-            return gq, gk, gv, (ds if need[3] else None)
-        return gq, gk, gv
+        gq, gk, gv, ds = attention_backward(g, q, k, v, p, drop, ctx.scale, ctx.dropout_p)
+        return (gq, gk, gv, ds) if ctx.has_bias else (gq, gk, gv)
 
 
-# Self-attention straight from the packed projections. qkv = x W_qkv^T + b comes out of its
-# GEMM as (B, N, 3, heads, d) (timm's column order); the heads' products want stacks of
-# contiguous (N, d) matrices: BLAS runs MaxViT's 16x32 ones about twice as fast contiguous as
-# through strided views of the packed array (each product is small enough that its call and
-# memory access, not its arithmetic, set the time). So q, k, v are copied once, on all cores,
-# into one (3, B, heads, N, d) array, their gradients are written by the products into one
-# such array, and the output and the input gradient are copied back to the tokens' layouts:
-# four copies, where splitting qkv into q, k, v Tensors and joining their gradients took
-# five, and left every product on strided operands.
-
-def _split_heads(x, parts: int, heads: int):
-    """(B, N, parts·heads·d) -> a new contiguous (parts, B, heads, N, d) array."""
-    B, N, C = x.shape
-    d = C // (parts * heads)
-    out = xp_of(x).empty((parts, B, heads, N, d), x.dtype)
-    parallel.copyto(out, x.reshape(B, N, parts, heads, d).transpose(2, 0, 3, 1, 4), axis=1)
-    return out
+def split_heads(qkv, num_heads: int):
+    """(B, N, 3·heads·d) -> q, k, v, each (B, heads, N, d) (views; timm's column order)."""
+    B, N, C3 = qkv.shape
+    t = qkv.reshape(B, N, 3, num_heads, C3 // (3 * num_heads)).transpose(2, 0, 3, 1, 4)
+    return t[0], t[1], t[2]
 
 
-def _merge_heads(x):
-    """(parts, B, heads, N, d) -> a new contiguous (B, N, parts·heads·d) array."""
-    parts, B, heads, N, d = x.shape
-    out = xp_of(x).empty((B, N, parts, heads, d), x.dtype)
-    parallel.copyto(out, x.transpose(1, 3, 0, 2, 4), axis=0)
-    return out.reshape(B, N, parts * heads * d)
+def merge_heads(x):
+    """(..., B, heads, N, d) -> (B, N, (...)·heads·d), the heads side by side."""
+    *parts, B, heads, N, d = x.shape
+    x = x.reshape(-1, B, heads, N, d).transpose(1, 3, 0, 2, 4)
+    return x.reshape(B, N, -1)
 
 
 class SelfAttention(Function):
-    """softmax(q k^T * scale + bias) v for every head, from packed qkv (B, N, 3·heads·d) to
-    the heads side by side, (B, N, heads·d): the same math as ``ScaledDotProductAttention``,
-    without splitting q, k and v into separate Tensors (see the comment above)."""
+    """Multi-head self-attention from packed qkv (B, N, 3·heads·d) to the heads side by side,
+    (B, N, heads·d): split the heads, the same math as ``ScaledDotProductAttention``, merge;
+    backward merges dq, dk, dv the same way. Fast body (one contiguous copy of the heads, the
+    gradients written in place): minivit/kernels/cpu_attention.py."""
+
     name = "self_attention"
 
     def forward(ctx, qkv, *bias, num_heads=1, scale=1.0, keep=None, dropout_p=0.0):
-        t = _split_heads(qkv, 3, num_heads)                      # (3, B, heads, N, d)
-        out, p, drop = _attend(t[0], t[1], t[2], bias[0] if bias else None, keep, scale,
-                               dropout_p)
-        ctx.num_heads, ctx.scale, ctx.dropout_p, ctx.has_bias = (num_heads, scale, dropout_p,
-                                                                 bool(bias))
-        ctx.save_for_backward(t, p, drop)
-        return _merge_heads(out[None])
+        q, k, v = split_heads(qkv, num_heads)
+        out, p, drop = attention_forward(q, k, v, bias[0] if bias else None, keep, scale,
+                                         dropout_p)
+        ctx.num_heads, ctx.scale, ctx.dropout_p = num_heads, scale, dropout_p
+        ctx.has_bias = bool(bias)
+        ctx.save_for_backward(q, k, v, p, drop)
+        return merge_heads(out)
 
     def backward(ctx, g):
-        t, p, drop = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        gt = xp_of(g).empty_like(t) if need[0] else None
-        g4 = _split_heads(g, 1, ctx.num_heads)[0]                 # (B, heads, N, d)
-        need_qkv = (need[0],) * 3
-        _, _, _, ds = _attend_backward(g4, t[0], t[1], t[2], p, drop, ctx.scale,
-                                       ctx.dropout_p, need_qkv,
-                                       out=tuple(gt) if need[0] else (None, None, None))
-        gqkv = _merge_heads(gt) if need[0] else None
-        if ctx.has_bias:
-            return gqkv, (ds if need[1] else None)
-        return gqkv
-
-
-def _softmax_rows(s, out=None):
-    """softmax along each row of s (rows, keys); rows in blocks on all cores (blockwise)."""
-    xp = xp_of(s)
-    p = out[0] if out is not None else xp.empty_like(s)
-    m = parallel.row_max(s)[:, None]
-    # a fully masked row has max -inf: take 0 there, so exp(-inf - 0) = 0 (the check is a
-    # small pass on the CPU; on the GPU it would cost a device sync, so it always masks)
-    finite = backend.device_of(s) == "cpu" and bool(xp.isfinite(m).all())
-    if not finite:
-        m = xp.where(xp.isfinite(m), m, 0)
-    xp.subtract(s, m, out=p)
-    xp.exp(p, out=p)
-    den = parallel.row_sums(p)[:, None]  # >= 1 (the max itself gives e^0) unless fully masked
-    p *= 1 / (den if finite else xp.where(den > 0, den, 1))
-    return p
-
-
-def _softmax_rows_backward(p, dp, out=None):
-    """dS = P (dP - sum_k dP P) along each row."""
-    if cuda_kernels.enabled(p):
-        return cuda_kernels.softmax_backward(p, dp, -1)
-    xp = xp_of(p)
-    ds = out[0] if out is not None else xp.empty_like(p)
-    xp.subtract(dp, xp.einsum("ij,ij->i", dp, p)[:, None], out=ds)
-    ds *= p
-    return ds
+        q, k, v, p, drop = ctx.saved_tensors
+        B, heads, N, d = q.shape
+        g4 = g.reshape(B, N, heads, d).transpose(0, 2, 1, 3)      # (B, heads, N, d)
+        gq, gk, gv, ds = attention_backward(g4, q, k, v, p, drop, ctx.scale, ctx.dropout_p)
+        gqkv = merge_heads(xp_of(g).stack([gq, gk, gv]))
+        return (gqkv, ds) if ctx.has_bias else gqkv
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0,

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ...autograd import backend, parallel
+from ...autograd import backend
+from ...kernels import parallel
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
 

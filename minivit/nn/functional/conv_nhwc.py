@@ -16,7 +16,8 @@ convolutions only (groups 1); depthwise ones have ``depthwise_conv2d_nhwc``.
 """
 from __future__ import annotations
 
-from ...autograd import backend, parallel
+from ...autograd import backend
+from ...kernels import parallel
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
 from .conv import pair

@@ -18,7 +18,8 @@ order at the end, so the result does not depend on the number of threads.
 """
 from __future__ import annotations
 
-from ...autograd import backend, parallel
+from ...autograd import backend
+from ...kernels import parallel
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
 from .conv import CACHE_BLOCK, out_size, pair, window_slice

@@ -2,176 +2,133 @@
 ``linear_columns``: the same map on the columns of an (in, M) matrix, y = W x + b."""
 from __future__ import annotations
 
-from ...autograd import backend, parallel
+from ...autograd import backend
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
-from ...autograd.ops.elementwise import gelu_backward, gelu_forward
+from ...autograd.ops.elementwise import gelu_derivative, gelu_value
 
 xp_of = backend.get_array_module
 
-_GELU = {"gelu": "none", "gelu_tanh": "tanh"}   # act -> GELU's ``approximate``
+GELU_ACTS = {"gelu": "none", "gelu_tanh": "tanh"}   # act -> GELU's ``approximate``
 
 
-def _check_act(act):
-    if act is not None and act not in _GELU:
+def check_linear_args(x, w, br, has_bias, act, columns: bool):
+    """(b, r, output shape) from the op's inputs, or a one-line error naming the bad shape."""
+    if act is not None and act not in GELU_ACTS:
         raise ValueError(f"act must be None, 'gelu' or 'gelu_tanh', got {act!r}")
-
-
-def _check_residual(residual, act, out_shape):
-    if residual is None:
-        return
-    if act is not None:
-        raise ValueError("residual= adds after the product; it cannot follow act= (the GELU)")
-    if residual.shape != out_shape:
-        raise ValueError(f"residual of shape {residual.shape} does not match the output shape "
-                         f"{out_shape}")
-
-
-def _add_bias_and_residual_(y, b, r, bias_layout: str):
-    """y += b + r in one pass over each block of y (b per column of y for "row", per row for
-    "column"): a residual stream's add rides on the bias add, one pass over y fewer."""
-    if b is None:
-        def add(yb, rb, out):
-            yb += rb
-            return yb
-
-        return parallel.blockwise(add, y, r, out=(y,))
-    if bias_layout == "column":
-        def add_col(yb, bb, rb, out):
-            yb += bb
-            yb += rb
-            return yb
-
-        return parallel.blockwise(add_col, y, b[:, None], r, out=(y,))
-
-    def add_row(yb, rb, out):
-        yb += b
-        yb += rb
-        return yb
-
-    return parallel.blockwise(add_row, y, r, out=(y,))
-
-
-def _grad_before_act(ctx, g, bias_layout: str):
-    """(dy, db) from the gradient g of the op's output: dy = g GELU'(y) when the op ends in a
-    GELU (db summed in that same pass), else g itself; db is None when not wanted.
-    ``bias_layout``: "row" (one bias per column of y, Linear) or "column" (LinearColumns)."""
-    want_bias = ctx.has_bias and ctx.needs_input_grad[2]
-    if ctx.act is not None:
-        y, saved = ctx.saved_tensors[2:]
-        if want_bias:
-            return gelu_backward(g, y, saved, _GELU[ctx.act], bias_grad=bias_layout)
-        return gelu_backward(g, y, saved, _GELU[ctx.act]), None
-    if not want_bias:
-        return g, None
-    return g, (parallel.sum_rows(lambda a: a, g) if bias_layout == "row" else parallel.row_sums(g))
-
-
-def _grads(ctx, gx, gw, gb, g):
-    """The gradients in input order: x, w, then the bias and the residual (g itself) if given."""
-    grads = (gx, gw) + ((gb,) if ctx.has_bias else ())
-    if ctx.residual_shape is not None:
-        grads += ((g.reshape(ctx.residual_shape) if ctx.needs_input_grad[-1] else None),)
-    return grads
-
-
-class Linear(Function):
-    """y = x2 @ W^T + b with x2 = x.reshape(-1, in);  dx = g @ W,  dW = g^T x2,  db = sum_rows g.
-
-    ``act="gelu"`` (or ``"gelu_tanh"``) returns h = GELU(y) instead, the first half of a
-    transformer MLP, with the bias add inside the GELU's pass over each block of y (one pass
-    fewer) and, in backward, the bias gradient summed in the GELU derivative's pass:
-    dy = g GELU'(y), then dx, dW, db from dy as above.
-
-    A ``residual`` r (the last input, of y's shape) returns y + r, the end of a residual
-    branch x + Linear(h), with r added in the bias add's pass; its gradient is g itself.
-    """
-
-    def forward(ctx, x, w, *br, act=None, has_bias=True):
-        _check_act(act)
-        b = br[0] if has_bias and br else None
-        r = br[-1] if len(br) == (2 if has_bias else 1) else None
+    b = br[0] if has_bias and br else None
+    r = br[-1] if len(br) == (2 if has_bias else 1) else None
+    if columns:
+        if w.ndim != 2 or x.ndim != 2 or x.shape[0] != w.shape[1]:
+            raise ValueError(f"expected a weight (out, in) and an input (in, M), got weight "
+                             f"{w.shape} and input {x.shape}")
+        out_shape = (w.shape[0], x.shape[1])
+    else:
         if w.ndim != 2:
-            raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
+            raise ValueError(f"weight must be 2-D (out_features, in_features), got shape "
+                             f"{w.shape}")
         if x.ndim == 0 or x.shape[-1] != w.shape[1]:
             raise ValueError(f"input has {x.shape[-1] if x.ndim else 0} features (last dim of "
                              f"shape {x.shape}) but the weight {w.shape} expects {w.shape[1]}")
-        if b is not None and b.shape != (w.shape[0],):
-            raise ValueError(f"bias of shape {b.shape} does not match weight {w.shape}: "
-                             f"expected ({w.shape[0]},)")
         out_shape = (*x.shape[:-1], w.shape[0])
-        _check_residual(r, act, out_shape)
+    if b is not None and b.shape != (w.shape[0],):
+        raise ValueError(f"bias of shape {b.shape} does not match weight {w.shape}: "
+                         f"expected ({w.shape[0]},)")
+    if r is not None:
+        if act is not None:
+            raise ValueError("residual= adds after the product; it cannot follow act= (the GELU)")
+        if r.shape != out_shape:
+            raise ValueError(f"residual of shape {r.shape} does not match the output shape "
+                             f"{out_shape}")
+    return b, r, out_shape
+
+
+class Linear(Function):
+    """y = x W^T + b, with x (..., in), W (out, in), b (out,): one matrix product on the 2-D
+    view x2 = x.reshape(-1, in). Each y_nj = Σ_i x_ni W_ji + b_j, so with g = dL/dy:
+
+        dx = g W,    dW = g^T x2,    db = Σ_n g_n  (a column sum)
+
+    ``act="gelu"`` (or ``"gelu_tanh"``) returns h = GELU(y), the first half of a transformer
+    MLP: then g is first multiplied by GELU'(y) (the chain rule) and the rest is as above.
+    ``residual`` r (y's shape) returns y + r, the end of a residual branch; dr = g.
+
+    Fast body (the bias, GELU and residual riding on one blocked pass over y):
+    minivit/kernels/cpu_linear.py.
+    """
+
+    def forward(ctx, x, w, *br, act=None, has_bias=True):
+        b, r, out_shape = check_linear_args(x, w, br, has_bias, act, columns=False)
         x2 = x.reshape(-1, w.shape[1])
         y = x2 @ w.T
         add_flops(2 * y.size * w.shape[1])
+        if b is not None:
+            y = y + b
+        if r is not None:
+            y = y + r.reshape(y.shape)
         ctx.x_shape, ctx.has_bias, ctx.act = x.shape, b is not None, act
         ctx.residual_shape = None if r is None else r.shape
-        if act is not None:
-            h, saved = gelu_forward(y, _GELU[act], bias=b)   # y += b in place, h = GELU(y)
-            ctx.save_for_backward(x2, w, y, saved)
-            return h.reshape(out_shape)
-        if r is not None:
-            _add_bias_and_residual_(y, b, r.reshape(y.shape), "row")   # y += b + r
-        elif b is not None:
-            parallel.add_rows_(y, b)      # y += b, on all cores
-        ctx.save_for_backward(x2, w)
-        return y.reshape(out_shape)
+        ctx.save_for_backward(x2, w, y if act else None)
+        out = y if act is None else gelu_value(y, GELU_ACTS[act])
+        return out.reshape(out_shape)
 
     def backward(ctx, g):
-        x2, w = ctx.saved_tensors[:2]
+        x2, w, y = ctx.saved_tensors
         g2 = g.reshape(-1, w.shape[0])
+        if ctx.act is not None:
+            g2 = g2 * gelu_derivative(y, GELU_ACTS[ctx.act])       # through h = GELU(y)
         need = ctx.needs_input_grad
-        g2, gb = _grad_before_act(ctx, g2, "row")
         gx = (g2 @ w).reshape(ctx.x_shape) if need[0] else None
         gw = g2.T @ x2 if need[1] else None
-        return _grads(ctx, gx, gw, gb, g)
+        gb = g2.sum(axis=0) if ctx.has_bias and need[2] else None
+        return linear_grads(ctx, gx, gw, gb, g)
 
 
 class LinearColumns(Function):
-    """y = W x + b[:, None] for x (in, M) whose columns are the vectors;
-    dx = W^T g,  dW = g x^T,  db = sum_columns g.
+    """y = W x + b[:, None] for x (in, M) whose columns are the vectors:
 
-    The MLP-Mixer's token mixing applies a Linear along the token axis S of (B, S, C)
-    activations. With the tokens first, (S, B*C), that is one GEMM W (out, S) @ (S, B*C): the
-    layout change is a copy of whole rows of C numbers, not an element-by-element transpose.
+        dx = W^T g,    dW = g x^T,    db = Σ_m g[:, m]  (a row sum)
+
+    with ``act`` and ``residual`` as in ``Linear``. The MLP-Mixer's token mixing applies a
+    Linear along the token axis S of (B, S, C) activations: with the tokens first, (S, B*C),
+    that is one GEMM W (out, S) @ (S, B*C).
+
+    Fast body: minivit/kernels/cpu_linear.py.
     """
 
     name = "linear_columns"
 
     def forward(ctx, x, w, *br, act=None, has_bias=True):
-        _check_act(act)
-        b = br[0] if has_bias and br else None
-        r = br[-1] if len(br) == (2 if has_bias else 1) else None
-        if w.ndim != 2 or x.ndim != 2 or x.shape[0] != w.shape[1]:
-            raise ValueError(f"expected a weight (out, in) and an input (in, M), got weight "
-                             f"{w.shape} and input {x.shape}")
-        if b is not None and b.shape != (w.shape[0],):
-            raise ValueError(f"bias of shape {b.shape} does not match weight {w.shape}: "
-                             f"expected ({w.shape[0]},)")
-        _check_residual(r, act, (w.shape[0], x.shape[1]))
+        b, r, _ = check_linear_args(x, w, br, has_bias, act, columns=True)
         y = w @ x
         add_flops(2 * y.size * w.shape[1])
+        if b is not None:
+            y = y + b[:, None]
+        if r is not None:
+            y = y + r
         ctx.has_bias, ctx.act = b is not None, act
         ctx.residual_shape = None if r is None else r.shape
-        if act is not None:               # y += b[:, None] in place, h = GELU(y)
-            h, saved = gelu_forward(y, _GELU[act], bias=b, bias_layout="column")
-            ctx.save_for_backward(x, w, y, saved)
-            return h
-        if r is not None:
-            _add_bias_and_residual_(y, b, r, "column")   # y += b[:, None] + r
-        elif b is not None:
-            parallel.add_columns_(y, b)   # y += b[:, None], on all cores
-        ctx.save_for_backward(x, w)
-        return y
+        ctx.save_for_backward(x, w, y if act else None)
+        return y if act is None else gelu_value(y, GELU_ACTS[act])
 
     def backward(ctx, g):
-        x, w = ctx.saved_tensors[:2]
-        need = ctx.needs_input_grad
+        x, w, y = ctx.saved_tensors
         g_out = g
-        g, gb = _grad_before_act(ctx, g, "column")
+        if ctx.act is not None:
+            g = g * gelu_derivative(y, GELU_ACTS[ctx.act])
+        need = ctx.needs_input_grad
         gx = w.T @ g if need[0] else None
         gw = g @ x.T if need[1] else None
-        return _grads(ctx, gx, gw, gb, g_out)
+        gb = g.sum(axis=1) if ctx.has_bias and need[2] else None
+        return linear_grads(ctx, gx, gw, gb, g_out)
+
+
+def linear_grads(ctx, gx, gw, gb, g):
+    """The gradients in input order: x, w, then the bias and the residual (g itself) if given."""
+    grads = (gx, gw) + ((gb,) if ctx.has_bias else ())
+    if ctx.residual_shape is not None:
+        grads += ((g.reshape(ctx.residual_shape) if ctx.needs_input_grad[-1] else None),)
+    return grads
 
 
 def _apply(op, x, weight, bias, act, residual):

@@ -5,13 +5,17 @@ smoothed as PyTorch: q = (1 - eps) q + eps / C) and w_i the weight of row i:
 
     loss_i = -sum_c q_ic log softmax(z_i)_c
     dloss_i/dz_i = softmax(z_i) * sum_c q_ic - q_i      (= softmax - q when q sums to 1)
+
+(d log softmax(z)_c / dz_k = δ_ck - softmax(z)_k, summed against -q_ic.) The fast body (one
+CUDA kernel for the backward on the GPU) is in ``minivit/kernels/cpu_loss.py``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ...autograd import backend, cuda_kernels
+from ...autograd import backend
 from ...autograd.function import Function
+from ...autograd.ops.reduce import log_softmax_value
 from ...autograd.tensor import Tensor
 
 xp_of = backend.get_array_module
@@ -21,17 +25,18 @@ class CrossEntropy(Function):
     name = "cross_entropy"
 
     def forward(ctx, z, q=None, row_weight=None, reduction="mean"):
-        xp = xp_of(z)
-        zc = z - z.max(axis=1, keepdims=True)
-        e = xp.exp(zc)
-        se = e.sum(axis=1, keepdims=True)
-        logp = zc - xp.log(se)
+        logp = log_softmax_value(z, axis=1)
         loss = -(q * logp).sum(axis=1)  # (B,)
         if row_weight is not None:
             loss = loss * row_weight
         ctx.reduction = reduction
-        ctx.denom = float(row_weight.sum()) if row_weight is not None else z.shape[0]
-        ctx.save_for_backward(e / se, q, row_weight)
+        if row_weight is None:
+            ctx.denom = z.shape[0]
+        elif backend.device_of(z) == "cpu":
+            ctx.denom = float(row_weight.sum())
+        else:   # stays on the GPU: no host read inside a training step
+            ctx.denom = row_weight.sum()
+        ctx.save_for_backward(xp_of(z).exp(logp), q, row_weight)   # p = softmax(z)
         if reduction == "none":
             return loss
         total = loss.sum()
@@ -39,17 +44,21 @@ class CrossEntropy(Function):
 
     def backward(ctx, g):
         p, q, row_weight = ctx.saved_tensors
+        return (p * q.sum(axis=1, keepdims=True) - q) * ctx.output_scale(g, row_weight)
+
+    def output_scale(ctx, g, row_weight):
+        """dL/dloss_i for each row: the output gradient through the reduction and weights."""
         if ctx.reduction == "none":
             scale = g[:, None]
+        elif ctx.reduction == "mean" and backend.is_array(ctx.denom):
+            scale = g / xp_of(g).maximum(ctx.denom, 1)   # all rows ignored: weights are 0
         elif ctx.reduction == "mean":
             scale = g / ctx.denom if ctx.denom > 0 else g * 0
         else:
             scale = g
         if row_weight is not None:
             scale = scale * row_weight[:, None]
-        if cuda_kernels.enabled(p):  # one fused kernel on the GPU
-            return cuda_kernels.cross_entropy_backward(p, q, scale)
-        return (p * q.sum(axis=1, keepdims=True) - q) * scale
+        return scale
 
 
 def cross_entropy(input, target, label_smoothing: float = 0.0, reduction: str = "mean", *,
@@ -82,14 +91,21 @@ def cross_entropy(input, target, label_smoothing: float = 0.0, reduction: str = 
                              f"{tuple(input.shape)}, got {tuple(t.shape)}")
         valid = t != ignore_index
         bad = valid & ((t < 0) | (t >= C))
-        if bool(bad.any()):
+        on_host = backend.device_of(t) == "cpu"
+        if on_host and bool(bad.any()):
             value = int(t[bad][0])
             raise ValueError(f"{name}: target class {value} is out of range for {C} classes "
                              f"(valid: 0 .. {C - 1})")
         q = xp.zeros((B, C), dtype=dtype)
         idx = xp.where(valid, t, 0).astype(np.int64)
         q[xp.arange(B), idx] = 1.0
-        if not bool(valid.all()):
+        if not on_host:
+            # On the GPU nothing here is read back (a host read stalls the step): a class out
+            # of range makes its row's loss NaN, which the finiteness check reports, and the
+            # rows' weights (0 for ignore_index) are always applied.
+            q = xp.where(bad[:, None], xp.asarray(np.nan, dtype=dtype), q)
+            row_weight = valid.astype(dtype)
+        elif not bool(valid.all()):
             row_weight = valid.astype(dtype)
     elif t.dtype.kind == "f":
         if t.shape != (B, C):

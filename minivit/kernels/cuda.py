@@ -7,9 +7,11 @@ kernel below computes exactly the formula of its plain-array twin, which stays t
 runs on the CPU (NumPy) and on the GPU when fusion is off; ``tests/test_cuda_kernels.py``
 checks that the two agree on a GPU.
 
-    GELU (exact)     y = x Φ(x),  Φ = (1 + erf(x/√2)) / 2;   dx = g (Φ + x φ(x))
-    GELU (tanh)      y = x s,  s = (1 + tanh(√(2/π)(x + 0.044715 x³))) / 2;
-                     dx = g s (1 + x (1 - s) 2√(2/π)(1 + 3·0.044715 x²))
+    GELU (exact)     y = x Φ(x),  Φ = erfc(-x/√2) / 2;   dx = g (Φ + x φ(x))
+    GELU (tanh)      y = x s,  s = (1 + tanh u) / 2 = 1 / (1 + e),  e = exp(-2u),
+                     u = √(2/π)(x + 0.044715 x³);  dx = g s (1 + x (e s) 2u'),  1 - s = e s
+    (erfc and the sigmoid avoid the cancellation of 1 + erf and 1 + tanh for x below about
+    -4.5, which in float32 left the gradient there off by more than its own size.)
     softmax          dx = y (g - Σ g y)                     (the row sum as a reduction kernel)
     layer norm       y = x̂ w + b, x̂ = (x - μ)/σ;  dx = (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ
     cross entropy    dz = (p Σq - q) · scale
@@ -27,7 +29,7 @@ import contextlib
 import functools
 import os
 
-from . import backend
+from ..autograd import backend
 
 _enabled = os.environ.get("MINIVIT_FUSED_KERNELS", "1") != "0"
 
@@ -56,7 +58,7 @@ def _k():
     return {
         "gelu_exact_fwd": ew(
             "T x", "T y, T cdf",
-            "cdf = (T)0.5 * ((T)1 + erf(x * (T)0.70710678118654752));"
+            "cdf = (T)0.5 * erfc(x * (T)-0.70710678118654752);"   # no 1 + erf cancellation
             "y = x * cdf;",
             "minivit_gelu_exact_fwd"),
         "gelu_exact_bwd": ew(
@@ -66,13 +68,15 @@ def _k():
         "gelu_tanh_fwd": ew(
             "T x", "T y, T s",
             "T u = (T)0.79788456080286536 * (x + (T)0.044715 * x * x * x);"
-            "s = (T)0.5 * ((T)1 + tanh(u));"
+            "s = (T)1 / ((T)1 + exp((T)-2 * u));"   # (1 + tanh u)/2 without its cancellation
             "y = x * s;",
             "minivit_gelu_tanh_fwd"),
         "gelu_tanh_bwd": ew(
             "T g, T x, T s", "T dx",
             "T du2 = (T)1.5957691216057307 * ((T)1 + (T)0.134145 * x * x);"  # 2 u'
-            "dx = g * s * ((T)1 + x * ((T)1 - s) * du2);",
+            "T e = exp((T)-1.5957691216057307 * (x + (T)0.044715 * x * x * x));"  # exp(-2u)
+            "T oms = s > (T)0.5 ? e * s : (T)1 - s;"   # 1 - s = e s: no cancellation near 1
+            "dx = g * s * ((T)1 + x * oms * du2);",
             "minivit_gelu_tanh_bwd"),
         "row_dot": red(  # Σ_k a b along the reduced axes
             "T a, T b", "T out", "a * b", "a + b", "out = a", "0", "minivit_row_dot"),

@@ -290,12 +290,11 @@ def _tuple_or_one(t: tuple):
 
 
 # A stack of small products, (384, 65, 64) @ (384, 64, 65) in attention, is one BLAS call per
-# matrix, each too small for OpenBLAS to thread: NumPy's batched matmul runs on one core (about
-# 75 GFLOP/s here, against 200+ for one large product). Splitting the stack over the threads
-# runs 1.6-2x faster on 2 cores, for MaxViT's 16x16 windows too ((4096, 16, 32) @ (4096, 32,
-# 16): 2.5-2.9 -> 1.2-1.9 ms, measured 2026-12-02; an older measurement had them 1.8x slower
-# split, so re-measure if the NumPy/OpenBLAS build changes). What does not pay is handing a
-# small stack to the threads at all (about 0.1 ms): below 2^23 multiply-adds in all, one call.
+# matrix, each too small for OpenBLAS to thread: NumPy's batched matmul runs on one core.
+# Splitting the stack over the threads runs 1.6-2x faster on 2 cores, for MaxViT's 16x16
+# windows too (the measurements, and an older one that disagreed: docs/speed-history.md;
+# re-measure if the NumPy/OpenBLAS build changes). What does not pay is handing a small stack
+# to the threads at all (about 0.1 ms): below 2^23 multiply-adds in all, one call.
 MATMUL_MIN_WORK = 1 << 23  # multiply-adds of the whole stack, length * m * k * n
 
 
@@ -331,6 +330,6 @@ def matmul(a, b, out=None):
 
 
 def _xp(a):
-    from .backend import get_array_module  # noqa: PLC0415 (backend imports this module)
+    from ..autograd.backend import get_array_module  # noqa: PLC0415 (import order)
 
     return get_array_module(a)
