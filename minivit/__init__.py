@@ -63,3 +63,5 @@ float32 = "float32"
 float64 = "float64"
 
 __version__ = "0.1.0"
+
+from . import utils  # noqa: E402  (to_dot, summary, capture_attention: minivit.utils.*)

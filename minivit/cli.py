@@ -14,6 +14,10 @@ from pathlib import Path
 
 from .runfolder import show
 
+from .plot import add_plot_parser
+from .utils.commands import COMMANDS as INSIDE_COMMANDS
+from .utils.commands import add_parsers as add_inside_parsers
+
 def _add_train(sub):
     from .config_cli import add_config_arguments
     from .train import TrainConfig
@@ -170,8 +174,10 @@ def _report(args, model, ds, label: str) -> int:
     loader = CIFARLoader(x, y, batch_size=256, shuffle=False, num_classes=ds.num_classes)
     ev = evaluate(model, loader, args.device, ds.num_classes, progress=True)
     print(f"{label} {'train' if args.train else 'test'} ({len(x)} images): accuracy "
-          f"{100 * ev['acc']:.2f}%, loss {ev['loss']:.4f}")
+          f"{100 * ev['acc']:.2f}%, loss {ev['loss']:.4f}, "
+          f"top-5 accuracy {100 * ev['top5']:.2f}%")
     print(format_confusion(ev["confusion"], ds.class_names))
+    print(format_per_class(ev["confusion"], ds.class_names))
     return 0
 
 
@@ -205,12 +211,20 @@ def format_confusion(cm, names) -> str:
     return "\n".join([head] + rows)
 
 
-def _plot(args) -> int:
-    from .plot import plot_run
+def format_per_class(cm, names) -> str:
+    """Accuracy of each true class (the confusion matrix's diagonal over its row sums)."""
+    lines = ["per-class accuracy:"]
+    for name, row, hit in zip(names, cm, cm.diagonal()):
+        n = int(row.sum())
+        acc = f"{100 * hit / n:6.2f}%" if n else "     --"
+        lines.append(f"  {str(name):>12} {acc}  ({int(hit)}/{n})")
+    return "\n".join(lines)
 
-    out = plot_run(args.run, args.output)
-    print(f"wrote {show(out)}")
-    return 0
+
+def _plot(args) -> int:
+    from .plot import plot_command
+
+    return plot_command(args)
 
 
 def _models(args) -> int:
@@ -265,9 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="FILE",
                    help="model.safetensors or model.npz (default: beside the checkpoint, "
                         "last.safetensors)")
-    p = sub.add_parser("plot", help="draw a run's curves to a PNG (needs matplotlib)")
-    p.add_argument("run")
-    p.add_argument("--output", default=None, help="default RUN/curves.png")
+    add_plot_parser(sub)
+    add_inside_parsers(sub)   # graph, summary, attention (minivit/utils/commands.py)
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("--count", action="store_true", help="with parameter counts")
     p = sub.add_parser("bench", help="throughput, memory and utilisation of the CIFAR models")
@@ -283,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _train, "eval": _eval, "export": _export, "plot": _plot, "models": _models, "bench": _bench,
-            "gradcheck": _gradcheck}
+COMMANDS = {"train": _train, "eval": _eval, "export": _export, "plot": _plot, "models": _models,
+            "bench": _bench, "gradcheck": _gradcheck, **INSIDE_COMMANDS}
 
 
 def _one_line(exc: BaseException) -> str:

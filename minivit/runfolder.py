@@ -165,19 +165,18 @@ def _no_constants(name):
     raise ValueError(f"{name} is not JSON")
 
 
-def read_metrics(path: Path, warn=None) -> list[dict]:
-    """The per-epoch records of a ``metrics.jsonl``.
+def read_log(path: Path, key: str | None = "epoch", warn=None) -> list[dict]:
+    """The records of a JSON-lines log (``metrics.jsonl``, ``steps.jsonl``).
 
     A last line that is not valid JSON is a write cut short (a full disk, a kill): it is left
     out, with a warning through ``warn``. Any other bad line is an error naming the file and
-    the line. Records are JSON objects with an integer ``epoch`` >= 1."""
+    the line. Records are JSON objects, with an integer ``key`` >= 1 unless ``key`` is None."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise TrainingError(f"{show(path)}: cannot read the metrics log "
-                            f"({exc.strerror or exc})") from None
+        raise TrainingError(f"{show(path)}: cannot be read ({exc.strerror or exc})") from None
     lines = data.split(b"\n")
     rows: list[dict] = []
     for i, raw in enumerate(lines):
@@ -193,36 +192,49 @@ def read_metrics(path: Path, warn=None) -> list[dict]:
                          f"probably a write interrupted by a full disk or a kill); ignored")
                 break
             raise TrainingError(f"{show(path)} line {i + 1}: not a JSON record ({exc})") from None
-        if not isinstance(row, dict) or type(row.get("epoch")) is not int or row["epoch"] < 1:
-            raise TrainingError(f"{show(path)} line {i + 1}: expected a JSON object with an "
-                                f"integer \"epoch\" >= 1, got {raw[:60].decode('utf-8', 'replace')}")
+        if not isinstance(row, dict) or (key is not None and (
+                type(row.get(key)) is not int or row[key] < 1)):
+            want = "a JSON object" + (f" with an integer \"{key}\" >= 1" if key else "")
+            raise TrainingError(f"{show(path)} line {i + 1}: expected {want}, got "
+                                f"{raw[:60].decode('utf-8', 'replace')}")
         rows.append(row)
     return rows
 
 
-def reconcile_metrics(path: Path, epochs_done: int, log=print) -> list[dict]:
-    """Make ``metrics.jsonl`` agree with a checkpoint after ``epochs_done`` epochs: drop the
-    lines of later epochs and a torn last line, keep one line per epoch (the last written).
-    Rewrites the file (atomically) only when something changes; returns the kept records."""
+def read_metrics(path: Path, warn=None) -> list[dict]:
+    """The per-epoch records of a ``metrics.jsonl`` (see ``read_log``)."""
+    return read_log(path, "epoch", warn)
+
+
+def reconcile_log(path: Path, done: int, log=print, key: str = "epoch") -> list[dict]:
+    """Make a log agree with a checkpoint after ``done`` epochs (``key="epoch"``) or steps
+    (``key="step"``): drop the lines past it and a torn last line, keep one line per epoch or
+    step (the last written). Rewrites the file (atomically) only when something changes;
+    returns the kept records."""
     from .checkpoint import atomic_write
 
     if not path.exists():
         return []
-    rows = read_metrics(path, warn=log)
-    by_epoch = {r["epoch"]: r for r in rows if r["epoch"] <= epochs_done}
-    kept = [by_epoch[e] for e in sorted(by_epoch)]
+    rows = read_log(path, key, warn=log)
+    by_key = {r[key]: r for r in rows if r[key] <= done}
+    kept = [by_key[k] for k in sorted(by_key)]
     text = "".join(dumps(r) + "\n" for r in kept).encode()
     if text != path.read_bytes():
         dropped = len(rows) - len(kept)
         if dropped:
             log(f"{show(path)}: dropped {dropped} line{'s' * (dropped > 1)} past the "
-                f"checkpoint's epoch {epochs_done}")
+                f"checkpoint's {key} {done}")
         atomic_write(path, lambda f: f.write(text))
     return kept
 
 
-def append_metrics(path: Path, row: dict) -> None:
-    """Append one record as a strict-JSON line, flushed to disk."""
+def reconcile_metrics(path: Path, epochs_done: int, log=print) -> list[dict]:
+    """``metrics.jsonl`` made to agree with a checkpoint after ``epochs_done`` epochs."""
+    return reconcile_log(path, epochs_done, log, "epoch")
+
+
+def append_record(path: Path, row: dict) -> None:
+    """Append one record as a strict-JSON line (NaN as null), flushed to disk."""
     data = (dumps(row) + "\n").encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)

@@ -32,7 +32,7 @@ from .finite import LossWatch, NonFiniteLoss, non_finite_state
 from .models import create_model, list_models
 from .nn import functional as F
 from .progress import Progress
-from .runfolder import (RunFolder, TrainingError, append_metrics, crash_point,
+from .runfolder import (RunFolder, TrainingError, append_record, crash_point,
                         reconcile_metrics, show)
 
 
@@ -101,11 +101,13 @@ class TrainConfig:
     eval_batch_size: int = setting(256, "images per evaluation step",
                                    aliases=("--validation-batch-size",), recipe=False)
     progress: bool = setting(True, "progress bars", recipe=False)
-    log_interval: int = setting(50, "read the training loss from the device (and check it is "
-                                "finite) every N steps", metavar="N", recipe=False)
     reference: bool = setting(False, "run every op on its reference body, the plain math of its "
                               "docstring (slower; the same results to float32 rounding)",
                               recipe=False)
+    log_interval: int | None = setting(None, "every N steps, one JSON line in RUN/steps.jsonl: "
+                                       "loss, lr, gradient norms and update ratios per block, "
+                                       "img/s (minivit/utils/diagnostics.py)", metavar="N",
+                                       recipe=False)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -124,13 +126,14 @@ class TrainConfig:
             expected = _type_problem(getattr(self, f), hint)
             if expected:
                 bad(f, getattr(self, f), expected)
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_interval"):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 bad(name, getattr(self, name), "an integer >= 1")
-        for name in ("train_limit", "test_limit"):
+        for name in ("train_limit", "test_limit", "log_interval"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                bad(name, v, "an integer >= 1 (or unset: all images)")
+                bad(name, v, "an integer >= 1 (or unset: " + ("no steps.jsonl)" if
+                             name == "log_interval" else "all images)"))
         for name in ("lr", "min_lr", "weight_decay", "mixup", "cutmix", "momentum"):
             if not getattr(self, name) >= 0:
                 bad(name, getattr(self, name), ">= 0")
@@ -335,10 +338,12 @@ def _to_device(array: np.ndarray, device: str) -> minivit.Tensor:
 
 def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | None = None,
              progress: bool = False) -> dict:
-    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) on a loader."""
+    """Loss, accuracy, top-5 accuracy (``top5``: the true class among the five highest
+    logits), confusion matrix (rows: true class, columns: predicted) and per-class accuracy
+    (``per_class_acc``: the confusion matrix's diagonal over its row sums) on a loader."""
     was_training = model.training
     model.eval()
-    n, loss_sum, correct = 0, 0.0, 0
+    n, loss_sum, correct, top5 = 0, 0.0, 0, 0
     k = num_classes or loader.num_classes
     confusion = np.zeros((k, k), dtype=np.int64)
     with minivit.no_grad(), Progress(total=len(loader.x), desc="eval", unit="img",
@@ -346,14 +351,19 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
         for xb, yb in loader:
             logits = model(_to_device(xb, device))
             loss = F.cross_entropy(logits, _to_device(yb, device))
-            pred = backend.as_numpy(logits.data).argmax(axis=1)
+            scores = backend.as_numpy(logits.data)
+            pred = scores.argmax(axis=1)
+            best5 = np.argpartition(-scores, min(5, k) - 1, axis=1)[:, :5]
+            top5 += int((best5 == yb[:, None]).any(axis=1).sum())
             loss_sum += float(loss.item()) * len(yb)
             correct += int((pred == yb).sum())
             np.add.at(confusion, (yb, pred), 1)
             n += len(yb)
             bar.update(len(yb))
     model.train(was_training)
-    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "confusion": confusion}
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "top5": top5 / max(n, 1),
+            "confusion": confusion, "per_class_acc": per_class}
 
 
 # --- the run folder ------------------------------------------------------------------------
@@ -550,7 +560,14 @@ def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
         f"{len(test_loader.x)} test images; {cfg.epochs} epochs on {device}")
     metrics: dict = {}
     step = start_epoch * len(train_loader)
-    watch = LossWatch(cfg.log_interval)  # NaN/inf caught without a host sync per step
+    # NaN/inf caught without a host sync per step: the losses wait on the device and are
+    # read every --log-interval steps (with steps.jsonl's) or at the end of the epoch
+    watch = LossWatch(cfg.log_interval or len(train_loader))
+    steps_log = None
+    if cfg.log_interval and out is not None:
+        from .utils.diagnostics import StepLog
+
+        steps_log = StepLog(model, out / "steps.jsonl", cfg.log_interval, len(train_loader), step)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         train_loader.set_epoch(epoch)
@@ -567,12 +584,16 @@ def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
                 loss_value = float(loss.item())
                 opt.zero_grad()
                 loss.backward()
+                if steps_log is not None:
+                    steps_log.after_backward(step, loss_value, opt.param_groups[0]["lr"])
                 if cfg.clip_grad:
                     optim.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 opt.step()
                 sched.step()
                 step += 1
                 crash_point("step")
+                if steps_log is not None:
+                    steps_log.after_step(step, len(xb))
                 labels = yb if yb.ndim == 1 else yb.argmax(axis=1)
                 pred = backend.as_numpy(logits.data).argmax(axis=1)
                 loss_sum += loss_value * len(labels)
@@ -585,7 +606,7 @@ def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
         _check_loss(watch, folder, epoch)
         ev = evaluate(model, test_loader, device)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                   "test_loss": ev["loss"], "test_acc": ev["acc"],
+                   "test_loss": ev["loss"], "test_acc": ev["acc"], "test_top5": ev["top5"],
                    "lr": float(sched.get_last_lr()[0]), "epoch_time_s": train_time,
                    "train_imgs_per_s": seen / train_time, "time_s": time.perf_counter() - t0}
         log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {metrics['train_loss']:.4f}  "
@@ -601,7 +622,7 @@ def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
             crash_point("epoch-end")
             # metrics, then best.npz, then last.npz, the commit point: a resume drops metric
             # lines past last.npz's epoch, so a kill anywhere in between loses nothing
-            append_metrics(folder.metrics, metrics)
+            append_record(folder.metrics, metrics)
             best = ev["acc"] > best_acc
             best_acc = max(best_acc, ev["acc"])
             tree = _checkpoint_tree(model, opt, sched, train_loader, epoch + 1, best_acc, cfg)

@@ -198,7 +198,7 @@ def test_an_epoch_with_non_finite_state_is_not_saved_and_the_message_names_the_e
 
 def test_metrics_are_strict_json_with_null_for_nan(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    runfolder.append_metrics(path, {"epoch": 1, "train_loss": float("nan"),
+    runfolder.append_record(path, {"epoch": 1, "train_loss": float("nan"),
                                     "x": [float("inf"), 1.0]})
     assert path.read_text() == '{"epoch": 1, "train_loss": null, "x": [null, 1.0]}\n'
 

@@ -87,7 +87,8 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
         grad = grad.astype(root.dtype, copy=False)
 
     if root.creator is None:  # backward on a leaf: its gradient is the seed itself
-        _accumulate_leaf(root, grad)
+        _accumulate_leaf(root, _run_hooks(root._grad_hooks, grad, root) if root._grad_hooks
+                         else grad)
         return
 
     # gradients not yet passed on, by (op, output index): the tensors themselves may be gone
@@ -100,6 +101,7 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
             heapq.heappush(heap, (-fn.generation, next(order), fn))
 
     push(root.creator)
+    hooked_leaves = {}   # leaves with hooks: their gradient is summed first, then hooked
     while heap:
         fn = heapq.heappop(heap)[2]
         if fn._freed:
@@ -107,6 +109,8 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
         grads_out = []
         for i, (ref, (shape, dtype, out_xp)) in enumerate(zip(fn.outputs, fn.output_meta)):
             g = pending.pop((id(fn), i), None)
+            if g is not None and fn._tensor_hooks and fn._tensor_hooks.get(i):
+                g = _run_hooks(fn._tensor_hooks[i], g, _Like(shape, dtype))
             out = ref()
             if g is not None and out is not None and out.retains_grad:
                 out.grad = Tensor(g)
@@ -125,7 +129,11 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
                 continue
             g = _check_grad(fn, t, g)
             if t.creator is None:
-                _accumulate_leaf(t, g)
+                if t._grad_hooks:
+                    prev = hooked_leaves.get(id(t))
+                    hooked_leaves[id(t)] = (t, g if prev is None else parallel.add(prev[1], g))
+                else:
+                    _accumulate_leaf(t, g)
                 continue
             key = (id(t.creator), t.index)   # the op stays alive in the heap until it runs
             if key in pending:
@@ -133,6 +141,36 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
             else:
                 pending[key] = g
                 push(t.creator)
+
+
+    for t, g in hooked_leaves.values():
+        _accumulate_leaf(t, _run_hooks(t._grad_hooks, g, t))
+
+
+class _Like:
+    """The shape and dtype a hook's replacement gradient must have."""
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = tuple(shape), dtype
+
+
+def _run_hooks(hooks: dict, g, like):
+    """``Tensor.register_hook`` hooks, in order, each given the gradient as a Tensor; a
+    non-None result replaces it (same shape and dtype)."""
+    from .tensor import Tensor  # noqa: PLC0415
+
+    for hook in list(hooks.values()):
+        result = hook(Tensor(g))
+        if result is None:
+            continue
+        r = result.data if isinstance(result, Tensor) else result
+        if not backend.is_array(r) or r.shape != tuple(like.shape) or r.dtype != like.dtype:
+            got = f"{r.shape} {r.dtype}" if backend.is_array(r) else type(result).__name__
+            raise RuntimeError(f"tensor hook {getattr(hook, '__name__', hook)!r} returned a "
+                               f"gradient of {got}; expected {tuple(like.shape)} {like.dtype}")
+        g = r
+    return g
 
 
 def _accumulate_leaf(t, g) -> None:

@@ -97,6 +97,33 @@ class Function:
     def op_name(cls) -> str:
         return cls.name or cls.__name__.lower()
 
+    def __repr__(self) -> str:
+        # PyTorch's grad_fn names (<MulBackward0>); a fast body is named by the op it speeds up
+        op = getattr(type(self), "reference", None) or type(self)
+        return f"<{op.__name__}Backward>"
+
+    _tensor_hooks = None   # hooks registered on this op's outputs: {output index: {id: hook}}
+
+    def tensor_hooks(self, index: int) -> dict:
+        """The hook dict of output ``index`` (``Tensor.register_hook`` of a non-leaf)."""
+        if self._tensor_hooks is None:
+            self._tensor_hooks = {}
+        return self._tensor_hooks.setdefault(index, {})
+
+    @property
+    def next_functions(self) -> tuple:
+        """``(node, output index)`` of each input, as PyTorch's ``grad_fn.next_functions``: the
+        op that made it, the leaf Tensor itself when it requires grad, or None (a constant,
+        or an input whose gradient is not needed). Empty after a backward without
+        ``retain_graph`` (the links are freed)."""
+        out = []
+        for t in self.inputs:
+            if isinstance(t, Edge):
+                out.append((t.creator, t.index) if t.requires_grad else (None, 0))
+            else:
+                out.append((t, 0))
+        return tuple(out)
+
     # --- the op itself (subclasses) ------------------------------------------------------
     def forward(self, *arrays, **attrs):
         raise NotImplementedError

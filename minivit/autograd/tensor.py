@@ -80,6 +80,44 @@ class Tensor:
     def is_leaf(self) -> bool:
         return self.creator is None
 
+    @property
+    def grad_fn(self):
+        """The graph node (``Function``) that made this tensor; None for leaves and for tensors
+        made without gradient. Its repr names the op: ``<GeluBackward>``.
+
+        >>> import minivit
+        >>> x = minivit.tensor([1.0, 2.0], requires_grad=True)
+        >>> x.grad_fn is None, (x * 2).grad_fn
+        (True, <MulBackward>)
+        """
+        return self.creator
+
+    _grad_hooks = None   # hooks of a leaf, by handle id (a non-leaf's live on its creator)
+
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` each time this tensor's gradient has been computed (the sum of
+        every use of it in the graph); a non-None result replaces the gradient from there on
+        (what flows to the inputs, ``.grad`` of a leaf). Returns a handle with ``.remove()``.
+
+        >>> import minivit
+        >>> x = minivit.tensor([1.0, 2.0], requires_grad=True)
+        >>> y = x * 3
+        >>> h = y.register_hook(lambda g: g * 10)
+        >>> y.sum().backward(); x.grad.numpy().tolist()
+        [30.0, 30.0]
+        """
+        from .hooks import add_hook  # noqa: PLC0415
+
+        if not self.requires_grad:
+            raise RuntimeError("register_hook: this tensor does not require grad, so no "
+                               "gradient will be computed for it (set requires_grad=True "
+                               "on a leaf it depends on)")
+        if self.creator is None:
+            if self._grad_hooks is None:
+                self._grad_hooks = {}
+            return add_hook(self._grad_hooks, hook)
+        return add_hook(self.creator.tensor_hooks(self.output_index), hook)
+
     # --- array facts ---------------------------------------------------------------------
     @property
     def shape(self) -> tuple:
@@ -139,7 +177,9 @@ class Tensor:
             extra += f", dtype={self.dtype}"
         if self.device != "cpu":
             extra += f", device='{self.device}'"
-        if self.requires_grad:
+        if self.creator is not None:
+            extra += f", grad_fn={self.creator!r}"
+        elif self.requires_grad:
             extra += ", requires_grad=True"
         return f"tensor({body}{extra})"
 

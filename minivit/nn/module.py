@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..autograd import backend
+from ..autograd.hooks import BackwardHook, RemovableHandle, add_hook
 from ..autograd.tensor import Tensor
 
 
@@ -63,6 +64,11 @@ class Module:
     """Base class of layers and models (PyTorch's ``nn.Module`` API)."""
 
     training: bool
+    # hooks, by handle id; None until the first is registered, so that a call without hooks
+    # costs one test of three attributes (see ``__call__``)
+    _forward_pre_hooks: OrderedDict | None = None
+    _forward_hooks: OrderedDict | None = None
+    _backward_hooks: OrderedDict | None = None
 
     def __init__(self):
         object.__setattr__(self, "training", True)
@@ -357,7 +363,114 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} has no forward()")
 
     def __call__(self, *args, **kwargs):
+        if self._forward_pre_hooks or self._forward_hooks or self._backward_hooks:
+            return self._call_with_hooks(args, kwargs)
         return self.forward(*args, **kwargs)
+
+    def _call_with_hooks(self, args: tuple, kwargs: dict):
+        """``__call__`` when hooks are registered, in PyTorch's order: forward-pre hooks (may
+        replace the args), the backward hook's identity over the tensor inputs, ``forward``,
+        forward hooks (may replace the output), the backward hook's identity over the output."""
+        for hook_id, hook in list((self._forward_pre_hooks or {}).items()):
+            if hook_id in self._kwargs_hooks:
+                result = hook(self, args, kwargs)
+                if result is not None:
+                    if not (isinstance(result, tuple) and len(result) == 2):
+                        raise RuntimeError(f"forward pre-hook with kwargs of "
+                                           f"{type(self).__name__} must return None or a tuple "
+                                           f"(args, kwargs), got {type(result).__name__}")
+                    args, kwargs = result
+            else:
+                result = hook(self, args)
+                if result is not None:
+                    args = result if isinstance(result, tuple) else (result,)
+        bw = None
+        if self._backward_hooks:
+            bw = BackwardHook(self, self._backward_hooks.values())
+            args = bw.setup_input_hook(args)
+        output = self.forward(*args, **kwargs)
+        for hook_id, hook in list((self._forward_hooks or {}).items()):
+            if hook_id in self._kwargs_hooks:
+                result = hook(self, args, kwargs, output)
+            else:
+                result = hook(self, args, output)
+            if result is not None:
+                output = result
+        if bw is not None:
+            output = bw.setup_output_hook(output)
+        return output
+
+    @property
+    def _kwargs_hooks(self) -> set:
+        if "_with_kwargs" not in self.__dict__:
+            object.__setattr__(self, "_with_kwargs", set())
+        return self.__dict__["_with_kwargs"]
+
+    def _hook_dict(self, name: str) -> OrderedDict:
+        if self.__dict__.get(name) is None:
+            object.__setattr__(self, name, OrderedDict())
+        return self.__dict__[name]
+
+    def register_forward_pre_hook(self, hook: Callable, *, prepend: bool = False,
+                                  with_kwargs: bool = False) -> RemovableHandle:
+        """Call ``hook(module, args)`` before every ``forward``; a non-None result replaces the
+        positional args (a single value is wrapped in a tuple). With ``with_kwargs=True`` it is
+        ``hook(module, args, kwargs)`` and may return ``(args, kwargs)``. ``prepend`` runs it
+        before the hooks already registered. Returns a handle whose ``.remove()`` undoes this.
+
+        >>> import minivit
+        >>> from minivit import nn
+        >>> lin = nn.Linear(2, 2)
+        >>> h = lin.register_forward_pre_hook(lambda m, args: (args[0] * 0,))
+        >>> lin(minivit.ones(1, 2)).numpy().tolist() == [lin.bias.numpy().tolist()]
+        True
+        >>> h.remove()
+        """
+        handle = add_hook(self._hook_dict("_forward_pre_hooks"), hook, prepend,
+                          self._kwargs_hooks)
+        if with_kwargs:
+            self._kwargs_hooks.add(handle.id)
+        return handle
+
+    def register_forward_hook(self, hook: Callable, *, prepend: bool = False,
+                              with_kwargs: bool = False) -> RemovableHandle:
+        """Call ``hook(module, args, output)`` after every ``forward``; a non-None result
+        replaces the output. With ``with_kwargs=True`` it is ``hook(module, args, kwargs,
+        output)``. Returns a handle whose ``.remove()`` undoes this.
+
+        >>> import minivit
+        >>> from minivit import nn
+        >>> seen = []
+        >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2))
+        >>> h = mlp[1].register_forward_hook(lambda m, args, out: seen.append(out.shape))
+        >>> _ = mlp(minivit.ones(3, 4)); seen
+        [(3, 8)]
+        >>> h.remove(); _ = mlp(minivit.ones(3, 4)); seen
+        [(3, 8)]
+        """
+        handle = add_hook(self._hook_dict("_forward_hooks"), hook, prepend, self._kwargs_hooks)
+        if with_kwargs:
+            self._kwargs_hooks.add(handle.id)
+        return handle
+
+    def register_full_backward_hook(self, hook: Callable, *,
+                                    prepend: bool = False) -> RemovableHandle:
+        """Call ``hook(module, grad_input, grad_output)`` when the gradients with respect to
+        the module's tensor inputs have been computed: tuples of Tensors (None where an input
+        needs no gradient). A non-None result replaces ``grad_input`` for the rest of the
+        backward pass. Implemented as PyTorch does, with identity ops around the module's
+        inputs and outputs (``minivit/autograd/hooks.py``).
+
+        >>> import minivit
+        >>> from minivit import nn
+        >>> lin = nn.Linear(3, 2)
+        >>> h = lin.register_full_backward_hook(lambda m, gin, gout: (gin[0] * 2,))
+        >>> x = minivit.ones(1, 3, requires_grad=True)
+        >>> lin(x).sum().backward()   # d sum(x W^T + b)/dx = sum of W's rows, doubled
+        >>> bool(np.allclose(x.grad.numpy(), 2 * lin.weight.numpy().sum(0)))
+        True
+        """
+        return add_hook(self._hook_dict("_backward_hooks"), hook, prepend)
 
     def extra_repr(self) -> str:
         """The text inside the parentheses of this layer's repr (``in_features=4, ...``)."""
