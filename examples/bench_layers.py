@@ -111,7 +111,7 @@ def main(argv=None) -> None:
         x, w, b = randn((n, tokens, dim), dev), randn((dim,), dev), randn((dim,), dev)
         t = timed(fwd_bwd(lambda x, w, b: F.layer_norm(x, (dim,), w, b), x, w, b))
         rows.append((f"layer_norm ({n}, {tokens}, {dim})", t, None,
-                     f"{5 * x.size * 4 / t / 1e9:.1f} GB/s (5 passes over x)"))
+                     f"{5 * x.numel() * 4 / t / 1e9:.1f} GB/s (5 passes over x)"))
     else:
         rows.append(("layer_norm", None, None, "skipped: F.layer_norm not available yet"))
     if hasattr(F, "scaled_dot_product_attention"):

@@ -59,8 +59,11 @@ from . import kernels as _kernels
 
 _kernels.load()   # registers the fast bodies (minivit/kernels/cpu_*.py) against their ops
 
+from . import nn, optim  # noqa: E402  (minivit.nn and minivit.optim, as torch.nn and torch.optim)
+
 float32 = "float32"
 float64 = "float64"
+int64 = long = "int64"   # minivit.tensor(labels, dtype=minivit.long)
 
 __version__ = "0.1.0"
 

@@ -171,7 +171,8 @@ def _report(args, model, ds, label: str) -> int:
     x, y = (ds.x_test, ds.y_test) if not args.train else (ds.x_train, ds.y_train)
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
-    loader = CIFARLoader(x, y, batch_size=256, shuffle=False, num_classes=ds.num_classes)
+    loader = CIFARLoader(x, y, batch_size=256, shuffle=False, num_classes=ds.num_classes,
+                         mean=ds.mean, std=ds.std)
     ev = evaluate(model, loader, args.device, ds.num_classes, progress=True)
     print(f"{label} {'train' if args.train else 'test'} ({len(x)} images): accuracy "
           f"{100 * ev['acc']:.2f}%, loss {ev['loss']:.4f}, "

@@ -326,9 +326,9 @@ def _loaders(cfg: TrainConfig):
     augment = None if cfg.augment in (None, "none") else cfg.augment
     train = CIFARLoader(x_tr, y_tr, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
                         seed=cfg.seed, augment=augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
-                        num_classes=ds.num_classes)
+                        num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     test = CIFARLoader(x_te, y_te, batch_size=cfg.eval_batch_size, shuffle=False,
-                       augment=None, num_classes=ds.num_classes)
+                       augment=None, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     return ds, train, test
 
 

@@ -358,3 +358,21 @@ def test_ndarray_constructor_cannot_be_called():
             b"\x87R.")
     with pytest.raises(UnsafePickleError, match="dtype"):
         restricted_load(blob)
+
+
+def test_cifar100_is_normalised_with_its_own_mean_and_std(tmp_path, monkeypatch):
+    from minivit import train
+    from minivit.data import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+
+    folder, _ = write_cifar100(tmp_path / "d")
+    for mode in ("fine", "coarse"):
+        ds = load_dataset("cifar100", data=folder, label_mode=mode)
+        assert ds.mean == CIFAR100_MEAN and ds.std == CIFAR100_STD
+    assert np.allclose(np.array(CIFAR100_MEAN) * 255, (129.3, 124.1, 112.4))
+    assert np.allclose(np.array(CIFAR100_STD) * 255, (68.2, 65.4, 70.4))
+    sub = load_dataset("cifar10-subset")
+    assert sub.mean == CIFAR10_MEAN and sub.std == CIFAR10_STD
+    # the training loop's loaders use them
+    cfg = train.TrainConfig(dataset="cifar100", data=str(folder), batch_size=4, progress=False)
+    _, tr, te = train._loaders(cfg)
+    assert tr.mean == te.mean == CIFAR100_MEAN and tr.std == te.std == CIFAR100_STD

@@ -23,7 +23,8 @@ CIFAR_MODELS = ["vit_cifar", "mlp_mixer_cifar", "maxvit_cifar", "botnet_cifar", 
 TINY_ARGS = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 
 DOCTEST_MODULES = ["minivit.nn.module", "minivit.autograd.tensor", "minivit.utils.graph",
-                   "minivit.utils.summary", "minivit.utils.diagnostics", "minivit.plot"]
+                   "minivit.utils.summary", "minivit.utils.diagnostics", "minivit.plot",
+                   "minivit.utils.attention"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import minivit
+from minivit import nn
 import model_checks
 from model_checks import (assert_forward_finite, assert_overfits, assert_random_in_train_only,
                           assert_reference_keys, assert_train_and_eval_shapes,
@@ -98,7 +99,7 @@ def test_partitions_and_bias_convention():
     rp = maxvit.RelPosBiasTf(3, num_heads=2)
     table = np.random.default_rng(0).standard_normal((2, 5, 5)).astype(np.float32)
     rp.relative_position_bias_table.data = table
-    bias = rp.get_bias().numpy()
+    bias = rp().numpy()
     for qi in range(9):
         for ki in range(9):
             (qy, qx), (ky, kx) = divmod(qi, 3), divmod(ki, 3)
@@ -108,9 +109,9 @@ def test_partitions_and_bias_convention():
 
 def test_tf_same_padding():
     """Strided convs pad (0, 1) on even inputs, as TF 'SAME' (timm Conv2dSame)."""
-    assert maxvit._same_pad(32, 3, 2) == (0, 1) and maxvit._same_pad(7, 3, 2) == (1, 1)
-    assert maxvit._same_pad(32, 2, 2) == (0, 0) and maxvit._same_pad(32, 3, 1) == (1, 1)
-    conv = maxvit.Conv2dSame(1, 1, 3, stride=2, bias=False).double()
+    assert nn.same_padding(32, 3, 2) == (0, 1) and nn.same_padding(7, 3, 2) == (1, 1)
+    assert nn.same_padding(32, 2, 2) == (0, 0) and nn.same_padding(32, 3, 1) == (1, 1)
+    conv = nn.Conv2dSame(1, 1, 3, stride=2, bias=False).double()
     conv.weight.data = np.ones((1, 1, 3, 3))
     x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
     y = conv(minivit.tensor(x)).numpy()

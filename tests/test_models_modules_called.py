@@ -19,10 +19,15 @@ from minivit.models import create_model
 CONFIGS = [
     ("vit_cifar", {}, 32),
     ("mlp_mixer_cifar", {}, 32),
+    ("maxvit_cifar", {}, 32),
+    ("botnet_cifar", {}, 32),
     ("ceit_cifar", {}, 32),
     ("ceit_cifar", dict(leff_with_bn=False, leff_variant="official"), 32),
     ("vit_tiny_patch16_224", dict(depth=2, img_size=64, global_pool="avg"), 64),
     ("mixer_b16_224", dict(depth=2, img_size=64, embed_dim=64), 64),
+    ("maxvit_tiny_tf_224", dict(depths=(1, 1, 1, 1), dims=(32, 32, 64, 64), img_size=64,
+                                window_size=2), 64),
+    ("botnet26t_256", dict(depths=(1, 1, 2, 1), widths=(64, 64, 128, 128), img_size=64), 64),
     ("ceit_tiny_patch16_224", dict(depth=2, img_size=64), 64),
 ]
 

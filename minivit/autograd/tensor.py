@@ -253,6 +253,12 @@ class Tensor:
                              f"use .any() or .all()")
         return bool(self.item())
 
+    def __float__(self) -> float:
+        return float(self.item())   # float(loss), as PyTorch: one element only
+
+    def __int__(self) -> int:
+        return int(self.item())
+
     def any(self) -> bool:
         return bool(self.data.any())
 

@@ -32,6 +32,8 @@ from .loader import CIFARLoader
 from .transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
     Compose,
     RandAugment,
     RandomCrop,
@@ -45,8 +47,8 @@ from .transforms import (
 )
 
 __all__ = [
-    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFARLoader", "Compose", "DATASETS",
-    "Dataset", "DatasetError", "DownloadError", "MD5S", "NUM_CLASSES", "RandAugment", "RandomCrop",
+    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",
+    "CIFARLoader", "Compose", "DATASETS", "Dataset", "DatasetError", "DownloadError", "MD5S", "NUM_CLASSES", "RandAugment", "RandomCrop",
     "RandomHorizontalFlip", "URLS", "UnsafePickleError", "cutmix", "default_data_dir",
     "download_cifar", "download_url", "load_cifar10_subset", "load_dataset", "make_augment",
     "md5sum", "mixup", "one_hot", "read_cifar10", "read_cifar100", "restricted_load",

@@ -74,6 +74,22 @@ class Dataset(NamedTuple):
         """The number of classes (``len(class_names)``)."""
         return len(self.class_names)
 
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """Per-channel mean of the training images in [0, 1]: CIFAR-100's own for CIFAR-100
+        (100 fine or 20 coarse labels), CIFAR-10's otherwise
+        (``CIFARLoader(..., mean=ds.mean, std=ds.std)``)."""
+        from .transforms import CIFAR10_MEAN, CIFAR100_MEAN  # noqa: PLC0415
+
+        return CIFAR100_MEAN if self.num_classes in (20, 100) else CIFAR10_MEAN
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """Per-channel standard deviation of the training images in [0, 1] (see ``mean``)."""
+        from .transforms import CIFAR10_STD, CIFAR100_STD  # noqa: PLC0415
+
+        return CIFAR100_STD if self.num_classes in (20, 100) else CIFAR10_STD
+
 
 # -- restricted unpickling ---------------------------------------------------------------------
 def _text(v: Any) -> str:

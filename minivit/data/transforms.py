@@ -17,13 +17,16 @@ from typing import Callable, Sequence
 import numpy as np
 
 __all__ = [
-    "CIFAR10_MEAN", "CIFAR10_STD", "Compose", "RandAugment", "RandomCrop",
+    "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "Compose", "RandAugment", "RandomCrop",
     "RandomHorizontalFlip", "Transform", "cutmix", "make_augment", "mixup", "one_hot",
     "standard_augment", "to_float_nchw",
 ]
 
+# Per-channel mean and standard deviation of the training images (pixel values / 255).
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+CIFAR100_MEAN = (129.3 / 255, 124.1 / 255, 112.4 / 255)
+CIFAR100_STD = (68.2 / 255, 65.4 / 255, 70.4 / 255)
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 

@@ -7,9 +7,9 @@ Parameter names, shapes, initialisation and forward math follow timm's ``byobnet
 
 Reading order: conv-BN-ReLU unit, stem, relative position logits, MHSA, the two residual
 blocks, the model, then the named configurations. The stem runs on NCHW images; the stages run
-on channels-last (B, H, W, C) maps, where the 1x1 convs are plain GEMMs on the rows, the 3x3
-convs need no layout copies (``F.conv2d_nhwc``) and the MHSA reads its tokens directly. The
-weights keep timm's conv shapes.
+on channels-last (B, H, W, C) maps: their convs and BatchNorms are built with
+``channels_last=True`` (a 1x1 conv is then a plain GEMM on the rows, a 3x3 conv needs no
+layout copies) and the MHSA reads its tokens directly. The weights keep timm's conv shapes.
 
     model = create_model("botnet_cifar", num_classes=10)
     logits = model(minivit.randn(8, 3, 32, 32))          # (8, 10)
@@ -31,53 +31,39 @@ from .registry import check_hparams, register_model
 __all__ = ["BoTNet", "BottleneckAttn", "PosEmbedRel", "botnet26t_256", "botnet_cifar"]
 
 
-def make_divisible(v: float, divisor: int = 8, round_limit: float = 0.9) -> int:
-    """Round ``v`` to a multiple of ``divisor`` (never more than 10% down), timm's rule."""
-    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new_v + divisor if new_v < round_limit * v else new_v
-
-
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
 class ConvNormAct(nn.Module):
-    """Conv (no bias) -> BatchNorm -> ReLU (optional): the ResNet unit, timm ``ConvNormAct``.
+    """Conv (no bias) -> BatchNorm -> ReLU (optional): the ResNet unit, timm ``ConvNormAct``
+    (keys ``conv``, ``bn``); BN and ReLU are one op (``nn.BatchNormAct2d``).
 
     Padding ``((stride - 1) + (kernel - 1)) // 2`` as timm (3 for 7x7/2, 1 for 3x3, 0 for 1x1).
+    ``channels_last=True``: the unit takes and returns (N, H, W, C) maps (the stages run so).
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
-                 apply_act: bool = True, bn_eps: float = 1e-5):
+                 apply_act: bool = True, bn_eps: float = 1e-5, channels_last: bool = False):
         super().__init__()
         self.kernel_size, self.stride = kernel_size, stride
         self.padding = ((stride - 1) + (kernel_size - 1)) // 2
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride,
-                              padding=self.padding, bias=False)
-        self.bn = nn.BatchNorm2d(out_chs, eps=bn_eps)
-        self.apply_act = apply_act
-        self.act = "relu" if apply_act else None
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=self.padding,
+                              bias=False, channels_last=channels_last)
+        self.bn = nn.BatchNormAct2d(out_chs, eps=bn_eps, apply_act=apply_act,
+                                    channels_last=channels_last)
 
     def out_size(self, size: int) -> int:
         return _conv_out(size, self.kernel_size, self.stride, self.padding)
 
     def forward(self, x):
-        return self.bn(self.conv(x), act=self.act)                  # BN + ReLU: one fused op
-
-    def forward_nhwc(self, x):
-        """The same unit on a channels-last (N, H, W, C) map (the stages run that way)."""
-        return self.bn.forward_channels_last(self.conv_nhwc(x), act=self.act)
-
-    def conv_nhwc(self, x):
-        """The convolution alone, channels last."""
-        c = self.conv
-        return F.conv2d_nhwc(x, c.weight, None, c.stride, c.padding)
+        return self.bn(self.conv(x))
 
 
 class Stem(nn.Module):
     """Stride-2 convolutions (+ 3x3/2 max pool): ``tiered`` = 3x3 convs to (3c/8, c/2, c) as
     in timm's ResNet-T, ``7x7`` = the ResNet stem (paper Sec. 4: BoT50 keeps ResNet-50's stem).
-    Children ``conv1..convN`` (+ ``pool``), as timm's byobnet ``Stem``."""
+    Children ``conv1..convN`` (+ ``pool``), as timm's byobnet ``Stem``; NCHW."""
 
     def __init__(self, in_chs: int, out_chs: Sequence[int], kernel_size: int, pool: bool):
         super().__init__()
@@ -88,19 +74,17 @@ class Stem(nn.Module):
             stride = 2 if i == 0 or (not pool and i == len(out_chs) - 1 and i > 0) else 1
             setattr(self, f"conv{i + 1}", ConvNormAct(prev, ch, kernel_size, stride=stride))
             prev = ch
-        self.pool = pool
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1) if pool else nn.Identity()
 
     def out_size(self, size: int) -> int:
         for i in range(self.num_convs):
             size = getattr(self, f"conv{i + 1}").out_size(size)
-        return _conv_out(size, 3, 2, 1) if self.pool else size
+        return _conv_out(size, 3, 2, 1) if isinstance(self.pool, nn.MaxPool2d) else size
 
     def forward(self, x):
         for i in range(self.num_convs):
             x = getattr(self, f"conv{i + 1}")(x)
-        if self.pool:
-            x = F.max_pool2d(x, 3, stride=2, padding=1)
-        return x
+        return self.pool(x)
 
 
 def rel_logits_1d(q, rel):
@@ -162,14 +146,15 @@ class BottleneckAttn(nn.Module):
         if dim_out % num_heads:
             raise ValueError(f"attention width {dim_out} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.dim_head_qk = make_divisible(dim_out * qk_ratio, divisor=8) // num_heads
+        self.dim_head_qk = nn.make_divisible(dim_out * qk_ratio, divisor=8) // num_heads
         self.dim_head_v = dim_out // num_heads
         self.dim_out_qk = num_heads * self.dim_head_qk
         self.dim_out_v = num_heads * self.dim_head_v
         self.scale = self.dim_head_qk ** -0.5
         self.scale_pos_embed = scale_pos_embed
         self.stride = stride
-        self.qkv = nn.Conv2d(dim, 2 * self.dim_out_qk + self.dim_out_v, 1, bias=False)
+        self.qkv = nn.Conv2d(dim, 2 * self.dim_out_qk + self.dim_out_v, 1, bias=False,
+                             channels_last=True)
         nn.init.trunc_normal_(self.qkv.weight, std=dim ** -0.5)  # fan-in
         self.pos_embed = PosEmbedRel(feat_size, self.dim_head_qk, self.scale)
 
@@ -180,8 +165,7 @@ class BottleneckAttn(nn.Module):
             raise ValueError(f"BottleneckAttn was built for a {self.pos_embed.height}x"
                              f"{self.pos_embed.width} feature map, got {h}x{w}")
         heads, dqk, dv = self.num_heads, self.dim_head_qk, self.dim_head_v
-        wq = self.qkv.weight
-        qkv = F.linear(x.reshape(b, h * w, c), wq.reshape(wq.shape[0], c))  # the 1x1 conv
+        qkv = self.qkv(x).reshape(b, h * w, -1)                           # the 1x1 conv
         q, k, v = minivit.split(qkv, [self.dim_out_qk, 2 * self.dim_out_qk], axis=2)
         q = q.reshape(b, h * w, heads, dqk).transpose(1, 2)                # (B, heads, HW, dqk)
         k = k.reshape(b, h * w, heads, dqk).transpose(1, 2)
@@ -199,46 +183,44 @@ class BottleneckAttn(nn.Module):
 def _shortcut(in_chs: int, out_chs: int, stride: int) -> nn.Module:
     """The residual path: identity, or a 1x1 conv + BN where the shape changes."""
     if in_chs != out_chs or stride != 1:
-        return ConvNormAct(in_chs, out_chs, 1, stride=stride, apply_act=False)
+        return ConvNormAct(in_chs, out_chs, 1, stride=stride, apply_act=False, channels_last=True)
     return nn.Identity()
 
 
-def _shortcut_nhwc(shortcut: nn.Module, x):
-    return x if isinstance(shortcut, nn.Identity) else shortcut.forward_nhwc(x)
+class _ResidualBlock(nn.Module):
+    """What both residual blocks share: ``y = ReLU(shortcut(x) + DropPath(BN(conv3_1x1(
+    body(x)))))``, with shortcut = 1x1 conv (stride) + BN when width or stride change, else
+    identity. Each block builds ``shortcut`` and its ``body`` layers, then ``_end``."""
+
+    def _end(self, mid: int, out_chs: int, drop_path: float) -> None:
+        self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, apply_act=False, channels_last=True)
+        self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.act = nn.ReLU()
+
+    def forward(self, x):  # x: (B, H, W, C), channels last
+        shortcut = self.shortcut(x)
+        x = self.conv3_1x1(self.body(x))
+        x = self.drop_path(x)
+        return self.act(x + shortcut)
 
 
-def _block_end(unit: ConvNormAct, h, drop_path: nn.Module, shortcut: nn.Module, x):
-    """relu(drop_path(BN(conv(h))) + shortcut(x)), the end of both residual blocks. With no
-    drop-path (the default), BN, the add and the ReLU are one op, one pass over the map
-    (``residual=``); the shortcut runs after the conv, as in the unfused order."""
-    if not isinstance(drop_path, nn.Identity):
-        return F.relu(drop_path(unit.forward_nhwc(h)) + _shortcut_nhwc(shortcut, x))
-    y = unit.conv_nhwc(h)
-    return unit.bn.forward_channels_last(y, act="relu", residual=_shortcut_nhwc(shortcut, x))
-
-
-class BottleneckBlock(nn.Module):
-    """ResNet bottleneck (He et al. 2016, Fig. 5): 1x1 -> 3x3 (stride) -> 1x1, + shortcut, ReLU.
-
-    Shortcut: 1x1 conv (stride) + BN when width or stride change, else identity.
-    """
+class BottleneckBlock(_ResidualBlock):
+    """ResNet bottleneck (He et al. 2016, Fig. 5): 1x1 -> 3x3 (stride) -> 1x1, + shortcut, ReLU."""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, bottle_ratio: float,
                  drop_path: float = 0.0, **_):
         super().__init__()
-        mid = make_divisible(out_chs * bottle_ratio)
+        mid = nn.make_divisible(out_chs * bottle_ratio)
         self.shortcut = _shortcut(in_chs, out_chs, stride)
-        self.conv1_1x1 = ConvNormAct(in_chs, mid, 1)
-        self.conv2_kxk = ConvNormAct(mid, mid, 3, stride=stride)
-        self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, apply_act=False)
-        self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.conv1_1x1 = ConvNormAct(in_chs, mid, 1, channels_last=True)
+        self.conv2_kxk = ConvNormAct(mid, mid, 3, stride=stride, channels_last=True)
+        self._end(mid, out_chs, drop_path)
 
-    def forward(self, x):  # x: (B, H, W, C), channels last
-        h = self.conv2_kxk.forward_nhwc(self.conv1_1x1.forward_nhwc(x))
-        return _block_end(self.conv3_1x1, h, self.drop_path, self.shortcut, x)
+    def body(self, x):
+        return self.conv2_kxk(self.conv1_1x1(x))
 
 
-class SelfAttnBlock(nn.Module):
+class SelfAttnBlock(_ResidualBlock):
     """BoT block (paper Fig. 3 right): 1x1 -> MHSA (+ 2x2 avg pool if stride 2) -> BN, ReLU
     -> 1x1 -> BN, + shortcut, ReLU. timm ``SelfAttnBlock`` with ``post_attn`` BN+ReLU.
 
@@ -249,33 +231,16 @@ class SelfAttnBlock(nn.Module):
                  feat_size: tuple[int, int], num_heads: int = 4, scale_pos_embed: bool = False,
                  drop_path: float = 0.0):
         super().__init__()
-        mid = make_divisible(out_chs * bottle_ratio)
+        mid = nn.make_divisible(out_chs * bottle_ratio)
         self.shortcut = _shortcut(in_chs, out_chs, stride)
-        self.conv1_1x1 = ConvNormAct(in_chs, mid, 1)
+        self.conv1_1x1 = ConvNormAct(in_chs, mid, 1, channels_last=True)
         self.self_attn = BottleneckAttn(mid, mid, feat_size, stride=stride, num_heads=num_heads,
                                         scale_pos_embed=scale_pos_embed)
-        self.post_attn = nn.BatchNorm2d(mid)
-        self.conv3_1x1 = ConvNormAct(mid, out_chs, 1, apply_act=False)
-        self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.post_attn = nn.BatchNormAct2d(mid, channels_last=True)
+        self._end(mid, out_chs, drop_path)
 
-    def forward(self, x):  # x: (B, H, W, C), channels last
-        y = self.self_attn(self.conv1_1x1.forward_nhwc(x))
-        h = self.post_attn.forward_channels_last(y, act="relu")
-        return _block_end(self.conv3_1x1, h, self.drop_path, self.shortcut, x)
-
-
-class ClassifierHead(nn.Module):
-    """Global average pool -> (dropout) -> Linear; timm ``ClassifierHead`` (key ``head.fc``)."""
-
-    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
-        super().__init__()
-        self.drop_rate = drop_rate
-        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x):
-        x = x.mean(axis=(2, 3))
-        x = F.dropout(x, self.drop_rate, self.training) if self.drop_rate > 0 else x
-        return self.fc(x)
+    def body(self, x):
+        return self.post_attn(self.self_attn(self.conv1_1x1(x)))
 
 
 class BoTNet(ClassifierMixin, nn.Module):
@@ -344,7 +309,7 @@ class BoTNet(ClassifierMixin, nn.Module):
         self.stages = nn.Sequential(*stages)
         self.feat_size = feat
         self.num_features = prev
-        self.head = ClassifierHead(prev, num_classes, drop_rate)
+        self.head = nn.ClassifierHead(prev, num_classes, drop_rate)
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:

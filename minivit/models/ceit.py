@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import minivit
 from minivit import nn
+from minivit.nn import functional as F
 from minivit.nn.helpers import check_input, to_2tuple
 
 from .classifier import ClassifierMixin
@@ -197,9 +198,10 @@ class ClassTokenAttention(nn.Module):
         H, d = self.num_heads, self.head_dim
         qkv = self.qkv(x).reshape(B, L, 3, H, d).permute(2, 0, 3, 1, 4)   # (3, B, H, L, d)
         q, k, v = qkv[0][:, :, L - 1:], qkv[1], qkv[2]                    # q: the last token
-        attn = (q @ k.transpose(2, 3)) * self.scale                       # (B, H, 1, L)
-        attn = self.attn_drop(attn.softmax(axis=-1))
-        out = (attn @ v).transpose(1, 2).reshape(B, 1, D)
+        # softmax(q k^T * scale) v, attention probabilities (B, H, 1, L) dropped out by attn_drop
+        p = self.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+        out = out.transpose(1, 2).reshape(B, 1, D)
         return self.proj_drop(self.proj(out))
 
 

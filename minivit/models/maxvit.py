@@ -6,7 +6,7 @@ Sec. 3.2 and Fig. 2). Parameter names, shapes and forward math follow timm's ``m
 for ``maxvit_tiny_tf_224`` (BatchNorm eps 1e-3, LayerNorm eps 1e-5, tanh GELU, TF "same"
 padding for strided convs, ``RelPosBiasTf``), so a timm state dict loads with ``strict=True``.
 
-Reading order: helpers (TF padding, partitions), the MBConv block, relative position bias,
+Reading order: helpers (convolutions, partitions), the MBConv block, relative position bias,
 attention, the partition-attention block, the MaxViT block, stem, model, configurations.
 
     model = create_model("maxvit_cifar", num_classes=10)
@@ -15,12 +15,12 @@ attention, the partition-attention block, the MaxViT block, stem, model, configu
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
 import numpy as np
 
 import minivit
-import minivit.nn.functional as F
 from minivit import nn
 
 from .classifier import ClassifierMixin
@@ -30,58 +30,18 @@ __all__ = ["MaxViT", "MaxViTBlock", "MbConvBlock", "PartitionAttention", "RelPos
            "maxvit_tiny_tf_224", "maxvit_cifar"]
 
 
-def make_divisible(v: float, divisor: int = 8, round_limit: float = 0.9) -> int:
-    """Round ``v`` to a multiple of ``divisor`` (never more than 10% down), timm's rule."""
-    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new_v + divisor if new_v < round_limit * v else new_v
-
-
-def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF 'SAME' padding: output ceil(size / stride); the odd pixel goes after (0, 1 for 3x3/2)."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def pad_same(x, kernel: int, stride: int):
-    """Zero-pad an NCHW tensor as TF 'SAME' would before a (kernel, stride) window."""
-    ph = _same_pad(x.shape[2], kernel, stride)
-    pw = _same_pad(x.shape[3], kernel, stride)
-    if ph == (0, 0) and pw == (0, 0):
-        return x
-    return minivit.pad(x, ((0, 0), (0, 0), ph, pw))
-
-
-class Conv2dSame(nn.Module):
-    """Conv with TF 'SAME' padding (timm ``Conv2dSame``, used for every strided conv of the tf
-    models): asymmetric zero padding computed from the input size, then a padding-0 conv."""
-
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1, bias: bool = True):
-        super().__init__()
-        self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
-        fan_in = in_chs // groups * kernel_size * kernel_size
-        bound = 1.0 / math.sqrt(fan_in)
-        self.weight = nn.Parameter(np.zeros((out_chs, in_chs // groups, kernel_size, kernel_size),
-                                            np.float32))
-        nn.init.uniform_(self.weight, -bound, bound)
-        if bias:
-            self.bias = nn.Parameter(np.zeros((out_chs,), np.float32))
-            nn.init.uniform_(self.bias, -bound, bound)
-        else:
-            self.bias = None
-
-    def forward(self, x):
-        x = pad_same(x, self.kernel_size, self.stride)
-        return F.conv2d(x, self.weight, self.bias, stride=self.stride, groups=self.groups)
+GELUTanh = partial(nn.GELU, approximate="tanh")    # the TF models' GELU
 
 
 def create_conv2d(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                  bias: bool = True):
-    """'same' padding: symmetric k//2 for stride 1 (identical to TF), ``Conv2dSame`` if strided."""
+                  bias: bool = True, channels_last: bool = False) -> nn.Conv2d:
+    """'same' padding: symmetric k//2 for stride 1 (identical to TF), ``nn.Conv2dSame`` (TF's
+    asymmetric 'SAME') if strided, as timm's ``create_conv2d`` for the tf models."""
     if stride == 1:
         return nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, groups=groups,
-                         bias=bias)
-    return Conv2dSame(in_chs, out_chs, kernel_size, stride=stride, groups=groups, bias=bias)
+                         bias=bias, channels_last=channels_last)
+    return nn.Conv2dSame(in_chs, out_chs, kernel_size, stride=stride, groups=groups, bias=bias,
+                         channels_last=channels_last)
 
 
 def window_partition(x, p: int):
@@ -111,67 +71,39 @@ def grid_reverse(windows, g: int, h: int, w: int):
     return x.reshape(-1, h, w, c)
 
 
-class BatchNormAct2d(nn.BatchNorm2d):
-    """BatchNorm2d followed by an optional tanh GELU; the keys are the BatchNorm's (timm
-    ``BatchNormAct2d``: ``norm1.weight``, ``norm1.running_mean``, ...)."""
-
-    def __init__(self, num_features: int, eps: float, momentum: float, act: bool = True):
-        super().__init__(num_features, eps=eps, momentum=momentum)
-        self.act = act
-
-    def forward(self, x):  # BN and tanh GELU as one fused op
-        return super().forward(x, act="gelu_tanh" if self.act else None)
-
-    def forward_channels_last(self, x):
-        return super().forward_channels_last(x, act="gelu_tanh" if self.act else None)
-
-
-def pointwise(conv: nn.Conv2d, x, residual=None):
-    """A 1x1 conv on a channels-last (..., C) map is a Linear with the conv's weight (plus
-    ``residual``, added in the bias pass, when given)."""
-    return F.linear(x, conv.weight.reshape(conv.out_channels, conv.in_channels), conv.bias,
-                    residual=residual)
-
-
-def depthwise(conv, x):
-    """A depthwise ``nn.Conv2d`` (symmetric padding) or ``Conv2dSame`` on an NHWC map."""
-    if isinstance(conv, Conv2dSame):
-        k, s = conv.kernel_size, conv.stride
-        padding = (_same_pad(x.shape[1], k, s), _same_pad(x.shape[2], k, s))
-        return F.depthwise_conv2d_nhwc(x, conv.weight, conv.bias, s, padding)
-    return F.depthwise_conv2d_nhwc(x, conv.weight, conv.bias, conv.stride, conv.padding,
-                                   conv.dilation)
-
-
 class SqueezeExcite(nn.Module):
     """Squeeze-excitation (Hu et al. 2018): mean over space -> 1x1 conv -> SiLU -> 1x1 conv ->
-    sigmoid gate on the channels. timm ``SEModule`` keys ``fc1``, ``fc2``."""
+    sigmoid gate on the channels. timm ``SEModule`` keys ``fc1``, ``fc2``; channels last."""
 
     def __init__(self, channels: int, rd_channels: int):
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=True)
-        self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=True)
+        self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=True, channels_last=True)
+        self.act = nn.SiLU()
+        self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=True, channels_last=True)
+        self.gate = nn.Sigmoid()
 
-    def forward(self, x):  # x: (B, H, W, C)
-        s = pointwise(self.fc2, F.silu(pointwise(self.fc1, x.mean(axis=(1, 2)))))
-        return x * F.sigmoid(s).reshape(s.shape[0], 1, 1, s.shape[1])
+    def forward(self, x):                                   # x: (B, H, W, C)
+        s = x.mean(axis=(1, 2), keepdims=True)              # (B, 1, 1, C)
+        s = self.fc2(self.act(self.fc1(s)))
+        return x * self.gate(s)
 
 
 class Downsample2d(nn.Module):
-    """MBConv shortcut on stride 2: 2x2 average pool, then a 1x1 conv (bias) only when the
-    width changes (timm ``Downsample2d``, key ``shortcut.expand``)."""
+    """MBConv shortcut on stride 2: 2x2 average pool (TF 'SAME'), then a 1x1 conv (bias) only
+    when the width changes (timm ``Downsample2d``, key ``shortcut.expand``); channels last."""
 
     def __init__(self, dim: int, dim_out: int, bias: bool = True):
         super().__init__()
-        self.expand = nn.Conv2d(dim, dim_out, 1, bias=bias) if dim != dim_out else nn.Identity()
+        self.expand = (nn.Conv2d(dim, dim_out, 1, bias=bias, channels_last=True)
+                       if dim != dim_out else nn.Identity())
 
     def forward(self, x):  # x: (B, H, W, C); 2x2 windows of the 'SAME'-padded map
-        ph, pw = _same_pad(x.shape[1], 2, 2), _same_pad(x.shape[2], 2, 2)
+        ph, pw = nn.same_padding(x.shape[1], 2, 2), nn.same_padding(x.shape[2], 2, 2)
         if ph != (0, 0) or pw != (0, 0):
             x = minivit.pad(x, ((0, 0), ph, pw, (0, 0)))
         b, h, w, c = x.shape
         x = x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-        return x if isinstance(self.expand, nn.Identity) else pointwise(self.expand, x)
+        return self.expand(x)
 
 
 class MbConvBlock(nn.Module):
@@ -182,9 +114,9 @@ class MbConvBlock(nn.Module):
     expansion 4 from the *output* width, squeeze width 0.25 * out, stride in the depthwise conv,
     shortcut = avg-pool (+1x1 conv if the width changes) when strided, identity otherwise.
 
-    It runs on channels-last (B, H, W, C) maps, like the attention that follows: the 1x1 convs
-    are Linears on the last axis, the BatchNorms take the same per-channel statistics, and the
-    depthwise conv runs on that layout (``F.depthwise_conv2d_nhwc``), so the block needs no
+    It runs on channels-last (B, H, W, C) maps, like the attention that follows: every conv
+    and BatchNorm here is built with ``channels_last=True`` (the 1x1 convs are Linears on the
+    rows, the depthwise conv runs on that layout, BN + GELU is one op), so the block needs no
     transposes. Weights keep timm's conv shapes, (out, in, 1, 1) and (C, 1, 3, 3).
     """
 
@@ -197,25 +129,30 @@ class MbConvBlock(nn.Module):
         if stride == 1 and in_chs != out_chs:
             raise ValueError(f"a stride-1 MBConv needs equal widths (identity shortcut), got "
                              f"{in_chs} -> {out_chs}")
-        mid = make_divisible(out_chs * expand_ratio)
+        mid = nn.make_divisible(out_chs * expand_ratio)
+        norm_act = partial(nn.BatchNormAct2d, eps=bn_eps, momentum=bn_momentum,
+                           act_layer=GELUTanh, channels_last=True)
         self.shortcut = Downsample2d(in_chs, out_chs) if stride == 2 else nn.Identity()
-        self.pre_norm = BatchNormAct2d(in_chs, bn_eps, bn_momentum, act=False)
-        self.conv1_1x1 = nn.Conv2d(in_chs, mid, 1, bias=False)
-        self.norm1 = BatchNormAct2d(mid, bn_eps, bn_momentum)
-        self.conv2_kxk = create_conv2d(mid, mid, 3, stride=stride, groups=mid, bias=False)
-        self.norm2 = BatchNormAct2d(mid, bn_eps, bn_momentum)
+        self.pre_norm = norm_act(in_chs, apply_act=False)
+        self.conv1_1x1 = nn.Conv2d(in_chs, mid, 1, bias=False, channels_last=True)
+        self.norm1 = norm_act(mid)
+        self.conv2_kxk = create_conv2d(mid, mid, 3, stride=stride, groups=mid, bias=False,
+                                       channels_last=True)
+        self.norm2 = norm_act(mid)
         self.se = SqueezeExcite(mid, int(se_ratio * out_chs))
-        self.conv3_1x1 = nn.Conv2d(mid, out_chs, 1, bias=True)
+        self.conv3_1x1 = nn.Conv2d(mid, out_chs, 1, bias=True, channels_last=True)
         self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):  # x: (B, H, W, C)
         shortcut = self.shortcut(x)
-        x = self.norm1.forward_channels_last(
-            pointwise(self.conv1_1x1, self.pre_norm.forward_channels_last(x)))
-        x = self.se(self.norm2.forward_channels_last(depthwise(self.conv2_kxk, x)))
-        if isinstance(self.drop_path, nn.Identity):   # the shortcut add in conv3's bias pass
-            return pointwise(self.conv3_1x1, x, residual=shortcut)
-        return self.drop_path(pointwise(self.conv3_1x1, x)) + shortcut
+        x = self.pre_norm(x)
+        x = self.conv1_1x1(x)
+        x = self.norm1(x)
+        x = self.conv2_kxk(x)                                   # depthwise 3x3, the stride
+        x = self.norm2(x)
+        x = self.se(x)
+        x = self.conv3_1x1(x)
+        return self.drop_path(x) + shortcut
 
 
 class RelPosBiasTf(nn.Module):
@@ -240,46 +177,27 @@ class RelPosBiasTf(nn.Module):
         self.register_buffer("relative_position_index", (dy * (2 * p - 1) + dx).astype(np.int64),
                              persistent=False)
 
-    def get_bias(self):
+    def forward(self):
         """(heads, P*P, P*P) additive bias for the attention logits."""
         table = self.relative_position_bias_table.reshape(self.num_heads, -1)
         return table[:, self.relative_position_index.data]
 
 
-class AttentionCl(nn.Module):
+class AttentionCl(nn.MultiheadSelfAttention):
     """Multi-head self-attention on channels-last tokens with a relative position bias (timm
-    ``AttentionCl``, ``head_first=False``: ``qkv(x).reshape(B, N, 3, heads, 32)``)."""
+    ``AttentionCl``, ``head_first=False``: ``qkv(x).reshape(B, N, 3, heads, 32)``): the
+    ``nn.MultiheadSelfAttention`` of ViT (keys ``qkv``, ``proj``), heads of width 32, plus
+    ``rel_pos``, whose bias is added to the scores before the softmax."""
 
     def __init__(self, dim: int, window_size: int, dim_head: int = 32, bias: bool = True):
-        super().__init__()
         if dim % dim_head:
             raise ValueError(f"attention width {dim} is not divisible by the head width {dim_head}")
-        self.num_heads, self.dim_head = dim // dim_head, dim_head
-        self.scale = dim_head ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        super().__init__(dim, dim // dim_head, qkv_bias=bias)
+        self.dim_head = dim_head
         self.rel_pos = RelPosBiasTf(window_size, self.num_heads)
-        self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x):
-        # qkv (B, N, 3 dim) is (B, N, 3, heads, 32): split into q, k, v inside the op
-        x = F.self_attention(self.qkv(x), self.num_heads, attn_mask=self.rel_pos.get_bias(),
-                             scale=self.scale)                             # (B, N, dim)
-        return self.proj(x)
-
-
-class Mlp(nn.Module):
-    """Linear -> GELU (tanh) -> Linear, hidden 4x (timm ``Mlp``)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x, residual=None):
-        """fc2(GELU(fc1(x))) (+ ``residual``, added in fc2's bias pass)."""
-        fc1, fc2 = self.fc1, self.fc2   # fc1 + GELU in one op, its bias in the GELU's passes
-        h = F.linear(x, fc1.weight, fc1.bias, act="gelu_tanh")
-        return F.linear(h, fc2.weight, fc2.bias, residual=residual)
+        return super().forward(x, attn_bias=self.rel_pos())
 
 
 class PartitionAttention(nn.Module):
@@ -301,7 +219,7 @@ class PartitionAttention(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=ln_eps)
         self.attn = AttentionCl(dim, partition_size, dim_head)
         self.norm2 = nn.LayerNorm(dim, eps=ln_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = nn.Mlp(dim, int(dim * mlp_ratio), act_layer=GELUTanh)
         self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _partition_attn(self, x):
@@ -316,9 +234,8 @@ class PartitionAttention(nn.Module):
 
     def forward(self, x):
         x = x + self.drop_path(self._partition_attn(self.norm1(x)))
-        if isinstance(self.drop_path, nn.Identity):   # the add inside fc2's bias pass
-            return self.mlp(self.norm2(x), residual=x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
 
 
 class MaxViTBlock(nn.Module):
@@ -357,47 +274,11 @@ class Stem(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, bias: bool, bn_eps: float, bn_momentum: float):
         super().__init__()
         self.conv1 = create_conv2d(in_chs, out_chs, 3, stride=2, bias=bias)
-        self.norm1 = BatchNormAct2d(out_chs, bn_eps, bn_momentum)
+        self.norm1 = nn.BatchNormAct2d(out_chs, bn_eps, bn_momentum, act_layer=GELUTanh)
         self.conv2 = create_conv2d(out_chs, out_chs, 3, stride=1, bias=bias)
 
     def forward(self, x):
         return self.conv2(self.norm1(self.conv1(x)))
-
-
-class NormMlpHead(nn.Module):
-    """Average pool -> LayerNorm -> Linear -> tanh -> Linear, the official "pre_logits" head
-    (timm ``NormMlpClassifierHead``, keys ``head.norm``, ``head.pre_logits.fc``, ``head.fc``)."""
-
-    def __init__(self, in_features: int, num_classes: int, hidden_size: int, ln_eps: float,
-                 drop_rate: float = 0.0):
-        super().__init__()
-        self.drop_rate = drop_rate
-        self.norm = nn.LayerNorm(in_features, eps=ln_eps)
-        self.pre_logits = nn.Module()
-        self.pre_logits.fc = nn.Linear(in_features, hidden_size)
-        self.fc = nn.Linear(hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x):
-        x = F.tanh(self.pre_logits.fc(self.norm(x.mean(axis=(2, 3)))))
-        if self.drop_rate > 0:
-            x = F.dropout(x, self.drop_rate, self.training)
-        return self.fc(x)
-
-
-class LinearHead(nn.Module):
-    """Average pool -> Linear (timm ``ClassifierHead``, key ``head.fc``); the model's ``norm``
-    (LayerNorm over channels at every position) runs before it."""
-
-    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
-        super().__init__()
-        self.drop_rate = drop_rate
-        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x):
-        x = x.mean(axis=(2, 3))
-        if self.drop_rate > 0:
-            x = F.dropout(x, self.drop_rate, self.training)
-        return self.fc(x)
 
 
 class MaxViT(ClassifierMixin, nn.Module):
@@ -453,10 +334,11 @@ class MaxViT(ClassifierMixin, nn.Module):
         self.feat_size = feat
         self.num_features = prev
         if head_hidden_size:
-            self.head = NormMlpHead(prev, num_classes, head_hidden_size, ln_eps, drop_rate)
+            self.head = nn.NormMlpClassifierHead(prev, num_classes, head_hidden_size, drop_rate,
+                                                 norm_eps=ln_eps)
         else:
             self.norm = nn.LayerNorm(prev, eps=ln_eps)
-            self.head = LinearHead(prev, num_classes, drop_rate)
+            self.head = nn.ClassifierHead(prev, num_classes, drop_rate)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -466,7 +348,7 @@ class MaxViT(ClassifierMixin, nn.Module):
         for name, m in self.named_modules():
             if name.startswith("head"):
                 continue
-            if isinstance(m, (nn.Conv2d, Conv2dSame)):
+            if isinstance(m, nn.Conv2d):
                 o, i, kh, kw = m.weight.shape
                 groups = getattr(m, "groups", 1)
                 fan_out = kh * kw * o // groups
@@ -486,7 +368,7 @@ class MaxViT(ClassifierMixin, nn.Module):
             raise ValueError(f"{type(self).__name__} expects input of shape (B, {self.in_chans}, "
                              f"{self.img_size[0]}, {self.img_size[1]}), got {tuple(x.shape)}")
         x = self.stages(self.stem(x).permute(0, 2, 3, 1))   # the blocks run channels-last
-        if not isinstance(self.head, NormMlpHead):
+        if not isinstance(self.head, nn.NormMlpClassifierHead):
             x = self.norm(x)
         return x.permute(0, 3, 1, 2)                        # NCHW features, as timm
 

@@ -10,7 +10,7 @@ Besides PyTorch's layers, the building blocks the models share, under timm's nam
 runs (linear+GELU, BatchNorm+activation+residual, channels-last convolutions), it runs inside
 one of these layers, never in a model file.
 """
-from . import functional, init
+from . import functional, init, utils
 from .attention import MultiheadSelfAttention
 from .classifier import ClassifierHead, NormMlpClassifierHead
 from .helpers import make_divisible, same_padding, to_2tuple
@@ -29,4 +29,4 @@ __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Ide
            "SiLU", "Sigmoid", "Tanh", "Softmax", "Flatten", "Dropout", "DropPath", "MaxPool2d",
            "AvgPool2d", "AdaptiveAvgPool2d", "MultiheadSelfAttention", "Mlp", "PatchEmbed",
            "ClassifierHead", "NormMlpClassifierHead", "CrossEntropyLoss", "make_divisible",
-           "to_2tuple", "same_padding", "functional", "init"]
+           "to_2tuple", "same_padding", "functional", "init", "utils"]

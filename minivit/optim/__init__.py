@@ -11,11 +11,13 @@
 """
 from . import lr_scheduler
 from .adam import Adam, AdamW
-from .lr_scheduler import LambdaLR, LRScheduler, MultiStepLR, StepLR, WarmupCosineLR
+from .lr_scheduler import (CosineAnnealingLR, LambdaLR, LinearLR, LRScheduler, MultiStepLR,
+                           OneCycleLR, ReduceLROnPlateau, SequentialLR, StepLR, WarmupCosineLR)
 from .optimizer import Optimizer
 from .sgd import SGD
 from .utils import clip_grad_norm_, param_groups_weight_decay
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler", "LRScheduler", "LambdaLR",
-           "WarmupCosineLR", "StepLR", "MultiStepLR", "clip_grad_norm_",
+           "WarmupCosineLR", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LinearLR",
+           "SequentialLR", "OneCycleLR", "ReduceLROnPlateau", "clip_grad_norm_",
            "param_groups_weight_decay"]

@@ -44,6 +44,30 @@ def attention_forward(q, k, v, bias, keep, scale, dropout_p):
     return pd @ v, p, drop
 
 
+# Who wants to see the probabilities (``minivit.utils.capture_attention``): while this list is
+# empty, attention runs as it always does; while it is not, each call also hands every
+# observer P, computed again on the reference path by ``attention_probabilities``.
+observers: list = []
+
+
+def attention_probabilities(q, k, bias=None, keep=None, scale=1.0):
+    """P = softmax(q k^T * scale + bias) along the keys, on raw arrays q (..., Nq, d) and
+    k (..., Nk, d): the first half of ``attention_forward``, for those who look at P."""
+    xp = xp_of(q)
+    s = (q @ xp.swapaxes(k, -1, -2)) * scale
+    if bias is not None:
+        s = s + (bias.data if isinstance(bias, Tensor) else bias)
+    if keep is not None:
+        s = xp.where(keep, s, -xp.inf)
+    return softmax_value(s, -1)
+
+
+def _observe(q, k, bias: tuple, keep, scale) -> None:
+    p = attention_probabilities(q, k, bias[0] if bias else None, keep, scale)
+    for observer in list(observers):
+        observer(p)
+
+
 def attention_backward(g, q, k, v, p, drop, scale, dropout_p):
     """(dq, dk, dv, dS) from the gradient g of out = Pd v (the module docstring's formulas)."""
     xp = xp_of(g)
@@ -147,6 +171,8 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
         raise ValueError(f"{name}: dropout_p must be in [0, 1), got {dropout_p}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     bias, keep = _mask_inputs(name, attn_mask, scores, q)
+    if observers:
+        _observe(q.data, k.data, bias, keep, scale)
     return ScaledDotProductAttention.apply(q, k, v, *bias, scale=scale, keep=keep,
                                            dropout_p=dropout_p)
 
@@ -196,6 +222,9 @@ def self_attention(qkv, num_heads: int, attn_mask=None, dropout_p: float = 0.0,
     d = C3 // (3 * num_heads)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     bias, keep = _mask_inputs(name, attn_mask, (B, num_heads, N, N), qkv)
+    if observers:
+        q, k, _ = split_heads(qkv.data, num_heads)
+        _observe(q, k, bias, keep, scale)
     return SelfAttention.apply(qkv, *bias, num_heads=int(num_heads), scale=scale, keep=keep,
                                dropout_p=dropout_p)
 
