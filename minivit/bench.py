@@ -1,4 +1,6 @@
-"""``minivit bench``: throughput, memory and utilisation of the CIFAR models.
+"""``minivit bench``: throughput, memory and utilisation of the models (the five CIFAR models
+by default; any registered model, each fed images of its own input size, e.g. 224x224 for
+``vit_tiny_patch16_224``).
 
 For each model: forward images/s (eval, no grad), training-step images/s (forward, loss,
 backward, AdamW step), peak memory (RSS on the CPU, CuPy pool bytes on the GPU), the model's
@@ -88,8 +90,9 @@ def bench_model(name: str, batch: int = 128, device: str = "cpu", steps: int = 1
         matmul = matmul_gflops(device)
     minivit.manual_seed(0)
     model = create_model(name, num_classes=10).to(device)
+    (h, w), chans = model.img_size, model.in_chans   # each model at its own input size
     rng = np.random.default_rng(0)
-    x = minivit.tensor(rng.standard_normal((batch, 3, 32, 32), dtype=np.float32), device=device)
+    x = minivit.tensor(rng.standard_normal((batch, chans, h, w), dtype=np.float32), device=device)
     y = minivit.tensor(rng.integers(0, 10, batch), device=device)
     opt = optim.AdamW(optim.param_groups_weight_decay(model, 0.05), lr=1e-4, weight_decay=0.05)
 
@@ -115,7 +118,7 @@ def bench_model(name: str, batch: int = 128, device: str = "cpu", steps: int = 1
     peak = (pool.total_bytes() / 2 ** 20) if pool is not None else _peak_rss_mb()
     train_ips = batch / statistics.median(train)
     row = {
-        "model": name, "batch": batch, "device": device,
+        "model": name, "batch": batch, "device": device, "img_size": [h, w],
         "fwd_imgs_per_s": batch / statistics.median(fwd),
         "train_imgs_per_s": train_ips,
         "peak_mem_mb": peak,
@@ -156,7 +159,7 @@ def main(args) -> int:
         raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(list_models())}")
     print(f"{device}, batch {args.batch}, median of {args.steps} steps after warm-up; each "
           f"model's process first measures the float32 matmul rate (1024^3) it is compared with")
-    head = (f"{'model':18s} {'fwd img/s':>10s} {'train img/s':>12s} {'step s (min-max)':>18s} "
+    head = (f"{'model':20s} {'input':>7s} {'fwd img/s':>10s} {'train img/s':>12s} {'step s (min-max)':>18s} "
             f"{'peak MB':>8s} {'GFLOP/img':>10s} {'matmul':>7s} {'util':>6s} {'after':>7s}")
     print(head)
     rows, drifted = [], []
@@ -167,7 +170,8 @@ def main(args) -> int:
             r = _bench_in_subprocess(name, args)
         rows.append(r)
         s = r["train_step_s"]
-        print(f"{name:18s} {r['fwd_imgs_per_s']:10.1f} {r['train_imgs_per_s']:12.1f} "
+        size = "x".join(map(str, r["img_size"]))
+        print(f"{name:20s} {size:>7s} {r['fwd_imgs_per_s']:10.1f} {r['train_imgs_per_s']:12.1f} "
               f"{s['median']:7.3f} ({s['min']:.2f}-{s['max']:.2f}) {r['peak_mem_mb']:8.0f} "
               f"{r['gflops_per_img']:10.3f} {r['matmul_gflops']:7.1f} "
               f"{100 * r['utilisation']:5.1f}% {r['matmul_gflops_after']:7.1f}")
@@ -181,7 +185,7 @@ def main(args) -> int:
     if args.json:
         from .checkpoint import atomic_write
 
-        keys = ["model", "batch", "device", "fwd_imgs_per_s", "train_imgs_per_s", "peak_mem_mb",
+        keys = ["model", "batch", "device", "img_size", "fwd_imgs_per_s", "train_imgs_per_s", "peak_mem_mb",
                 "gflops_per_img", "matmul_gflops", "utilisation"]
         out = [{k: r[k] for k in keys} for r in rows]
         atomic_write(args.json, lambda f: f.write(json.dumps(out, indent=2).encode()))

@@ -157,6 +157,7 @@ def _eval_weights(args, file: Path) -> int:
     name = args.dataset or meta.get("dataset") or "cifar10"
     ds = load_dataset(name, args.data)
     model_args = json.loads(meta.get("model_args", "{}")) if model_name == meta.get("model") else {}
+    model_args.update(_parse_model_arg(a) for a in args.model_arg)
     model = create_model(model_name, num_classes=ds.num_classes, checkpoint_path=file,
                          **model_args)
     return _report(args, model, ds, f"{model_name} from {file} on {name}")
@@ -266,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder (uses last.npz), a .npz checkpoint, or a state "
                                "dict (.safetensors or .npz)")
     p.add_argument("--best", action="store_true", help="use best.npz of the run folder")
-    p.add_argument("--dataset", default=None, help="default: the run's dataset")
+    p.add_argument("--dataset", default=None,
+                   help="default: the run's dataset (a state dict: the one in its metadata, "
+                        "else cifar10)")
     p.add_argument("--data", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--train", action="store_true", help="evaluate on the training split")
@@ -274,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="the model of a plain state dict (.safetensors or .npz); default: the "
                         "name in the file's metadata")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="with a state dict: an entry of the model's configuration, e.g. "
+                        "depth=2 (repeatable; over the file's metadata)")
     p = sub.add_parser("export", help="write a run's weights as .safetensors (or .npz)")
     p.add_argument("run", help="a run folder (uses last.npz) or a .npz checkpoint")
     p.add_argument("--best", action="store_true", help="use best.npz of the run folder")
@@ -284,9 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_inside_parsers(sub)   # graph, summary, attention (minivit/utils/commands.py)
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("--count", action="store_true", help="with parameter counts")
-    p = sub.add_parser("bench", help="throughput, memory and utilisation of the CIFAR models")
+    p = sub.add_parser("bench", help="throughput, memory and utilisation of the models")
     p.add_argument("--model", nargs="*", default=None, metavar="NAME",
-                   help="CIFAR models to measure, each in its own process (default: all five)")
+                   help="models to measure, each in its own process and at its own input size "
+                        "(e.g. 224x224 for vit_tiny_patch16_224; default: the five CIFAR models)")
     p.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--device", default="cpu", help="cpu (NumPy) or cuda (CuPy)")
     p.add_argument("--steps", type=int, default=10,

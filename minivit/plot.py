@@ -77,7 +77,8 @@ def make_figure(runs, steps: bool = False, lr: bool = False, grad_norms: bool = 
         from matplotlib.figure import Figure  # noqa: PLC0415
         from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
     except ImportError:
-        raise RuntimeError("plotting needs matplotlib: pip install 'minivit[plot]'") from None
+        raise RuntimeError('plotting needs matplotlib: pip install -e ".[plot]" in your minivit '
+                           'clone (or pip install matplotlib)') from None
     runs = [Path(r) for r in runs]
     if not runs:
         raise ValueError("plot: name at least one run folder")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 import minivit
 from . import nn, optim
@@ -31,7 +32,6 @@ from .data import CIFARLoader, load_dataset
 from .finite import LossWatch, NonFiniteLoss, non_finite_state
 from .models import create_model, list_models
 from .nn import functional as F
-from .progress import Progress
 from .runfolder import (RunFolder, TrainingError, append_record, crash_point,
                         reconcile_metrics, show)
 
@@ -346,8 +346,8 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
     n, loss_sum, correct, top5 = 0, 0.0, 0, 0
     k = num_classes or loader.num_classes
     confusion = np.zeros((k, k), dtype=np.int64)
-    with minivit.no_grad(), Progress(total=len(loader.x), desc="eval", unit="img",
-                                      disable=not progress) as bar:
+    with minivit.no_grad(), tqdm(total=len(loader.x), desc="eval", unit="img", leave=False,
+                                  dynamic_ncols=True, disable=None if progress else True) as bar:
         for xb, yb in loader:
             logits = model(_to_device(xb, device))
             loss = F.cross_entropy(logits, _to_device(yb, device))
@@ -573,8 +573,9 @@ def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
         train_loader.set_epoch(epoch)
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
-        with Progress(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                      unit="img", disable=not cfg.progress) as bar:
+        # tqdm draws on a terminal only (disable=None); the epoch's summary line follows
+        with tqdm(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
+                  leave=False, dynamic_ncols=True, disable=None if cfg.progress else True) as bar:
             for xb, yb in train_loader:
                 logits = model(_to_device(xb, device))
                 loss = F.cross_entropy(logits, _to_device(yb, device),
@@ -600,8 +601,8 @@ def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
                 correct += int((pred == labels).sum())
                 seen += len(labels)
                 bar.update(len(labels))
-                bar.set_postfix(loss=loss_sum / seen, acc=correct / seen,
-                                img_s=seen / max(time.perf_counter() - t0, 1e-9))
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.1%}",
+                                refresh=False)
         train_time = time.perf_counter() - t0
         _check_loss(watch, folder, epoch)
         ev = evaluate(model, test_loader, device)

@@ -6,7 +6,7 @@ import pytest
 from minivit.bench import bench_model
 from minivit.cli import main
 
-KEYS = {"model", "batch", "device", "fwd_imgs_per_s", "train_imgs_per_s", "peak_mem_mb",
+KEYS = {"model", "batch", "device", "img_size", "fwd_imgs_per_s", "train_imgs_per_s", "peak_mem_mb",
         "gflops_per_img", "matmul_gflops", "utilisation"}
 
 
@@ -18,14 +18,22 @@ def test_bench_json_has_the_documented_keys_and_sane_values(tmp_path, capsys):
     assert [r["model"] for r in rows] == ["vit_cifar", "mlp_mixer_cifar"]
     for r in rows:
         assert set(r) == KEYS
-        assert r["batch"] == 4 and r["device"] == "cpu"
+        assert r["batch"] == 4 and r["device"] == "cpu" and r["img_size"] == [32, 32]
         assert r["fwd_imgs_per_s"] > 0 and r["train_imgs_per_s"] > 0 and r["peak_mem_mb"] > 0
         expected = 3 * r["gflops_per_img"] * r["train_imgs_per_s"] / r["matmul_gflops"]
         assert r["utilisation"] == pytest.approx(expected)
-    # the engine's own FLOP count of the forward pass, as BENCHMARKS.md gives it
+    # the engine's own FLOP count of the forward pass, as docs/recipe.md gives it
     assert rows[0]["gflops_per_img"] == pytest.approx(0.251, abs=0.002)
     assert rows[1]["gflops_per_img"] == pytest.approx(0.190, abs=0.002)
     assert "util" in capsys.readouterr().out
+
+
+def test_bench_feeds_a_paper_scale_model_its_own_input_size():
+    # ViT-Ti/16 at 224x224 (196 patches + the class token): 1.26 G multiply-adds (the
+    # "1.3 GFLOPs" of timm's tables), counted by the engine as 2 FLOPs each
+    row = bench_model("vit_tiny_patch16_224", batch=1, steps=1, matmul=100.0)
+    assert row["img_size"] == [224, 224]
+    assert row["gflops_per_img"] == pytest.approx(2.51, abs=0.05)
 
 
 def test_bench_counts_conv_flops_for_conv_models():

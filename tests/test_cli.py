@@ -146,6 +146,22 @@ def test_eval_prints_accuracy_and_confusion_matrix(run_dir, capsys):
     assert np.trace(cm) / 64 == pytest.approx(last["test_acc"])
 
 
+def test_eval_of_a_plain_state_dict_with_model_and_model_args(run_dir, tmp_path, capsys):
+    # the model of the run saved as a plain state dict (as np.savez(f, **model.state_dict())
+    # or from timm), its configuration given with --model-arg: the checkpoint's accuracy
+    state = load_checkpoint(run_dir / "last.npz")["model"]
+    np.savez(tmp_path / "weights.npz", **state)
+    args = ["--limit", "64", "--dataset", "cifar10-subset"]
+    rc, ref, _ = run_cli(capsys, "eval", run_dir, *args)
+    rc2, out, err = run_cli(capsys, "eval", tmp_path / "weights.npz", "--model", "vit_cifar",
+                            *[a for k, v in TINY_ARGS.items() for a in ("--model-arg", f"{k}={v}")],
+                            *args)
+    assert rc == rc2 == 0, err
+    assert "vit_cifar from " in out
+    acc = re.compile(r"accuracy ([\d.]+)%, loss ([\d.]+)")
+    assert acc.search(out).groups() == acc.search(ref).groups()
+
+
 def test_eval_of_a_checkpoint_file_and_of_best(run_dir, capsys):
     rc, out, _ = run_cli(capsys, "eval", run_dir / "last.npz", "--limit", "32")
     assert rc == 0 and "32 images" in out and parse_confusion(out).sum() == 32
@@ -170,7 +186,7 @@ def test_plot_without_matplotlib_says_how_to_install_it(run_dir, tmp_path, monke
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     rc, _, err = run_cli(capsys, "plot", run_dir, "--output", tmp_path / "c.png")
-    assert_user_error(rc, err, r"needs matplotlib.*pip install")
+    assert_user_error(rc, err, r'needs matplotlib: pip install -e "\.\[plot\]"')
     assert not (tmp_path / "c.png").exists()
 
 

@@ -218,3 +218,39 @@ def test_opt_sgd_and_the_schedules():
         assert v[0] == 0 and v[5] == pytest.approx(0.5) and v[10] == pytest.approx(1.0), sched
     assert lrs("linear")[25] == pytest.approx(0.6) and lrs("linear")[40] == pytest.approx(0.2)
     assert lrs("cosine")[40] == pytest.approx(0.2) and lrs("constant")[40] == 1.0
+
+
+# --- progress bars: tqdm on a terminal, the epoch line always ----------------------------------
+
+class FakeTTY:
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+
+def test_progress_bars_are_tqdm_on_a_terminal_and_absent_from_logs(monkeypatch):
+    import sys
+
+    def run(progress):
+        tty, lines = FakeTTY(), []
+        monkeypatch.setattr(sys, "stderr", tty)
+        fit(TrainConfig(model_args=dict(TINY_ARGS), epochs=1, batch_size=32, train_limit=64,
+                        test_limit=32, progress=progress), log=lines.append)
+        monkeypatch.undo()
+        return tty.buffer.getvalue(), lines
+
+    bars, lines = run(True)
+    assert re.search(r"epoch 1/1: +\d+%\|.*\| \d+/64 \[.*img/s", bars)
+    assert re.match(r"epoch +1/1 +train loss", lines[-1])          # the summary line stays
+    bars, lines = run(False)
+    assert bars == "" and re.match(r"epoch +1/1 +train loss", lines[-1])

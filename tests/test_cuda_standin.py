@@ -196,7 +196,7 @@ def test_a_gpu_that_cannot_run_kernels_gets_the_install_hint(monkeypatch):
     assert not backend.is_cupy_available()
     reason = backend.cuda_unavailable_reason()
     assert "cannot run kernels" in reason and "libnvrtc.so.12" in reason
-    assert "pip install 'minivit[gpu]'" in reason and "\n" not in reason
+    assert 'pip install -e ".[gpu]"' in reason and "\n" not in reason
     with pytest.raises(RuntimeError, match="device 'cuda' is not available: CuPy sees a GPU"):
         minivit.tensor([1.0]).to("cuda")
 

@@ -123,7 +123,7 @@ def test_to_cuda_without_cupy_says_how_to_install(monkeypatch):
             make()
         msg = str(e.value)
         assert "device 'cuda' is not available: CuPy is not installed" in msg
-        assert "pip install 'minivit[gpu]'" in msg and "minivit[gpu-cuda13]" in msg
+        assert 'pip install -e ".[gpu]"' in msg and 'pip install -e ".[gpu-cuda13]"' in msg
 
 
 @pytest.mark.parametrize("count, says", [(None, "no NVIDIA GPU is usable (RuntimeError: "

@@ -52,9 +52,9 @@ def test_paper_scale_forward():
 
 def test_cifar_config_count_shapes_train_and_eval():
     model = botnet.botnet_cifar(num_classes=10)
-    # BENCHMARKS.md quotes ~683,178; timm's ByobNet built with the stated layout (7x7/2 stem,
-    # widths 128/256/512, depths 2, strides 1/2/1, bottleneck 1/4, 4-head MHSA at 8x8) has
-    # 687,306, and so has this model (checked against timm in tools/make_reference_botnet.py).
+    # docs/recipe.md: timm's ByobNet built with the stated layout (7x7/2 stem, widths
+    # 128/256/512, depths 2, strides 1/2/1, bottleneck 1/4, 4-head MHSA at 8x8) has 687,306
+    # parameters, and so has this model (checked against timm in tools/make_reference_botnet.py).
     assert n_params(model) == 687_306
     assert n_params(botnet.botnet_cifar(num_classes=100)) == 687_306 + 90 * 513
     assert model.feat_size == (8, 8)

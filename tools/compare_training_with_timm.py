@@ -28,7 +28,9 @@ from minivit.data import CIFARLoader, load_dataset  # noqa: E402
 from minivit.models import create_model  # noqa: E402
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--data", default="/work/shared/data/cifar-10-python.tar.gz")
+parser.add_argument("--data", default=None,
+                    help="a CIFAR-10 folder or .tar.gz (default: the download cache, as "
+                         "`minivit train --dataset cifar10` uses)")
 parser.add_argument("--steps", type=int, default=40)
 parser.add_argument("--epochs", type=int, default=10, help="length of the LR schedule")
 parser.add_argument("--every", type=int, default=5, help="print every N steps")

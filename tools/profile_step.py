@@ -1,5 +1,8 @@
 """Where a training step's time goes, op by op: ``python tools/profile_step.py maxvit_cifar``.
 
+A script of the repository, not installed with the package: run it from your clone, with
+minivit installed there (``pip install -e .``).
+
 Wraps every ``Function`` subclass's ``forward`` and ``backward`` with a timer, runs a few
 training steps at batch 128 (forward, cross entropy, backward, AdamW step) and prints, for
 each op, the milliseconds per step spent in its forward and its backward, the share of the

@@ -14,8 +14,8 @@ import numpy as np
 DEVICES = ("cpu", "cuda")
 GPU_INSTALL_HINT = (
     "install the GPU extra that matches your CUDA driver, which brings CuPy with the CUDA "
-    "libraries it loads (NVRTC, cuBLAS, cuRAND): "
-    "pip install 'minivit[gpu]' (CUDA 12) or pip install 'minivit[gpu-cuda13]' (CUDA 13)"
+    "libraries it loads (NVRTC, cuBLAS, cuRAND), in your minivit clone: "
+    "pip install -e \".[gpu]\" (CUDA 12) or pip install -e \".[gpu-cuda13]\" (CUDA 13)"
 )
 
 _cupy = None

@@ -17,7 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..progress import Progress
+from tqdm import tqdm
+
 from .cifar import DatasetError, _LAYOUT
 
 __all__ = ["URLS", "MD5S", "DownloadError", "default_data_dir", "download_cifar", "download_url",
@@ -105,8 +106,9 @@ def download_url(
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
                 got = 0
-                with Progress(total=total, desc=f"downloading {dest.name}", unit="B",
-                              unit_scale=True, disable=not progress, leave=True) as bar:
+                with tqdm(total=total, desc=f"downloading {dest.name}", unit="B",
+                          unit_scale=True, unit_divisor=1024, dynamic_ncols=True,
+                          disable=not progress) as bar:
                     while True:
                         try:
                             chunk = response.read(chunk_size)

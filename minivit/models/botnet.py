@@ -372,6 +372,6 @@ def botnet26t_256(num_classes: int = 1000, **overrides) -> BoTNet:
 
 @register_model
 def botnet_cifar(num_classes: int = 10, **overrides) -> BoTNet:
-    """CIFAR BoTNet (BENCHMARKS.md): 7x7/2 stem to 16x16, widths (128, 256, 512), depths 2,
+    """CIFAR BoTNet (docs/recipe.md): 7x7/2 stem to 16x16, widths (128, 256, 512), depths 2,
     strides (1, 2, 1); the last stage is two 4-head MHSA blocks at 8x8."""
     return _build(BOTNET_CIFAR, num_classes, overrides)

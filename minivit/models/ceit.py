@@ -355,7 +355,7 @@ def ceit_tiny_patch16_224(num_classes=1000, **overrides) -> CeIT:
 
 @register_model
 def ceit_cifar(num_classes=10, **overrides) -> CeIT:
-    """CIFAR CeiT (BENCHMARKS.md): I2T 3×3 conv stride 1 (3→32, no bias) + BN + 3×3/2 max pool
+    """CIFAR CeiT (docs/recipe.md): I2T 3×3 conv stride 1 (3→32, no bias) + BN + 3×3/2 max pool
     (16×16), 2×2 projection to D192 (64 tokens + class token), depth 6, 3 heads, LeFF hidden
     384 (ratio 2) with 3×3 depthwise, LCA over the 6 class tokens with MLP ratio 2 —
     2,155,562 parameters with 10 classes. LeFF variant: paper."""

@@ -392,7 +392,7 @@ MAXVIT_TINY_TF_224 = dict(
     img_size=224, in_chans=3, stem_width=64, stem_bias=True, dims=(64, 128, 256, 512),
     depths=(2, 2, 5, 2), strides=(2, 2, 2, 2), window_size=7, head_hidden_size=512)
 
-# BENCHMARKS.md: its 1,297,326 parameters are those of a timm twin with stem convs without bias
+# docs/recipe.md: its 1,297,326 parameters are those of a timm twin with stem convs without bias
 # and the plain "norm + fc" head (no tanh pre-logits layer).
 MAXVIT_CIFAR = dict(
     img_size=32, in_chans=3, stem_width=64, stem_bias=False, dims=(64, 128), depths=(1, 2),
@@ -408,6 +408,6 @@ def maxvit_tiny_tf_224(num_classes: int = 1000, **overrides) -> MaxViT:
 
 @register_model
 def maxvit_cifar(num_classes: int = 10, **overrides) -> MaxViT:
-    """CIFAR MaxViT (BENCHMARKS.md): stem to 16x16, one 64-wide block at 16x16, two 128-wide
+    """CIFAR MaxViT (docs/recipe.md): stem to 16x16, one 64-wide block at 16x16, two 128-wide
     blocks at 8x8 (first strided), window = grid = 4, head dim 32."""
     return _build(MAXVIT_CIFAR, num_classes, overrides)

@@ -174,7 +174,7 @@ def mixer_b16_224(num_classes=1000, **overrides) -> MlpMixer:
 
 @register_model
 def mlp_mixer_cifar(num_classes=10, **overrides) -> MlpMixer:
-    """CIFAR Mixer (BENCHMARKS.md): 32×32 input, 4×4 patches (64 tokens), C192, 8 blocks,
+    """CIFAR Mixer (docs/recipe.md): 32×32 input, 4×4 patches (64 tokens), C192, 8 blocks,
     token-MLP hidden 96 (0.5·C), channel-MLP hidden 384 (2·C), mean-pool head —
     1,301,706 parameters with 10 classes."""
     cfg = dict(img_size=32, patch_size=4, embed_dim=192, depth=8, mlp_ratio=(0.5, 2.0))

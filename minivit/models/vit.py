@@ -191,7 +191,7 @@ def vit_tiny_patch16_224(num_classes=1000, **overrides) -> VisionTransformer:
 
 @register_model
 def vit_cifar(num_classes=10, **overrides) -> VisionTransformer:
-    """CIFAR ViT (BENCHMARKS.md): 32×32 input, 4×4 patches (64 + class token), D192, depth 6,
+    """CIFAR ViT (docs/recipe.md): 32×32 input, 4×4 patches (64 + class token), D192, depth 6,
     3 heads, MLP ratio 2, head on the class token — 1,806,538 parameters with 10 classes."""
     cfg = dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_ratio=2.0)
     return _create(cfg, num_classes, overrides)
