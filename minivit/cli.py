@@ -64,8 +64,9 @@ def train_config_from_args(args):
     from .train import TrainConfig, TrainingError, read_config
 
     if args.pretrained:
-        raise TrainingError("--pretrained: minivit downloads no weights; download the weights "
-                            "yourself (timm's names) and pass --initial-checkpoint FILE")
+        raise TrainingError("--pretrained: minivit downloads no weights; download them "
+                            "yourself (e.g. timm's model.safetensors from the Hugging Face Hub, "
+                            "whose names minivit uses) and pass --initial-checkpoint FILE")
     given = given_config_values(args, TrainConfig)
     if args.config:
         from_file = load_config_file(args.config, TrainConfig)
@@ -86,14 +87,17 @@ def train_config_from_args(args):
 
 
 def _train(args) -> int:
+    from .distributed import get_world
     from .train import fit
 
     cfg = train_config_from_args(args)
+    main_rank = get_world().is_main   # under mpiexec, rank 0 reports (and names the folder)
     if args.resume is None and cfg.out is None:
         cfg.out = default_run_folder(cfg.model)
-        print(f"run folder: {cfg.out} (choose another with --out)")
+        if main_rank:
+            print(f"run folder: {cfg.out} (choose another with --out)")
     m = fit(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
-    if "test_acc" in m:
+    if "test_acc" in m and main_rank:
         print(f"final test accuracy {100 * m['test_acc']:.2f}%")
     return 0
 
@@ -352,17 +356,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (TrainingError, DatasetError, CheckpointError, OSError, RuntimeError,
             ValueError) as exc:
-        if debug:
-            raise
-        print(f"minivit {args.command}: error: {_one_line(exc)}", file=sys.stderr)  # one line
-        return 2
+        return _report_error(args.command, exc, debug, 2, _one_line(exc))
     except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on demand
-        if debug:
-            raise
-        print(f"minivit {args.command}: error: {type(exc).__name__}: {_one_line(exc)} "
-              f"(unexpected; run again with --debug for the traceback, and please report it)",
-              file=sys.stderr)
-        return 1
+        return _report_error(args.command, exc, debug, 1,
+                             f"{type(exc).__name__}: {_one_line(exc)} (unexpected; run again "
+                             f"with --debug for the traceback, and please report it)")
+
+
+def _report_error(command: str, exc: Exception, debug: bool, code: int, message: str) -> int:
+    """One line on stderr (the traceback with ``debug``); under mpiexec one report, and every
+    rank ends."""
+    if debug:
+        raise exc
+    from .distributed import world  # noqa: PLC0415
+
+    if world.report_error(exc):
+        print(f"minivit {command}: error: {world.rank_prefix()}{message}", file=sys.stderr)
+    world.abort_after_error(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from .config_cli import format_value, is_recipe, option_name, setting
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint
 from .data import CIFARLoader, load_dataset
 from .finite import LossWatch, NonFiniteLoss, non_finite_state
+from .distributed import DataParallel
 from .models import create_model, list_models
 from .nn import functional as F
 from .runfolder import (RunFolder, TrainingError, append_record, crash_point,
@@ -58,7 +59,8 @@ class TrainConfig:
                                metavar="PATH", recipe=False,
                                default_help="the bundled subset, else the download cache")
     epochs: int = setting(10, "epochs; the schedule spans them all")
-    batch_size: int = setting(128, "images per step", aliases=("-b",))
+    batch_size: int = setting(128, "images per step; under mpiexec -n N the global batch, "
+                              "each rank taking 1/N of it", aliases=("-b",))
     opt: str = setting("adamw", "optimizer (AdamW with decoupled weight decay, or SGD)",
                        choices=("adamw", "sgd"))
     lr: float = setting(1e-3, "peak learning rate (after warmup)")
@@ -84,8 +86,9 @@ class TrainConfig:
     model_args: dict = setting(help="override an entry of the model's configuration, e.g. "
                                "--model-arg depth=2", default_factory=dict, flag="--model-arg",
                                aliases=("--model-kwargs",))
-    init_weights: str | None = setting(None, "start from these weights: a state dict (.npz, "
-                                       "timm's names), a checkpoint or a run folder",
+    init_weights: str | None = setting(None, "start from these weights: a state dict "
+                                       "(.safetensors or .npz, timm's names), a checkpoint "
+                                       "or a run folder",
                                        aliases=("--initial-checkpoint",), metavar="FILE",
                                        default_help="the seed's initialisation")
     seed: int = setting(0, "seed of the initialisation, the data order and augmentation")
@@ -104,6 +107,8 @@ class TrainConfig:
     reference: bool = setting(False, "run every op on its reference body, the plain math of its "
                               "docstring (slower; the same results to float32 rounding)",
                               recipe=False)
+    sync_bn: bool = setting(False, "data parallel (mpiexec): BatchNorm statistics over all "
+                            "ranks' batches, not each rank's own")
     log_interval: int | None = setting(None, "every N steps, one JSON line in RUN/steps.jsonl: "
                                        "loss, lr, gradient norms and update ratios per block, "
                                        "img/s (minivit/utils/diagnostics.py)", metavar="N",
@@ -337,10 +342,11 @@ def _to_device(array: np.ndarray, device: str) -> minivit.Tensor:
 
 
 def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, dp: DataParallel | None = None) -> dict:
     """Loss, accuracy, top-5 accuracy (``top5``: the true class among the five highest
     logits), confusion matrix (rows: true class, columns: predicted) and per-class accuracy
-    (``per_class_acc``: the confusion matrix's diagonal over its row sums) on a loader."""
+    (``per_class_acc``: the confusion matrix's diagonal over its row sums) on a loader
+    (``dp``: each rank evaluated its shard; the totals are summed over the ranks)."""
     was_training = model.training
     model.eval()
     n, loss_sum, correct, top5 = 0, 0.0, 0, 0
@@ -349,6 +355,8 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
     with minivit.no_grad(), tqdm(total=len(loader.x), desc="eval", unit="img", leave=False,
                                   dynamic_ncols=True, disable=None if progress else True) as bar:
         for xb, yb in loader:
+            if len(yb) == 0:   # a rank's empty share of a batch smaller than the ranks
+                continue
             logits = model(_to_device(xb, device))
             loss = F.cross_entropy(logits, _to_device(yb, device))
             scores = backend.as_numpy(logits.data)
@@ -360,6 +368,10 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
             np.add.at(confusion, (yb, pred), 1)
             n += len(yb)
             bar.update(len(yb))
+    if dp is not None:
+        loss_sum, correct, top5, n, confusion = dp.sum(loss_sum, correct, top5, n, confusion)
+        correct, top5, n = int(correct), int(top5), int(n)
+        confusion = confusion.astype(np.int64)
     model.train(was_training)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "top5": top5 / max(n, 1),
@@ -511,9 +523,16 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
     """The run of ``fit`` once ``cfg`` is settled: the run folder held from start to end."""
     cfg.validate()
     device = backend.check_device(cfg.device)
-    folder = None if cfg.out is None else RunFolder(cfg.out, log).open(resume is not None)
+    # --- data parallel (mpiexec -n N): rank 0 alone logs and writes; see minivit.distributed
+    dp = DataParallel.setup(log)
+    log, cfg.progress = dp.log, cfg.progress and dp.is_main
+    dp.select_device(device)
+    # rank 0 holds the run folder (locked) from start to end; every rank learns what it holds
+    folder = RunFolder(cfg.out, log) if cfg.out is not None and dp.is_main else None
+    state = dp.from_main(lambda: folder.open(resume is not None).state if folder is not None
+                         else "resume" if resume is not None else "new")
     try:
-        metrics = _train(cfg, device, folder, log, stop_after_epochs)
+        metrics = _train(cfg, device, dp, folder, state, log, stop_after_epochs)
     except KeyboardInterrupt:
         if folder is not None:
             folder.close(failed=True)
@@ -527,12 +546,15 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
     return metrics
 
 
-def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
-           stop_after_epochs: int | None) -> dict:
-    out = None if folder is None else folder.path
-    resume = out if folder is not None and folder.state == "resume" else None
+def _train(cfg: TrainConfig, device: str, dp: DataParallel, folder: RunFolder | None,
+           state: str, log, stop_after_epochs: int | None) -> dict:
+    """The epochs of a run; ``state``: what its folder holds (``RunFolder.state``)."""
+    out = None if folder is None else folder.path   # rank 0 only
+    resume = Path(cfg.out) / "last.npz" if state == "resume" else None
     minivit.manual_seed(cfg.seed)
-    ds, train_loader, test_loader = _loaders(cfg)
+    ds, train_loader, test_loader = dp.main_first(_loaders, cfg)   # rank 0 downloads first
+    train_loader, test_loader = dp.shard(train_loader, test_loader)
+    # ---
     model = build_model(cfg, ds.num_classes)
     if cfg.init_weights and resume is None:  # a resumed run takes its weights from last.npz
         load_init_weights(model, cfg.init_weights, cfg.model)
@@ -541,17 +563,19 @@ def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
     sched = build_schedule(opt, cfg, len(train_loader))
     start_epoch, best_acc = 0, -1.0
     if resume is not None:
-        ckpt = load_run_checkpoint(folder.last, model, cfg.model)
-        _restore(ckpt, folder.last, opt, sched, train_loader)
+        ckpt = load_run_checkpoint(resume, model, cfg.model)
+        _restore(ckpt, resume, opt, sched, train_loader)
         start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt["best_acc"])
-        folder.committed_epoch = start_epoch
-        done = reconcile_metrics(folder.metrics, start_epoch, log)
+        if folder is not None:
+            folder.committed_epoch = start_epoch
+        done = [] if folder is None else reconcile_metrics(folder.metrics, start_epoch, log)
         if start_epoch >= cfg.epochs:
-            log(f"{show(out)}: all {cfg.epochs} epochs of this run are done already; nothing "
-                f"to train (evaluate it with: minivit eval {show(out)})")
+            log(f"{show(cfg.out)}: all {cfg.epochs} epochs of this run are done already; "
+                f"nothing to train (evaluate it with: minivit eval {show(cfg.out)})")
             return {**(done[-1] if done else {"epoch": start_epoch}), "model": model}
-        log(f"resumed {show(out)} after epoch {start_epoch}")
-    if out is not None and folder.state == "new":
+        log(f"resumed {show(cfg.out)} after epoch {start_epoch}")
+    dp.wrap(model, device, cfg.sync_bn)   # rank 0's weights to all; gradient averaging hooks
+    if folder is not None and state == "new":
         text = json.dumps(cfg.to_json(), indent=2).encode()
         atomic_write(folder.config, lambda f: f.write(text))
 
@@ -571,6 +595,7 @@ def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         train_loader.set_epoch(epoch)
+        dp.start_epoch(cfg.seed, epoch)
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
         # tqdm draws on a terminal only (disable=None); the epoch's summary line follows
@@ -581,10 +606,10 @@ def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
                 loss = F.cross_entropy(logits, _to_device(yb, device),
                                        label_smoothing=cfg.label_smoothing)
                 if watch.add(loss.data, step):
-                    _check_loss(watch, folder, epoch)
+                    _check_loss(watch, folder, epoch, dp)
                 loss_value = float(loss.item())
                 opt.zero_grad()
-                loss.backward()
+                dp.backward(loss, train_loader)   # loss.backward(); over N ranks: averaged
                 if steps_log is not None:
                     steps_log.after_backward(step, loss_value, opt.param_groups[0]["lr"])
                 if cfg.clip_grad:
@@ -600,12 +625,16 @@ def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
                 loss_sum += loss_value * len(labels)
                 correct += int((pred == labels).sum())
                 seen += len(labels)
-                bar.update(len(labels))
+                bar.update(dp.images_in_step(train_loader, len(labels)))
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.1%}",
                                 refresh=False)
         train_time = time.perf_counter() - t0
-        _check_loss(watch, folder, epoch)
-        ev = evaluate(model, test_loader, device)
+        _check_loss(watch, folder, epoch, dp)
+        loss_sum, correct, seen = dp.sum(loss_sum, correct, seen)   # over all ranks
+        dp.before_eval(model)   # rank 0's BatchNorm running statistics on every rank
+        # evaluation sums over the ranks: past it, every rank has finished the epoch, so the
+        # checkpoint below (rank 0) is only written once all of them have
+        ev = evaluate(model, test_loader, device, dp=dp if dp.active else None)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "test_loss": ev["loss"], "test_acc": ev["acc"], "test_top5": ev["top5"],
                    "lr": float(sched.get_last_lr()[0]), "epoch_time_s": train_time,
@@ -636,12 +665,20 @@ def _train(cfg: TrainConfig, device: str, folder: RunFolder | None, log,
     return metrics
 
 
-def _check_loss(watch: LossWatch, folder: RunFolder | None, epoch: int) -> None:
-    """Read the losses waiting on the device; stop the run if one is NaN or inf."""
+def _check_loss(watch: LossWatch, folder: RunFolder | None, epoch: int,
+                dp: DataParallel) -> None:
+    """Read the losses waiting on the device; stop the run if one is NaN or inf (on any rank:
+    over MPI every rank stops at the same check, none waits for a rank that stopped)."""
     try:
         watch.check()
+        found = None
     except NonFiniteLoss as exc:
+        found = exc
+    if dp.active and dp.sum(float(found is not None))[0] and found is None:
+        found = ArithmeticError(f"loss became non-finite on another rank (at step "
+                                f"{watch.first_step} or later)")
+    if found is not None:
         where = "Nothing was saved" if folder is None else folder.holds()
         where = where[0].upper() + where[1:]
-        raise TrainingError(f"{exc} (epoch {epoch + 1}); stopped. {where}; try a lower "
+        raise TrainingError(f"{found} (epoch {epoch + 1}); stopped. {where}; try a lower "
                             f"--lr") from None

@@ -125,3 +125,13 @@ def test_recipe_model_table_matches_the_models():
         with count_flops() as c, minivit.no_grad():
             model(minivit.randn(1, 3, 32, 32))
         assert round(c.total / 1e9, 3) == float(gflops), name
+
+
+def test_recipe_normalisation_is_the_datas():
+    from minivit.data import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+
+    text = " ".join(text_of(ROOT / "docs" / "recipe.md").split())
+    for name, mean, std in (("CIFAR-10", CIFAR10_MEAN, CIFAR10_STD),
+                            ("CIFAR-100", CIFAR100_MEAN, CIFAR100_STD)):
+        as_text = [", ".join(f"{255 * v:.1f}" for v in values) for values in (mean, std)]
+        assert f"{name} mean ({as_text[0]})/255 and std ({as_text[1]})/255" in text, name

@@ -180,3 +180,6 @@ def _accumulate_leaf(t, g) -> None:
         t.grad = Tensor(g.copy())  # a copy: g may be shared with another input's gradient
     else:
         t.grad = Tensor(t.grad.data + g)
+    if t._post_accumulate_grad_hooks:   # e.g. data parallelism: this gradient is ready
+        for hook in list(t._post_accumulate_grad_hooks.values()):
+            hook(t)

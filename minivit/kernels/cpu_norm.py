@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from ..autograd import backend
-from ..nn.functional.norm import BatchNorm, LayerNorm
+from ..nn.functional.norm import BatchNorm, LayerNorm, sum_over_ranks
 from . import cuda, parallel, register
 from .cpu_elementwise import GELU_BLOCKS
 
@@ -143,7 +143,7 @@ class BatchNormFast(BatchNorm):
     """
 
     def forward(ctx, x, *wb, mean=None, var=None, eps=1e-5, has_w=True, has_b=True,
-                stats_out=None, act=None, has_r=False):
+                stats_out=None, act=None, has_r=False, sum_across=None):
         xp = xp_of(x)
         if has_r:
             *wb, r = wb
@@ -151,9 +151,15 @@ class BatchNormFast(BatchNorm):
         count = x.size // x.shape[1]
         batch_stats = mean is None
         if batch_stats:  # two passes: the mean, then the squares around it
-            mean = _channel_sums(lambda a: a, xv, col)[0] / count
+            sums = _channel_sums(lambda a: a, xv, col)[0]
+            if sum_across is not None:   # SyncBatchNorm: sums and count of every rank
+                sums, count = sum_over_ranks(sum_across, (sums,), count)
+            mean = sums / count
             mu = _per_channel(mean, col)
-            var = _channel_sums(lambda a: _square(a - mu), xv, col)[0] / count
+            squares = _channel_sums(lambda a: _square(a - mu), xv, col)[0]
+            if sum_across is not None:
+                squares, = sum_over_ranks(sum_across, (squares,))
+            var = squares / count
         rstd = 1 / xp.sqrt(var + eps)
         scale = rstd * wb[0] if has_w else rstd
         shift = -mean * scale + wb[-1] if has_b else -mean * scale
@@ -170,11 +176,12 @@ class BatchNormFast(BatchNorm):
             y = parallel.blockwise(scale_shift, xv, *rv, out=parallel.empty_like(xv))
             kept = y if has_r and act else None   # with r, the ReLU's mask is y > 0
         ctx.batch_stats, ctx.has_w, ctx.has_b, ctx.act = batch_stats, has_w, has_b, act
-        ctx.has_r = has_r
+        ctx.has_r, ctx.count = has_r, count
+        ctx.sum_across = sum_across if batch_stats else None
         ctx.save_for_backward(xv, mean, rstd, wb[0] if has_w else None,
                               (a, c, kept) if act else None)
         if stats_out is not None and batch_stats:  # handed back for the running-stat update
-            stats_out.extend((mean, var))
+            stats_out.extend((mean, var, count))
         return y.reshape(x.shape)
 
     def backward(ctx, g):
@@ -209,9 +216,11 @@ class BatchNormFast(BatchNorm):
         if need[0]:
             k = rstd if w is None else rstd * w                    # w / σ per channel
             if ctx.batch_stats:  # (g - mean(g) - x̂ mean(g x̂)) k  =  g k + x α + β
-                count = g.size // g.shape[1]
-                q = sum_gx / count * rstd * k
-                alpha, beta = -q, mean * q - sum_g / count * k
+                count, all_g, all_gx = ctx.count, sum_g, sum_gx
+                if ctx.sum_across is not None:   # means over every rank's batch (w, b: local)
+                    all_g, all_gx = sum_over_ranks(ctx.sum_across, (sum_g, sum_gx))
+                q = all_gx / count * rstd * k
+                alpha, beta = -q, mean * q - all_g / count * k
                 kc, ac, bc = (_per_channel(v, col) for v in (k, alpha, beta))
                 gx = parallel.blockwise(lambda g_, v, out: _input_grad(g_, v, kc, ac, bc, out[0]),
                                         gv, xv, out=parallel.empty_like(gv))

@@ -527,6 +527,9 @@ class _Device(_Context):
     def __init__(self, device=None):
         self.id = 0
 
+    def use(self):   # make this the current device (there is one)
+        return None
+
     @property
     def compute_capability(self):
         return "90"
