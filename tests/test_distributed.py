@@ -39,7 +39,7 @@ MPIEXEC = shutil.which("mpiexec", path=os.pathsep.join(
     [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 needs_mpi = pytest.mark.skipif(
     importlib.util.find_spec("mpi4py") is None or MPIEXEC is None,
-    reason="needs mpi4py and mpiexec: pip install 'minivit[mpi]'")
+    reason='needs mpi4py and mpiexec: pip install -e ".[mpi]"')
 TINY_VIT = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 TINY_BOTNET = {"stem_chs": 8, "widths": [16, 32, 32], "depths": [1, 1, 1], "num_heads": 2}
 

@@ -184,7 +184,8 @@ def get_world() -> World:
             except ImportError:
                 raise DistributedError(
                     f"started by an MPI launcher as one of {n} ranks, but mpi4py is not "
-                    f"installed; install it with: pip install 'minivit[mpi]'") from None
+                    f"installed; install it with: pip install -e \".[mpi]\" in your "
+                    f"minivit clone") from None
             _world = World(MPI.COMM_WORLD)
             if _world.size > 1:
                 _install_excepthook(_world)
