@@ -347,3 +347,58 @@ class RunFolder:
                     f"--resume {show(self.path)} starts the run from the beginning)")
         return (f"the last good checkpoint {show(self.last)} holds epoch {self.committed_epoch}"
                 f" (continue with --resume {show(self.path)})")
+
+
+# --- consistency (the crash tests and tools/kill_campaign.py) ---------------------------------
+
+def check_folder(path: str | os.PathLike) -> list[str]:
+    """What is inconsistent in a run folder, at any moment a kill may have left it (empty if
+    nothing): ``last.npz`` loads and its ``best_acc`` is the best test accuracy of the metric
+    lines up to its epoch; those lines are epochs 1, 2, ... (at most one past the checkpoint,
+    written just before a kill hit the commit); ``best.npz`` holds the first epoch with the
+    best test accuracy, at most one past ``last.npz``; ``config.json`` loads."""
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    run = Path(path)
+    problems: list[str] = []
+    try:
+        rows = read_metrics(run / METRICS)
+    except TrainingError as exc:
+        return [str(exc)]
+    epochs = [r["epoch"] for r in rows]
+    if epochs != list(range(1, len(epochs) + 1)):
+        problems.append(f"metrics epochs {epochs} are not 1, 2, ...")
+    acc = {r["epoch"]: r.get("test_acc") for r in rows}
+    last = best = None
+    try:
+        last = load_checkpoint(run / "last.npz") if (run / "last.npz").exists() else None
+        best = load_checkpoint(run / "best.npz") if (run / "best.npz").exists() else None
+    except CheckpointError as exc:
+        problems.append(str(exc))
+    if (run / "last.npz").exists() or (run / "best.npz").exists():
+        try:
+            json.loads((run / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            problems.append(f"config.json: {exc}")
+    done = last["epoch"] if last is not None else 0
+    if not done <= len(epochs) <= done + 1:
+        problems.append(f"metrics hold epochs {epochs} but last.npz holds epoch {done}")
+    if last is not None:
+        top = max(acc[e] for e in range(1, done + 1)) if done else -1.0
+        if last["best_acc"] != top:
+            problems.append(f"last.npz best_acc {last['best_acc']} != best test_acc {top} of "
+                            f"epochs 1..{done}")
+        if best is None:
+            problems.append("last.npz exists but best.npz does not")
+    if best is not None:
+        b = best["epoch"]
+        if not 1 <= b <= done + 1 or b not in acc:
+            problems.append(f"best.npz holds epoch {b}; last.npz {done}, metrics {epochs}")
+        else:
+            first_top = max(range(1, b + 1), key=lambda e: (acc[e], -e))
+            if best["best_acc"] != acc[b] or first_top != b:
+                problems.append(f"best.npz (epoch {b}, acc {best['best_acc']}) is not the best "
+                                f"metrics line up to it (epoch {first_top}, acc {acc[first_top]})")
+            if b <= done and last is not None and last["best_acc"] != best["best_acc"]:
+                problems.append("best.npz and last.npz disagree on best_acc")
+    return problems
