@@ -386,6 +386,10 @@ def read_config(run: Path) -> TrainConfig:
     try:
         text = file.read_bytes().decode("utf-8")
     except (FileNotFoundError, NotADirectoryError):
+        if run.is_dir() and (run / ".lock").exists():
+            raise TrainingError(f"--resume {show(run)}: no config.json there (its run was "
+                                f"interrupted before writing it: start it again with --out "
+                                f"{show(run)})") from None
         raise TrainingError(f"--resume {show(run)}: no config.json there (not a run folder)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TrainingError(f"{show(file)}: cannot be read ({exc})") from None

@@ -46,11 +46,11 @@ def reference(tmp_path_factory) -> Path:
 
 def kill_resume_and_compare(tmp_path: Path, reference: Path, points: tuple[str, ...]) -> None:
     run = tmp_path / "run"
-    for i, point in enumerate(points):
-        r = kc.train(run, resume=i > 0, kill_at=point)
+    for point in points:  # killed before config.json: the same command again, else --resume
+        r = kc.train(run, resume=(run / "config.json").exists(), kill_at=point)
         assert r.returncode == -9, f"{point} was never reached (exit {r.returncode}): {r.stderr}"
         assert check_folder(run) == [], f"after a kill at {point}"
-    r = kc.train(run, resume=True)
+    r = kc.train(run, resume=(run / "config.json").exists())
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert kc.differences(run, reference) == []
