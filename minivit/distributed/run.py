@@ -76,6 +76,10 @@ class DataParallel:
     def shard(self, train_loader, test_loader):
         if not self.active:
             return train_loader, test_loader
+        if train_loader.batch_size < self.world.size:
+            raise DistributedError(f"--batch-size {train_loader.batch_size} is the global batch "
+                                   f"and must be at least the number of ranks "
+                                   f"({self.world.size})")
         if len(train_loader.x) < self.world.size:
             raise DistributedError(f"{len(train_loader.x)} training images cannot be shared by "
                                    f"{self.world.size} ranks (one image each at least)")
@@ -141,9 +145,6 @@ class DataParallel:
         kept = []   # rank 0's result stays here: only the outcome (None or an error) is sent
         self.world.from_main(lambda: kept.append(fn(*args)), limit=float("inf"))
         return kept[0] if self.is_main else fn(*args)
-
-    def barrier(self, what: str) -> None:
-        self.world.barrier(what)
 
     def from_main(self, fn, *args, **kwargs):
         return self.world.from_main(fn, *args, **kwargs)
