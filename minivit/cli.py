@@ -65,8 +65,9 @@ def train_config_from_args(args):
     from .train import TrainConfig, TrainingError
 
     if args.pretrained:
-        raise TrainingError("--pretrained: minivit downloads no weights; download the weights "
-                            "yourself (timm's names) and pass --initial-checkpoint FILE")
+        raise TrainingError("--pretrained: minivit downloads no weights; download them "
+                            "yourself (e.g. timm's model.safetensors from the Hugging Face Hub, "
+                            "whose names minivit uses) and pass --initial-checkpoint FILE")
     given = given_config_values(args, TrainConfig)
     if args.config:
         from_file = load_config_file(args.config, TrainConfig)
@@ -88,14 +89,17 @@ def train_config_from_args(args):
 
 
 def _train(args) -> int:
+    from .distributed import get_world
     from .train import fit
 
     cfg = train_config_from_args(args)
+    main_rank = get_world().is_main   # under mpiexec, rank 0 reports (and names the folder)
     if args.resume is None and cfg.out is None:
         cfg.out = default_run_folder(cfg.model)
-        print(f"run folder: {cfg.out} (choose another with --out)")
+        if main_rank:
+            print(f"run folder: {cfg.out} (choose another with --out)")
     m = fit(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
-    if "test_acc" in m:
+    if "test_acc" in m and main_rank:
         print(f"final test accuracy {100 * m['test_acc']:.2f}%")
     return 0
 
@@ -259,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"minivit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    p = sub.add_parser("eval", help="accuracy and confusion matrix of a run or checkpoint")
+    p = sub.add_parser("eval", help="accuracy, top-5 accuracy, confusion matrix and per-class "
+                                       "accuracy of a run or checkpoint")
     p.add_argument("run", help="a run folder (uses last.npz), a .npz checkpoint, or a state "
                                "dict (.safetensors or .npz)")
     p.add_argument("--best", action="store_true", help="use best.npz of the run folder")
@@ -322,11 +327,19 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("MINIVIT_DEBUG"):
             raise
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"minivit {args.command}: error: {message}", file=sys.stderr)  # one line
+        from .distributed import world  # noqa: PLC0415  (under mpiexec: one report, all end)
+
+        if world.report_error(exc):
+            print(f"minivit {args.command}: error: {world.rank_prefix()}{message}",
+                  file=sys.stderr)  # one line
+        world.abort_after_error(2)
         return 2
     except KeyboardInterrupt:
-        print(f"minivit {args.command}: interrupted (checkpoints written so far are kept)",
-              file=sys.stderr)
+        from .distributed import world  # noqa: PLC0415  (mpiexec interrupts every rank)
+
+        if not world.rank_prefix():
+            print(f"minivit {args.command}: interrupted (checkpoints written so far are kept)",
+                  file=sys.stderr)
         return 130
 
 

@@ -44,10 +44,28 @@ def tune_malloc() -> bool:
     return bool(ok)
 
 
-def set_blas_env() -> bool:
+def ranks_on_this_machine() -> int:
+    """How many MPI ranks a launcher started on this machine (MPICH's Hydra, Open MPI); 1
+    when not started by one."""
+    for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def set_blas_env(numpy_loaded: bool | None = None) -> bool:
     """Set OPENBLAS_THREAD_TIMEOUT (unless already set); True when it will take effect, i.e.
-    NumPy is not loaded yet or the variable was set before it was."""
-    numpy_loaded = "numpy" in sys.modules
+    NumPy is not loaded yet or the variable was set before it was. Under ``mpiexec`` with k
+    ranks on this machine, each rank also gets 1/k of the cores for OpenBLAS and minivit's
+    threads (OPENBLAS_NUM_THREADS, MINIVIT_NUM_THREADS, unless set)."""
+    numpy_loaded = "numpy" in sys.modules if numpy_loaded is None else numpy_loaded
+    local = ranks_on_this_machine()
+    if local > 1 and not numpy_loaded:
+        share = str(max(1, len(os.sched_getaffinity(0)) // local)
+                    if hasattr(os, "sched_getaffinity") else 1)
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", share)
+        os.environ.setdefault("MINIVIT_NUM_THREADS", share)
     if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
         return True
     if not numpy_loaded:
@@ -77,7 +95,7 @@ def reexec_with_blas_env() -> None:
             or "numpy" not in sys.modules):
         set_blas_env()
         return
-    os.environ["OPENBLAS_THREAD_TIMEOUT"] = OPENBLAS_TIMEOUT
+    set_blas_env(numpy_loaded=False)   # for the new process, which loads NumPy afresh
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "minivit", *sys.argv[1:]])

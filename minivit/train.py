@@ -26,6 +26,7 @@ from .autograd import backend
 from .config_cli import format_value, is_recipe, option_name, setting
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from .data import CIFARLoader, load_dataset
+from .distributed import DataParallel
 from .models import create_model, list_models
 from .nn import functional as F
 
@@ -52,7 +53,8 @@ class TrainConfig:
                                metavar="PATH", recipe=False,
                                default_help="the bundled subset, else the download cache")
     epochs: int = setting(10, "epochs; the schedule spans them all")
-    batch_size: int = setting(128, "images per step", aliases=("-b",))
+    batch_size: int = setting(128, "images per step; under mpiexec -n N the global batch, "
+                              "each rank taking 1/N of it", aliases=("-b",))
     opt: str = setting("adamw", "optimizer (AdamW with decoupled weight decay, or SGD)",
                        choices=("adamw", "sgd"))
     lr: float = setting(1e-3, "peak learning rate (after warmup)")
@@ -78,8 +80,9 @@ class TrainConfig:
     model_args: dict = setting(help="override an entry of the model's configuration, e.g. "
                                "--model-arg depth=2", default_factory=dict, flag="--model-arg",
                                aliases=("--model-kwargs",))
-    init_weights: str | None = setting(None, "start from these weights: a state dict (.npz, "
-                                       "timm's names), a checkpoint or a run folder",
+    init_weights: str | None = setting(None, "start from these weights: a state dict "
+                                       "(.safetensors or .npz, timm's names), a checkpoint "
+                                       "or a run folder",
                                        aliases=("--initial-checkpoint",), metavar="FILE",
                                        default_help="the seed's initialisation")
     seed: int = setting(0, "seed of the initialisation, the data order and augmentation")
@@ -98,6 +101,8 @@ class TrainConfig:
     reference: bool = setting(False, "run every op on its reference body, the plain math of its "
                               "docstring (slower; the same results to float32 rounding)",
                               recipe=False)
+    sync_bn: bool = setting(False, "data parallel (mpiexec): BatchNorm statistics over all "
+                            "ranks' batches, not each rank's own")
     log_interval: int | None = setting(None, "every N steps, one JSON line in RUN/steps.jsonl: "
                                        "loss, lr, gradient norms and update ratios per block, "
                                        "img/s (minivit/utils/diagnostics.py)", metavar="N",
@@ -255,11 +260,44 @@ def _to_device(array: np.ndarray, device: str) -> minivit.Tensor:
     return minivit.Tensor(array if device == "cpu" else backend.to_device(array, device))
 
 
+class EpochStats:
+    """The training loss and accuracy of an epoch, summed where the logits are: on the GPU
+    each step adds to two device scalars (a few kernel launches, no host synchronisation),
+    and ``read`` fetches both in one copy, every ``--log-interval`` steps and at the end of
+    the epoch. A non-finite loss makes the sum non-finite, so ``read`` also finds it."""
+
+    def __init__(self):
+        self.loss_sum = self.correct = None
+        self.seen = 0
+
+    def add(self, loss, logits, labels) -> None:
+        """``loss``: the batch's mean loss (0-d array); ``labels``: class indices (B,) or
+        probabilities (B, C), on the logits' device."""
+        if labels.ndim == 2:
+            labels = labels.argmax(axis=1)
+        n = labels.shape[0]
+        batch_loss = loss * n
+        hits = (logits.argmax(axis=1) == labels).sum()
+        self.loss_sum = batch_loss if self.loss_sum is None else self.loss_sum + batch_loss
+        self.correct = hits if self.correct is None else self.correct + hits
+        self.seen += n
+
+    def read(self) -> tuple[float, float]:
+        """(loss sum, correct count) so far: one device-to-host copy."""
+        if self.loss_sum is None:
+            return 0.0, 0.0
+        xp = backend.get_array_module(self.loss_sum)
+        both = backend.as_numpy(xp.stack([self.loss_sum.astype(np.float64),
+                                          self.correct.astype(np.float64)]))
+        return float(both[0]), float(both[1])
+
+
 def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, dp: DataParallel | None = None) -> dict:
     """Loss, accuracy, top-5 accuracy (``top5``: the true class among the five highest
     logits), confusion matrix (rows: true class, columns: predicted) and per-class accuracy
-    (``per_class_acc``: the confusion matrix's diagonal over its row sums) on a loader."""
+    (``per_class_acc``: the confusion matrix's diagonal over its row sums) on a loader
+    (``dp``: each rank evaluated its shard; the totals are summed over the ranks)."""
     was_training = model.training
     model.eval()
     n, loss_sum, correct, top5 = 0, 0.0, 0, 0
@@ -268,6 +306,8 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
     with minivit.no_grad(), tqdm(total=len(loader.x), desc="eval", unit="img", leave=False,
                                   dynamic_ncols=True, disable=None if progress else True) as bar:
         for xb, yb in loader:
+            if len(yb) == 0:   # a rank's empty share of a batch smaller than the ranks
+                continue
             logits = model(_to_device(xb, device))
             loss = F.cross_entropy(logits, _to_device(yb, device))
             scores = backend.as_numpy(logits.data)
@@ -279,6 +319,10 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
             np.add.at(confusion, (yb, pred), 1)
             n += len(yb)
             bar.update(len(yb))
+    if dp is not None:
+        loss_sum, correct, top5, n, confusion = dp.sum(loss_sum, correct, top5, n, confusion)
+        correct, top5, n = int(correct), int(top5), int(n)
+        confusion = confusion.astype(np.int64)
     model.train(was_training)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "top5": top5 / max(n, 1),
@@ -286,6 +330,19 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
 
 
 # --- the run folder ------------------------------------------------------------------------
+
+def _read_stats(stats: EpochStats, bar, step: int, epoch: int, out) -> None:
+    """The epoch's loss and accuracy so far into the progress bar; stop on a NaN or inf."""
+    loss_sum, correct = stats.read()
+    loss = loss_sum / max(stats.seen, 1)
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"loss became {loss} at step {step} (epoch {epoch + 1}); stopped. "
+            f"The last good checkpoint is kept"
+            f"{' in ' + str(out / 'last.npz') if out else ''}; try a lower --lr")
+    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / max(stats.seen, 1):.1%}",
+                    refresh=False)
+
 
 def _prepare_out(out: str | None, resume: bool) -> Path | None:
     if out is None:
@@ -389,9 +446,16 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
     """The run of ``fit`` once ``cfg`` is settled."""
     cfg.validate()
     device = backend.check_device(cfg.device)
-    out = _prepare_out(cfg.out, resume is not None)
+    # --- data parallel (mpiexec -n N): rank 0 alone logs and writes; see minivit.distributed
+    dp = DataParallel.setup(log)
+    log, cfg.progress = dp.log, cfg.progress and dp.is_main
+    dp.select_device(device)
+    out = dp.from_main(_prepare_out, cfg.out, resume is not None)
+    out = out if dp.is_main else None
     minivit.manual_seed(cfg.seed)
-    ds, train_loader, test_loader = _loaders(cfg)
+    ds, train_loader, test_loader = dp.main_first(_loaders, cfg)   # rank 0 downloads first
+    train_loader, test_loader = dp.shard(train_loader, test_loader)
+    # ---
     model = build_model(cfg, ds.num_classes)
     if cfg.init_weights and resume is None:  # a resumed run takes its weights from last.npz
         load_init_weights(model, cfg.init_weights, cfg.model)
@@ -406,8 +470,10 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
         train_loader.load_state_dict(ckpt["loader"])
         backend.set_rng_state(ckpt["rng"])
         start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt["best_acc"])
-        _truncate_metrics(out / "metrics.jsonl", start_epoch)
-        log(f"resumed {out} after epoch {start_epoch}")
+        if out is not None:
+            _truncate_metrics(out / "metrics.jsonl", start_epoch)
+        log(f"resumed {resume} after epoch {start_epoch}")
+    dp.wrap(model, device, cfg.sync_bn)   # rank 0's weights to all; gradient averaging hooks
     if out is not None and resume is None:
         atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_json(), indent=2).encode()))
 
@@ -424,25 +490,29 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         train_loader.set_epoch(epoch)
+        dp.start_epoch(cfg.seed, epoch)
         t0 = time.perf_counter()
-        loss_sum = correct = seen = 0.0
+        stats = EpochStats()
+        # the loss and accuracy (and the loss's finiteness) are read every step on the CPU,
+        # where that costs nothing, and on the GPU every --log-interval steps (50 if unset)
+        # and at the epoch's end: a read waits for the GPU, so a step itself never does
+        read_every = 1 if device == "cpu" else (cfg.log_interval or 50)
         # tqdm draws on a terminal only (disable=None); the epoch's summary line follows
         with tqdm(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
                   leave=False, dynamic_ncols=True, disable=None if cfg.progress else True) as bar:
-            for xb, yb in train_loader:
+            for i, (xb, yb) in enumerate(train_loader):
                 logits = model(_to_device(xb, device))
-                loss = F.cross_entropy(logits, _to_device(yb, device),
-                                       label_smoothing=cfg.label_smoothing)
-                loss_value = float(loss.item())
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"loss became {loss_value} at step {step} (epoch {epoch + 1}); stopped. "
-                        f"The last good checkpoint is kept"
-                        f"{' in ' + str(out / 'last.npz') if out else ''}; try a lower --lr")
+                target = _to_device(yb, device)
+                loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+                stats.add(loss.data, logits.data, target.data)
+                if (i + 1) % read_every == 0 or i + 1 == len(train_loader):
+                    _read_stats(stats, bar, step, epoch, out)
                 opt.zero_grad()
-                loss.backward()
+                dp.backward(loss, train_loader)   # loss.backward(); over N ranks: averaged
                 if steps_log is not None:
-                    steps_log.after_backward(step, loss_value, opt.param_groups[0]["lr"])
+                    logged = (step + 1) % steps_log.interval == 0   # the loss is read only then
+                    steps_log.after_backward(step, float(loss.item()) if logged else math.nan,
+                                             opt.param_groups[0]["lr"])
                 if cfg.clip_grad:
                     optim.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 opt.step()
@@ -450,16 +520,14 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
                 step += 1
                 if steps_log is not None:
                     steps_log.after_step(step, len(xb))
-                labels = yb if yb.ndim == 1 else yb.argmax(axis=1)
-                pred = backend.as_numpy(logits.data).argmax(axis=1)
-                loss_sum += loss_value * len(labels)
-                correct += int((pred == labels).sum())
-                seen += len(labels)
-                bar.update(len(labels))
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.1%}",
-                                refresh=False)
+                bar.update(dp.images_in_step(train_loader, len(yb)))
         train_time = time.perf_counter() - t0
-        ev = evaluate(model, test_loader, device)
+        (loss_sum, correct), seen = stats.read(), stats.seen
+        loss_sum, correct, seen = dp.sum(loss_sum, correct, seen)   # over all ranks
+        dp.before_eval(model)   # rank 0's BatchNorm running statistics on every rank
+        # evaluation sums over the ranks: past it, every rank has finished the epoch, so the
+        # checkpoint below (rank 0) is only written once all of them have
+        ev = evaluate(model, test_loader, device, dp=dp if dp.active else None)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "test_loss": ev["loss"], "test_acc": ev["acc"], "test_top5": ev["top5"],
                    "lr": float(sched.get_last_lr()[0]), "epoch_time_s": train_time,

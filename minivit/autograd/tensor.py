@@ -72,6 +72,30 @@ class Tensor:
         """Keep this non-leaf tensor's gradient in ``.grad`` after backward."""
         self.retains_grad = True
 
+    _post_accumulate_grad_hooks = None   # {id: hook}, made on first registration
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(self)`` right after backward has added a gradient into this leaf's
+        ``.grad`` (PyTorch's name), while the rest of backward still runs. Data parallelism
+        uses it to start reducing a bucket of gradients as soon as they are all there.
+        Returns a handle; ``handle.remove()`` takes the hook out.
+
+        >>> import minivit
+        >>> w = minivit.tensor([1.0, 2.0], requires_grad=True)
+        >>> seen = []
+        >>> h = w.register_post_accumulate_grad_hook(lambda p: seen.append(p.grad.tolist()))
+        >>> (w * 3).sum().backward(); seen
+        [[3.0, 3.0]]
+        """
+        if not callable(hook):
+            raise TypeError(f"a hook must be callable, got {type(hook).__name__}")
+        if self.creator is not None:
+            raise RuntimeError("register_post_accumulate_grad_hook: only a leaf tensor (a "
+                               "parameter) accumulates into .grad; this one was made by an op")
+        if self._post_accumulate_grad_hooks is None:
+            self._post_accumulate_grad_hooks = {}
+        return _HookHandle(self._post_accumulate_grad_hooks, hook)
+
     def detach(self) -> "Tensor":
         """The same data, cut from the graph."""
         return Tensor._from_op(self.data, False)
@@ -364,6 +388,20 @@ class Tensor:
     def clip(self, lo=None, hi=None): return ops.clip(self, lo, hi)
     clamp = clip
     def pow(self, p): return ops.pow(self, p)
+
+
+class _HookHandle:
+    """Returned by a hook registration: ``remove()`` takes the hook out (twice is harmless)."""
+
+    _next_id = 0
+
+    def __init__(self, hooks: dict, hook):
+        self.id, _HookHandle._next_id = _HookHandle._next_id, _HookHandle._next_id + 1
+        self._hooks = hooks
+        hooks[self.id] = hook
+
+    def remove(self) -> None:
+        self._hooks.pop(self.id, None)
 
 
 # --- creation ---------------------------------------------------------------------------------

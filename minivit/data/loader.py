@@ -178,8 +178,7 @@ class CIFARLoader:
     def make_batch(self, epoch: int, index: int, order: np.ndarray | None = None) -> Batch:
         """Batch ``index`` of ``epoch``, computed directly (no iteration state involved)."""
         order = self.order(epoch) if order is None else order
-        idx = order[index * self.batch_size:(index + 1) * self.batch_size]
-        rng = np.random.default_rng([self.seed, epoch, 1, index])
+        idx, rng = self.batch_indices(index, order), self.batch_rng(epoch, index)
         x = self.x[idx]
         if self.augment is not None:
             x = self.augment(x, rng)
@@ -193,6 +192,14 @@ class CIFARLoader:
             else:
                 xf, y = mixup(xf, targets, self.mixup, rng)
         return xf, y
+
+    def batch_indices(self, index: int, order: np.ndarray) -> np.ndarray:
+        """The images of batch ``index``, given the epoch's order."""
+        return order[index * self.batch_size:(index + 1) * self.batch_size]
+
+    def batch_rng(self, epoch: int, index: int) -> np.random.Generator:
+        """The generator of batch ``index``'s augmentation and mixing."""
+        return np.random.default_rng([self.seed, epoch, 1, index])
 
     def _batches(self, epoch: int, start: int) -> Iterator[Batch]:
         order = self.order(epoch)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 
 from ..autograd import backend
-from ..nn.functional.norm import BatchNorm, LayerNorm
-from . import cuda, parallel, register
+from ..nn.functional.norm import BatchNorm, LayerNorm, sum_over_ranks
+from . import cuda, cuda_rows, parallel, register
 from .cpu_elementwise import GELU_BLOCKS
 
 xp_of = backend.get_array_module
@@ -65,6 +65,18 @@ def _layer_norm_rows_backward(g, xhat, rstd, w, out=None, with_sums=False):
     return dx
 
 
+def _slot_or_new(ctx, i, g2):
+    """Input i's gradient slot (``engine.grad_slot``) if it has one of the norm's shape, else a
+    new array: where the backward writes that gradient (the slot itself is returned, so the
+    engine adopts it without a copy)."""
+    from ..autograd.engine import grad_slot  # noqa: PLC0415
+
+    slot = grad_slot(ctx, i)
+    if slot is not None and slot.shape == tuple(ctx.norm_shape):
+        return slot
+    return xp_of(g2).empty(ctx.norm_shape, g2.dtype)
+
+
 @register(LayerNorm)
 class LayerNormFast(LayerNorm):
     """Works on the 2-D view (rows, D) with D the product of the last k axes, rows in
@@ -95,8 +107,11 @@ class LayerNormFast(LayerNorm):
         need_w, need_b = ctx.has_w and need[1], ctx.has_b and need[-1]
         if cuda.enabled(g2):
             dx = cuda.layer_norm_rows_backward(g2, xhat, rstd, w) if need[0] else None
-            if need_w or need_b:
-                dw, db = parallel.column_sums(g2 * xhat), parallel.column_sums(g2)
+            # dw and db in one launch, into the optimizer's gradient buffer where it has one
+            dw = _slot_or_new(ctx, 1, g2) if need_w else None
+            db = _slot_or_new(ctx, len(need) - 1, g2) if need_b else None
+            cuda_rows.layer_norm_affine_grads(g2, xhat, None if dw is None else dw.reshape(-1),
+                                              None if db is None else db.reshape(-1))
         elif (need_w or need_b) and not need[0]:   # affine gradients only: no dx to compute
             dx = None
             dw = parallel.sum_rows(lambda g_, xh: g_ * xh, g2, xhat) if need_w else None
@@ -113,9 +128,9 @@ class LayerNormFast(LayerNorm):
             dx = parallel.blockwise(lambda *a, out=None: _layer_norm_rows_backward(*a, w, out=out),
                                     g2, xhat, rstd, out=parallel.empty_like(g2))
         grads = [dx.reshape(g.shape) if need[0] else None]
-        if need_w:
+        if need_w and dw.shape != tuple(ctx.norm_shape):
             dw = dw.reshape(ctx.norm_shape)
-        if need_b:
+        if need_b and db.shape != tuple(ctx.norm_shape):
             db = db.reshape(ctx.norm_shape)
         if ctx.has_w:
             grads.append(dw if need_w else None)
@@ -143,7 +158,7 @@ class BatchNormFast(BatchNorm):
     """
 
     def forward(ctx, x, *wb, mean=None, var=None, eps=1e-5, has_w=True, has_b=True,
-                stats_out=None, act=None, has_r=False):
+                stats_out=None, act=None, has_r=False, sum_across=None):
         xp = xp_of(x)
         if has_r:
             *wb, r = wb
@@ -151,9 +166,15 @@ class BatchNormFast(BatchNorm):
         count = x.size // x.shape[1]
         batch_stats = mean is None
         if batch_stats:  # two passes: the mean, then the squares around it
-            mean = _channel_sums(lambda a: a, xv, col)[0] / count
+            sums = _channel_sums(lambda a: a, xv, col)[0]
+            if sum_across is not None:   # SyncBatchNorm: sums and count of every rank
+                sums, count = sum_over_ranks(sum_across, (sums,), count)
+            mean = sums / count
             mu = _per_channel(mean, col)
-            var = _channel_sums(lambda a: _square(a - mu), xv, col)[0] / count
+            squares = _channel_sums(lambda a: _square(a - mu), xv, col)[0]
+            if sum_across is not None:
+                squares, = sum_over_ranks(sum_across, (squares,))
+            var = squares / count
         rstd = 1 / xp.sqrt(var + eps)
         scale = rstd * wb[0] if has_w else rstd
         shift = -mean * scale + wb[-1] if has_b else -mean * scale
@@ -170,11 +191,12 @@ class BatchNormFast(BatchNorm):
             y = parallel.blockwise(scale_shift, xv, *rv, out=parallel.empty_like(xv))
             kept = y if has_r and act else None   # with r, the ReLU's mask is y > 0
         ctx.batch_stats, ctx.has_w, ctx.has_b, ctx.act = batch_stats, has_w, has_b, act
-        ctx.has_r = has_r
+        ctx.has_r, ctx.count = has_r, count
+        ctx.sum_across = sum_across if batch_stats else None
         ctx.save_for_backward(xv, mean, rstd, wb[0] if has_w else None,
                               (a, c, kept) if act else None)
         if stats_out is not None and batch_stats:  # handed back for the running-stat update
-            stats_out.extend((mean, var))
+            stats_out.extend((mean, var, count))
         return y.reshape(x.shape)
 
     def backward(ctx, g):
@@ -209,9 +231,11 @@ class BatchNormFast(BatchNorm):
         if need[0]:
             k = rstd if w is None else rstd * w                    # w / σ per channel
             if ctx.batch_stats:  # (g - mean(g) - x̂ mean(g x̂)) k  =  g k + x α + β
-                count = g.size // g.shape[1]
-                q = sum_gx / count * rstd * k
-                alpha, beta = -q, mean * q - sum_g / count * k
+                count, all_g, all_gx = ctx.count, sum_g, sum_gx
+                if ctx.sum_across is not None:   # means over every rank's batch (w, b: local)
+                    all_g, all_gx = sum_over_ranks(ctx.sum_across, (sum_g, sum_gx))
+                q = all_gx / count * rstd * k
+                alpha, beta = -q, mean * q - all_g / count * k
                 kc, ac, bc = (_per_channel(v, col) for v in (k, alpha, beta))
                 gx = parallel.blockwise(lambda g_, v, out: _input_grad(g_, v, kc, ac, bc, out[0]),
                                         gv, xv, out=parallel.empty_like(gv))

@@ -273,6 +273,8 @@ class _BatchNorm(Module):
     cumulative average of all batches, as PyTorch."""
 
     expected_dims: tuple[int, ...] = ()
+    # data parallelism with synchronised statistics sets this (``distributed.sync_batchnorm``)
+    sum_across = None
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True):
@@ -331,7 +333,7 @@ class _BatchNorm(Module):
         use_batch = self.training or not self.track_running_stats
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             use_batch, 0.0 if momentum is None else momentum, self.eps, act=act,
-                            residual=residual)
+                            residual=residual, sum_across=self.sum_across)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

@@ -142,8 +142,8 @@ def draw_attention(model, image: np.ndarray, title: str = "", class_names=None):
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
         from matplotlib.figure import Figure  # noqa: PLC0415
     except ImportError:
-        raise RuntimeError("drawing attention maps needs matplotlib: pip install "
-                           "'minivit[plot]'") from None
+        raise RuntimeError('drawing attention maps needs matplotlib: pip install -e ".[plot]" '
+                           'in your minivit clone (or pip install matplotlib)') from None
     x = to_float_nchw(np.asarray(image)[None])
     device = next(iter(model.parameters())).device
     xt = minivit.tensor(backend.to_device(x, device) if device != "cpu" else x)

@@ -39,6 +39,41 @@ def normalize_backward(gh, xhat, rstd, axes):
                    - xhat * (gh * xhat).mean(axis=axes, keepdims=True))
 
 
+# SyncBatchNorm (data parallelism, ``--sync-bn``): the same formulas, each mean over the
+# batches of every rank together. ``sum_across`` sums a float64 array over the ranks in place.
+
+def sum_over_ranks(sum_across, vectors, count=None):
+    """Per-channel sums (and a count) added up over the ranks in ONE call of ``sum_across``;
+    the sums come back in their own dtype, the count as a float."""
+    xp = xp_of(vectors[0])
+    parts = [v.astype("float64") for v in vectors]
+    if count is not None:
+        parts.append(xp.full(1, count, dtype="float64"))
+    total = sum_across(xp.concatenate(parts))
+    c = vectors[0].shape[0]
+    out = tuple(total[i * c:(i + 1) * c].astype(vectors[0].dtype) for i in range(len(vectors)))
+    return out if count is None else out + (float(total[-1]),)
+
+
+def normalize_across(x, axes, eps, sum_across):
+    """``normalize`` with μ and σ of every rank's batch: (x̂, 1/σ, μ, var, n), n the number of
+    values per channel on all ranks."""
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    sums, n = sum_over_ranks(sum_across, (x.sum(axis=axes),), x.size // x.shape[1])
+    mu = sums / n
+    squares, = sum_over_ranks(sum_across, (((x - mu.reshape(shape)) ** 2).sum(axis=axes),))
+    var = squares / n
+    rstd = 1 / xp_of(x).sqrt(var.reshape(shape) + eps)
+    return (x - mu.reshape(shape)) * rstd, rstd, mu, var, n
+
+
+def normalize_backward_across(gh, xhat, rstd, axes, sum_across, n):
+    """``normalize_backward`` with the means over every rank's batch (n values per channel)."""
+    shape = (1, gh.shape[1]) + (1,) * (gh.ndim - 2)
+    sum_g, sum_gx = sum_over_ranks(sum_across, (gh.sum(axis=axes), (gh * xhat).sum(axis=axes)))
+    return rstd * (gh - sum_g.reshape(shape) / n - xhat * (sum_gx.reshape(shape) / n))
+
+
 class LayerNorm(Function):
     """y = x̂ w + b, x normalised over its last ``k`` axes; weight and bias have those axes'
     shape. Backward: the module docstring's formulas, the means over the last k axes, the
@@ -99,7 +134,7 @@ class BatchNorm(Function):
     """
 
     def forward(ctx, x, *wb, mean=None, var=None, eps=1e-5, has_w=True, has_b=True,
-                stats_out=None, act=None, has_r=False):
+                stats_out=None, act=None, has_r=False, sum_across=None):
         xp = xp_of(x)
         if has_r:
             *wb, r = wb
@@ -107,10 +142,15 @@ class BatchNorm(Function):
         shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)      # a (C,) vector against x
         ctx.batch_stats, ctx.axes, ctx.act, ctx.has_w, ctx.has_b, ctx.has_r = (
             mean is None, axes, act, has_w, has_b, has_r)
-        if ctx.batch_stats:
+        ctx.sum_across = sum_across if ctx.batch_stats else None
+        if ctx.batch_stats and sum_across is not None:   # SyncBatchNorm
+            xhat, rstd, mu, var, ctx.count = normalize_across(x, axes, eps, sum_across)
+            if stats_out is not None:
+                stats_out.extend((mu, var, ctx.count))
+        elif ctx.batch_stats:
             xhat, rstd = normalize(x, axes, eps)
             if stats_out is not None:      # handed back for the running-statistics update
-                stats_out.extend((x.mean(axis=axes), x.var(axis=axes)))
+                stats_out.extend((x.mean(axis=axes), x.var(axis=axes), x.size // x.shape[1]))
         else:
             rstd = 1 / xp.sqrt(var.reshape(shape) + eps)
             xhat = (x - mean.reshape(shape)) * rstd
@@ -132,7 +172,9 @@ class BatchNorm(Function):
         elif ctx.act:
             g = g * gelu_derivative(z, "tanh" if ctx.act == "gelu_tanh" else "none")
         gh = g * w if ctx.has_w else g
-        if ctx.batch_stats:
+        if ctx.sum_across is not None:   # the means over every rank's batch; dw, db local
+            dx = normalize_backward_across(gh, xhat, rstd, ctx.axes, ctx.sum_across, ctx.count)
+        elif ctx.batch_stats:
             dx = normalize_backward(gh, xhat, rstd, ctx.axes)
         else:
             dx = gh * rstd
@@ -152,7 +194,7 @@ def _raw(t):
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5, *, act: str | None = None,
-               residual=None):
+               residual=None, sum_across=None):
     """Batch normalisation over axis 1 of (N, C), (N, C, L) or (N, C, H, W).
 
     ``training=True``: normalise with the batch mean and biased variance, and update the running
@@ -162,7 +204,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
     ``act`` (not in PyTorch's signature): ``"relu"``, ``"gelu"`` or ``"gelu_tanh"`` returns
     that activation of the result from one fused op (see ``BatchNorm``). ``residual`` (also
     not in PyTorch's), a tensor of x's shape: returns act(BN(x) + residual), the end of a
-    ResNet block (act None or ``"relu"``), from the same one op.
+    ResNet block (act None or ``"relu"``), from the same one op. ``sum_across`` (data
+    parallelism, ``--sync-bn``; PyTorch's ``SyncBatchNorm``): a function summing a float64
+    array over the ranks in place; the batch statistics, and the means in their gradient, are
+    then those of every rank's batch together (the weight and bias gradients stay this
+    rank's, to be averaged with the other gradients).
     """
     if act not in BN_ACTS:
         raise ValueError(f"batch_norm: act must be None, 'relu', 'gelu' or 'gelu_tanh', "
@@ -196,9 +242,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
     stats = []
     y = BatchNorm.apply(x, *wb, mean=mean, var=var, eps=eps, has_w=weight is not None,
                         has_b=bias is not None, stats_out=stats, act=act,
-                        has_r=residual is not None)
+                        has_r=residual is not None, sum_across=sum_across)
     if training and running_mean is not None and running_var is not None:
-        mu, v = stats
+        mu, v, count = stats   # count: values per channel (on all ranks with sum_across)
         _ema(_raw(running_mean), mu, momentum)
         _ema(_raw(running_var), v * (count / (count - 1)), momentum)  # unbiased
     return y
