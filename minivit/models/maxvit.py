@@ -24,7 +24,7 @@ import minivit
 from minivit import nn
 
 from .classifier import ClassifierMixin
-from .registry import register_model
+from .registry import check_hparams, register_model
 
 __all__ = ["MaxViT", "MaxViTBlock", "MbConvBlock", "PartitionAttention", "RelPosBiasTf",
            "maxvit_tiny_tf_224", "maxvit_cifar"]
@@ -299,6 +299,7 @@ class MaxViT(ClassifierMixin, nn.Module):
                  grid_size: int | None = None, dim_head: int = 32,
                  head_hidden_size: int | None = 512, bn_eps: float = 1e-3, bn_momentum: float = 0.1,
                  ln_eps: float = 1e-5, drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+        check_hparams(MaxViT, locals())  # sizes > 0, rates in [0, 1), flags bool
         super().__init__()
         strides = (2,) * len(dims) if strides is None else tuple(strides)
         if not (len(dims) == len(depths) == len(strides)):

@@ -24,7 +24,7 @@ from minivit import nn
 from minivit.nn.helpers import check_input
 
 from .classifier import ClassifierMixin
-from .registry import register_model
+from .registry import check_hparams, register_model
 
 LN_EPS = 1e-6  # timm's Mixer LayerNorm eps
 
@@ -98,6 +98,7 @@ class MlpMixer(ClassifierMixin, nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000,
                  embed_dim=512, depth=8, mlp_ratio=(0.5, 4.0), drop_rate=0.0,
                  proj_drop_rate=0.0, drop_path_rate=0.0):
+        check_hparams(MlpMixer, locals())  # sizes > 0, rates in [0, 1), flags bool
         super().__init__()
         if not isinstance(mlp_ratio, (tuple, list)):
             mlp_ratio = (0.5, float(mlp_ratio))   # a single number sets the channel ratio
