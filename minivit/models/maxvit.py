@@ -151,6 +151,8 @@ class MbConvBlock(nn.Module):
         x = self.conv2_kxk(x)                                   # depthwise 3x3, the stride
         x = self.norm2(x)
         x = self.se(x)
+        if isinstance(self.drop_path, nn.Identity):   # shortcut + conv3(x), added in its bias pass
+            return self.conv3_1x1(x, residual=shortcut)
         x = self.conv3_1x1(x)
         return self.drop_path(x) + shortcut
 
@@ -234,6 +236,8 @@ class PartitionAttention(nn.Module):
 
     def forward(self, x):
         x = x + self.drop_path(self._partition_attn(self.norm1(x)))
+        if isinstance(self.drop_path, nn.Identity):   # x + MLP(LN(x)), added in fc2's bias pass
+            return self.mlp(self.norm2(x), residual=x)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
 
