@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"minivit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    p = sub.add_parser("eval", help="accuracy and confusion matrix of a run or checkpoint")
+    p = sub.add_parser("eval", help="accuracy, top-5 accuracy, confusion matrix and per-class "
+                                       "accuracy of a run or checkpoint")
     p.add_argument("run", help="a run folder (uses last.npz), a .npz checkpoint, or a state "
                                "dict (.safetensors or .npz)")
     p.add_argument("--best", action="store_true", help="use best.npz of the run folder")
@@ -334,8 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         world.abort_after_error(2)
         return 2
     except KeyboardInterrupt:
-        print(f"minivit {args.command}: interrupted (checkpoints written so far are kept)",
-              file=sys.stderr)
+        from .distributed import world  # noqa: PLC0415  (mpiexec interrupts every rank)
+
+        if not world.rank_prefix():
+            print(f"minivit {args.command}: interrupted (checkpoints written so far are kept)",
+                  file=sys.stderr)
         return 130
 
 

@@ -260,6 +260,38 @@ def _to_device(array: np.ndarray, device: str) -> minivit.Tensor:
     return minivit.Tensor(array if device == "cpu" else backend.to_device(array, device))
 
 
+class EpochStats:
+    """The training loss and accuracy of an epoch, summed where the logits are: on the GPU
+    each step adds to two device scalars (a few kernel launches, no host synchronisation),
+    and ``read`` fetches both in one copy, every ``--log-interval`` steps and at the end of
+    the epoch. A non-finite loss makes the sum non-finite, so ``read`` also finds it."""
+
+    def __init__(self):
+        self.loss_sum = self.correct = None
+        self.seen = 0
+
+    def add(self, loss, logits, labels) -> None:
+        """``loss``: the batch's mean loss (0-d array); ``labels``: class indices (B,) or
+        probabilities (B, C), on the logits' device."""
+        if labels.ndim == 2:
+            labels = labels.argmax(axis=1)
+        n = labels.shape[0]
+        batch_loss = loss * n
+        hits = (logits.argmax(axis=1) == labels).sum()
+        self.loss_sum = batch_loss if self.loss_sum is None else self.loss_sum + batch_loss
+        self.correct = hits if self.correct is None else self.correct + hits
+        self.seen += n
+
+    def read(self) -> tuple[float, float]:
+        """(loss sum, correct count) so far: one device-to-host copy."""
+        if self.loss_sum is None:
+            return 0.0, 0.0
+        xp = backend.get_array_module(self.loss_sum)
+        both = backend.as_numpy(xp.stack([self.loss_sum.astype(np.float64),
+                                          self.correct.astype(np.float64)]))
+        return float(both[0]), float(both[1])
+
+
 def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | None = None,
              progress: bool = False, dp: DataParallel | None = None) -> dict:
     """Loss, accuracy, top-5 accuracy (``top5``: the true class among the five highest
@@ -298,6 +330,19 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
 
 
 # --- the run folder ------------------------------------------------------------------------
+
+def _read_stats(stats: EpochStats, bar, step: int, epoch: int, out) -> None:
+    """The epoch's loss and accuracy so far into the progress bar; stop on a NaN or inf."""
+    loss_sum, correct = stats.read()
+    loss = loss_sum / max(stats.seen, 1)
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"loss became {loss} at step {step} (epoch {epoch + 1}); stopped. "
+            f"The last good checkpoint is kept"
+            f"{' in ' + str(out / 'last.npz') if out else ''}; try a lower --lr")
+    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / max(stats.seen, 1):.1%}",
+                    refresh=False)
+
 
 def _prepare_out(out: str | None, resume: bool) -> Path | None:
     if out is None:
@@ -447,24 +492,27 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
         train_loader.set_epoch(epoch)
         dp.start_epoch(cfg.seed, epoch)
         t0 = time.perf_counter()
-        loss_sum = correct = seen = 0.0
+        stats = EpochStats()
+        # the loss and accuracy (and the loss's finiteness) are read every step on the CPU,
+        # where that costs nothing, and on the GPU every --log-interval steps (50 if unset)
+        # and at the epoch's end: a read waits for the GPU, so a step itself never does
+        read_every = 1 if device == "cpu" else (cfg.log_interval or 50)
         # tqdm draws on a terminal only (disable=None); the epoch's summary line follows
         with tqdm(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
                   leave=False, dynamic_ncols=True, disable=None if cfg.progress else True) as bar:
-            for xb, yb in train_loader:
+            for i, (xb, yb) in enumerate(train_loader):
                 logits = model(_to_device(xb, device))
-                loss = F.cross_entropy(logits, _to_device(yb, device),
-                                       label_smoothing=cfg.label_smoothing)
-                loss_value = float(loss.item())
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"loss became {loss_value} at step {step} (epoch {epoch + 1}); stopped. "
-                        f"The last good checkpoint is kept"
-                        f"{' in ' + str(out / 'last.npz') if out else ''}; try a lower --lr")
+                target = _to_device(yb, device)
+                loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+                stats.add(loss.data, logits.data, target.data)
+                if (i + 1) % read_every == 0 or i + 1 == len(train_loader):
+                    _read_stats(stats, bar, step, epoch, out)
                 opt.zero_grad()
                 dp.backward(loss, train_loader)   # loss.backward(); over N ranks: averaged
                 if steps_log is not None:
-                    steps_log.after_backward(step, loss_value, opt.param_groups[0]["lr"])
+                    logged = (step + 1) % steps_log.interval == 0   # the loss is read only then
+                    steps_log.after_backward(step, float(loss.item()) if logged else math.nan,
+                                             opt.param_groups[0]["lr"])
                 if cfg.clip_grad:
                     optim.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 opt.step()
@@ -472,15 +520,9 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
                 step += 1
                 if steps_log is not None:
                     steps_log.after_step(step, len(xb))
-                labels = yb if yb.ndim == 1 else yb.argmax(axis=1)
-                pred = backend.as_numpy(logits.data).argmax(axis=1)
-                loss_sum += loss_value * len(labels)
-                correct += int((pred == labels).sum())
-                seen += len(labels)
-                bar.update(dp.images_in_step(train_loader, len(labels)))
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.1%}",
-                                refresh=False)
+                bar.update(dp.images_in_step(train_loader, len(yb)))
         train_time = time.perf_counter() - t0
+        (loss_sum, correct), seen = stats.read(), stats.seen
         loss_sum, correct, seen = dp.sum(loss_sum, correct, seen)   # over all ranks
         dp.before_eval(model)   # rank 0's BatchNorm running statistics on every rank
         # evaluation sums over the ranks: past it, every rank has finished the epoch, so the

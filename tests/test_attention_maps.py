@@ -212,3 +212,27 @@ def test_hooks_fire_on_every_module_that_owns_parameters(name):
     loss.backward()
     assert sorted(set(owners) - fwd) == [], "forward hooks that did not fire"
     assert sorted(set(owners) - bwd) == [], "backward hooks that did not fire"
+
+
+def test_hooks_and_capture_give_the_same_in_reference_mode():
+    """The reference bodies (``minivit.reference_mode()``) fire the same hooks and give the same
+    probabilities as the fast bodies."""
+    minivit.manual_seed(0)
+    model = create_model("vit_cifar", num_classes=10, depth=2)
+    x = minivit.randn(2, 3, 32, 32)
+    seen = {}
+    for n, m in model.named_modules():
+        m.register_forward_hook(lambda mod, a, o, _n=n: seen.setdefault(_n, []).append(o))
+    with capture_attention(model) as fast:
+        model(x)
+    with minivit.reference_mode(), capture_attention(model) as ref:
+        model(x)
+    assert all(len(outs) == 2 for outs in seen.values())   # each fired once in each mode
+    owners = [n for n, m in model.named_modules() if m._parameters]
+    assert set(owners) <= set(seen)
+    for n, (a, b) in seen.items():
+        if isinstance(a, minivit.Tensor):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+    assert list(fast) == list(ref)
+    for n in fast:
+        np.testing.assert_allclose(fast[n], ref[n], rtol=1e-4, atol=1e-6)

@@ -259,3 +259,46 @@ def test_resumed_gpu_run_with_dropout_continues_exactly(cuda, tmp_path):
     assert full["rng"]["cuda"]["draws"] > 0 and full["rng"] == cut["rng"]
     for k, v in full["model"].items():
         np.testing.assert_array_equal(v, cut["model"][k], err_msg=k)
+
+
+def test_training_steps_do_not_synchronise(standin, tmp_path):
+    """Item 6 in the training loop: the loss, the accuracy and the NaN check wait on the
+    device and are read every --log-interval steps and at the epoch's end, so running twice
+    as many steps adds no synchronisation (the evaluation's are the same in both runs)."""
+    from minivit.train import TrainConfig, fit  # noqa: PLC0415
+
+    def syncs(train_limit):
+        cfg = TrainConfig(model="vit_cifar", model_args={"depth": 1, "embed_dim": 32,
+                                                         "num_heads": 2},
+                          epochs=1, batch_size=8, eval_batch_size=16, train_limit=train_limit,
+                          test_limit=16, progress=False, device="cuda")
+        with cupy_standin.counting() as c:
+            fit(cfg, log=lambda *a: None)
+        return c["syncs"]
+
+    backend.is_cupy_available()   # its one-time probe reads a value back
+    assert syncs(16) == syncs(48)
+
+
+def test_gpu_check_without_a_gpu_writes_why(tmp_path):
+    out = tmp_path / "check.json"
+    p = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "MINIVIT_CUDA_STANDIN": "0"})
+    if backend.is_cupy_available() and not getattr(backend._cupy, "STANDIN", False):
+        pytest.skip("a GPU is here: tools/gpu_check.py would run for minutes")
+    import json  # noqa: PLC0415
+
+    report = json.loads(out.read_text())
+    assert p.returncode == 1 and report["gpu"]["usable"] is False
+    assert "no usable GPU" in p.stderr
+
+
+def test_gpu_check_reads_pytest_counts():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import gpu_check  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    assert gpu_check.pytest_counts("3 failed, 290 passed, 2 skipped in 9.1s") == \
+        {"failed": 3, "passed": 290, "skipped": 2}

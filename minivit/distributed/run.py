@@ -146,9 +146,6 @@ class DataParallel:
         self.world.from_main(lambda: kept.append(fn(*args)), limit=float("inf"))
         return kept[0] if self.is_main else fn(*args)
 
-    def barrier(self, what: str) -> None:
-        self.world.barrier(what)
-
     def from_main(self, fn, *args, **kwargs):
         return self.world.from_main(fn, *args, **kwargs)
 

@@ -56,8 +56,10 @@ class ConvNormAct(nn.Module):
     def out_size(self, size: int) -> int:
         return _conv_out(size, self.kernel_size, self.stride, self.padding)
 
-    def forward(self, x):
-        return self.bn(self.conv(x))
+    def forward(self, x, residual=None, act=None):
+        """bn(conv(x)); ``residual`` and ``act`` go to the BatchNorm: act(BN(conv(x)) + residual)
+        in one op (``nn.BatchNormAct2d``)."""
+        return self.bn(self.conv(x), residual=residual, act=act)
 
 
 class Stem(nn.Module):
@@ -199,6 +201,9 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x):  # x: (B, H, W, C), channels last
         shortcut = self.shortcut(x)
+        if isinstance(self.drop_path, nn.Identity):
+            # the same act(BN(conv3_1x1(h)) + shortcut), its BatchNorm, add and ReLU in one op
+            return self.conv3_1x1(self.body(x), residual=shortcut, act=self.act)
         x = self.conv3_1x1(self.body(x))
         x = self.drop_path(x)
         return self.act(x + shortcut)

@@ -34,7 +34,7 @@ import types
 
 import numpy as np
 
-from . import _kernel
+from . import _kernel, raw_twins  # noqa: F401 (registers the RawKernels' twins)
 
 NAMES = json.loads((pathlib.Path(__file__).parent / "cupy_names.json").read_text())
 VERSION = NAMES["version"]
@@ -49,9 +49,20 @@ class SyncError(RuntimeError):
     """A host synchronisation where none may happen (inside ``no_sync()``)."""
 
 
+WHERE = collections.Counter()   # launches per minivit source line, when TRACE[0] is set
+TRACE = [False]
+
+
 def launch(name: str, n: int = 1) -> None:
     COUNTS["launches"] += n
     BY_OP[name] += n
+    if TRACE[0]:
+        f = sys._getframe(1)
+        while f is not None and "/minivit/" not in f.f_code.co_filename:
+            f = f.f_back
+        if f is not None:
+            where = f.f_code.co_filename.split("/minivit/")[-1]
+            WHERE[f"{where}:{f.f_lineno} {f.f_code.co_name} {name}"] += n
 
 
 def sync(what: str) -> None:
