@@ -141,7 +141,8 @@ def plot_run(run: str | Path, output: str | Path | None = None) -> Path:
 def plot_command(args) -> int:
     """``minivit plot RUN [RUN ...]``."""
     output = args.output or Path(args.run[0]) / "curves.png"
-    out = plot_runs(args.run, output, steps=args.steps, lr=args.lr, grad_norms=args.grad_norms)
+    out = plot_runs(args.run, output, steps=args.steps, lr=args.lr, grad_norms=args.grad_norms,
+                    dpi=args.dpi)
     print(f"wrote {out}")
     return 0
 
@@ -157,3 +158,4 @@ def add_plot_parser(sub) -> None:
     p.add_argument("--lr", action="store_true", help="add the learning-rate schedule")
     p.add_argument("--grad-norms", action="store_true",
                    help="add the gradient norm of each block from steps.jsonl")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of a PNG (default 100)")

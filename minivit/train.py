@@ -103,6 +103,8 @@ class TrainConfig:
                               recipe=False)
     sync_bn: bool = setting(False, "data parallel (mpiexec): BatchNorm statistics over all "
                             "ranks' batches, not each rank's own")
+    tf32: bool = setting(False, "TF32 float32 matrix products on the GPU (Ampere or newer; "
+                         "about 1e-3 relative error); no effect on the CPU", recipe=False)
     log_interval: int | None = setting(None, "every N steps, one JSON line in RUN/steps.jsonl: "
                                        "loss, lr, gradient norms and update ratios per block, "
                                        "img/s (minivit/utils/diagnostics.py)", metavar="N",
@@ -446,6 +448,8 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
     """The run of ``fit`` once ``cfg`` is settled."""
     cfg.validate()
     device = backend.check_device(cfg.device)
+    if device == "cuda":
+        backend.set_tf32(cfg.tf32)
     # --- data parallel (mpiexec -n N): rank 0 alone logs and writes; see minivit.distributed
     dp = DataParallel.setup(log)
     log, cfg.progress = dp.log, cfg.progress and dp.is_main
