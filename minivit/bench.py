@@ -137,7 +137,8 @@ def bench_model(name: str, batch: int = 128, device: str = "cpu", steps: int = 1
 def _bench_in_subprocess(name: str, args) -> dict:
     """One model in a fresh process, which measures its own matmul rate first."""
     cmd = [sys.executable, "-c",
-           "import json, sys; from minivit.bench import bench_model; "
+           "import json, sys, minivit.runtime; minivit.runtime.tune(); "   # as the command
+           "from minivit.bench import bench_model; "
            "print(json.dumps(bench_model(*json.loads(sys.argv[1]))))",
            json.dumps([name, args.batch, args.device, args.steps])]
     done = subprocess.run(cmd, capture_output=True, text=True)

@@ -78,17 +78,37 @@ def test_vit_family_probabilities_equal_a_recomputation_from_the_modules_q_and_k
         np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-6)
 
 
+def _window_of_each_pixel(h, w, p, block):
+    """(window id, token index in its window) of each row-major pixel: P x P tiles (block
+    attention), or the dilated groups of pixels H/G apart (grid attention, G = p)."""
+    ys, xs = np.divmod(np.arange(h * w), w)
+    if block:
+        return (ys // p) * (w // p) + xs // p, (ys % p) * p + xs % p
+    sh, sw = h // p, w // p
+    return (ys % sh) * sw + xs % sw, (ys // sh) * p + xs // sw
+
+
 def test_maxvit_probabilities_equal_a_recomputation_with_the_relative_bias():
-    model, _, _, maps, qkv = _capture("maxvit_cifar")
+    model, x, _, maps, qkv = _capture("maxvit_cifar")
     for mname, p in maps.items():
         attn = model.get_submodule(mname)
+        part = model.get_submodule(mname[:-len(".attn")])
         out = qkv[mname + ".qkv"]
-        B, N, _ = out.shape
-        t = out.reshape(B, N, 3, attn.num_heads, -1).transpose(2, 0, 3, 1, 4)
+        windows_b, T, _ = out.shape
+        t = out.reshape(windows_b, T, 3, attn.num_heads, -1).transpose(2, 0, 3, 1, 4)
         with minivit.no_grad():
             bias = attn.rel_pos().numpy().astype(np.float64)
-        ref = softmax(t[0] @ t[1].swapaxes(-1, -2) * attn.scale + bias)
-        np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-6)
+        ref = softmax(t[0] @ t[1].swapaxes(-1, -2) * attn.scale + bias)   # per window
+        B, n = x.shape[0], p.shape[-1]
+        h = w = int(round(np.sqrt(n)))
+        assert p.shape == (B, attn.num_heads, n, n)                  # over the whole map
+        win, tok = _window_of_each_pixel(h, w, part.partition_size, part.partition_block)
+        nwin = windows_b // B
+        same = win[:, None] == win[None, :]
+        assert (p[:, :, ~same] == 0).all()                           # only inside its window
+        for b in range(B):
+            expect = ref[b * nwin + win[:, None], :, tok[:, None], tok[None, :]]   # (n, n, heads)
+            np.testing.assert_allclose(p[b][:, same], expect[same].T, rtol=1e-4, atol=1e-6)
 
 
 def test_botnet_probabilities_equal_a_recomputation_with_the_relative_logits():
@@ -212,3 +232,27 @@ def test_hooks_fire_on_every_module_that_owns_parameters(name):
     loss.backward()
     assert sorted(set(owners) - fwd) == [], "forward hooks that did not fire"
     assert sorted(set(owners) - bwd) == [], "backward hooks that did not fire"
+
+
+def test_hooks_and_capture_give_the_same_in_reference_mode():
+    """The reference bodies (``minivit.reference_mode()``) fire the same hooks and give the same
+    probabilities as the fast bodies."""
+    minivit.manual_seed(0)
+    model = create_model("vit_cifar", num_classes=10, depth=2)
+    x = minivit.randn(2, 3, 32, 32)
+    seen = {}
+    for n, m in model.named_modules():
+        m.register_forward_hook(lambda mod, a, o, _n=n: seen.setdefault(_n, []).append(o))
+    with capture_attention(model) as fast:
+        model(x)
+    with minivit.reference_mode(), capture_attention(model) as ref:
+        model(x)
+    assert all(len(outs) == 2 for outs in seen.values())   # each fired once in each mode
+    owners = [n for n, m in model.named_modules() if m._parameters]
+    assert set(owners) <= set(seen)
+    for n, (a, b) in seen.items():
+        if isinstance(a, minivit.Tensor):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+    assert list(fast) == list(ref)
+    for n in fast:
+        np.testing.assert_allclose(fast[n], ref[n], rtol=1e-4, atol=1e-6)

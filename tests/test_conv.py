@@ -73,7 +73,7 @@ def test_depthwise_conv2d_matches_loop_and_finite_differences(case):
 @pytest.mark.parametrize("groups", [1, 3])
 def test_conv2d_in_channel_blocks(monkeypatch, groups):
     """col2im and the depthwise loops run a few channels at a time; force one per block."""
-    from minivit.nn.functional import conv as conv_module
+    from minivit.kernels import cpu_conv as conv_module
     monkeypatch.setattr(conv_module, "CACHE_BLOCK", 1)
     rng = np.random.default_rng(3)
     x, w, b = (rng.standard_normal(s) for s in [(2, 3, 6, 5), (6, 3 // groups, 3, 2), (6,)])

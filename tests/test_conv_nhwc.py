@@ -68,7 +68,7 @@ def test_same_numbers_and_gradients_as_the_nchw_conv(kernel, stride, padding):
 
 @pytest.mark.parametrize("block", [1, 1 << 30])
 def test_image_blocks_give_the_same_result(monkeypatch, block):
-    from minivit.nn.functional import depthwise as dw_module
+    from minivit.kernels import cpu_conv_nhwc as dw_module
     monkeypatch.setattr(dw_module, "CACHE_BLOCK", block)
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((5, 6, 7, 3)), rng.standard_normal((4, 3, 3, 3))

@@ -259,3 +259,85 @@ def test_resumed_gpu_run_with_dropout_continues_exactly(cuda, tmp_path):
     assert full["rng"]["cuda"]["draws"] > 0 and full["rng"] == cut["rng"]
     for k, v in full["model"].items():
         np.testing.assert_array_equal(v, cut["model"][k], err_msg=k)
+
+
+def test_training_steps_do_not_synchronise(standin, tmp_path):
+    """Item 6 in the training loop: the loss, the accuracy and the NaN check wait on the
+    device and are read every --log-interval steps and at the epoch's end, so running twice
+    as many steps adds no synchronisation (the evaluation's are the same in both runs)."""
+    from minivit.train import TrainConfig, fit  # noqa: PLC0415
+
+    def syncs(train_limit):
+        cfg = TrainConfig(model="vit_cifar", model_args={"depth": 1, "embed_dim": 32,
+                                                         "num_heads": 2},
+                          epochs=1, batch_size=8, eval_batch_size=16, train_limit=train_limit,
+                          test_limit=16, progress=False, device="cuda")
+        with cupy_standin.counting() as c:
+            fit(cfg, log=lambda *a: None)
+        return c["syncs"]
+
+    backend.is_cupy_available()   # its one-time probe reads a value back
+    assert syncs(16) == syncs(48)
+
+
+def test_gpu_check_without_a_gpu_writes_why(tmp_path):
+    out = tmp_path / "check.json"
+    p = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "MINIVIT_CUDA_STANDIN": "0"})
+    if backend.is_cupy_available() and not getattr(backend._cupy, "STANDIN", False):
+        pytest.skip("a GPU is here: tools/gpu_check.py would run for minutes")
+    import json  # noqa: PLC0415
+
+    report = json.loads(out.read_text())
+    assert p.returncode == 1 and report["gpu"]["usable"] is False
+    assert "no usable GPU" in p.stderr
+
+
+def test_gpu_check_reads_pytest_counts():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import gpu_check  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    assert gpu_check.pytest_counts("3 failed, 290 passed, 2 skipped in 9.1s") == \
+        {"failed": 3, "passed": 290, "skipped": 2}
+
+
+def test_tf32_rounds_matmul_operands_on_the_gpu_only(device):
+    """--tf32: on the GPU (the stand-in rounds float32 product operands to TF32 as cuBLAS
+    does) the products move by about 1e-3 relative, not more; on the CPU nothing changes."""
+    from minivit.autograd import backend as be  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 96)).astype(np.float32)
+    b = rng.standard_normal((96, 32)).astype(np.float32)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    results = []
+    for on in (False, True):
+        be.set_tf32(on)
+        try:
+            x, y = (be.to_device(v, device) for v in (a, b))
+            results.append(be.as_numpy(minivit.Tensor(x).matmul(minivit.Tensor(y)).data))
+        finally:
+            be.set_tf32(False)
+    err = [np.abs(r - exact).max() / np.abs(exact).max() for r in results]
+    assert err[0] < 1e-6
+    if device == "cpu":
+        np.testing.assert_array_equal(results[0], results[1])
+    else:
+        assert 1e-5 < err[1] < 3e-3, err
+
+
+def test_tf32_option_trains_on_the_gpu_path(cuda, capsys, tmp_path):
+    from minivit import cli  # noqa: PLC0415
+
+    tiny = ["--model", "vit_cifar", "--model-arg", "depth=1", "--model-arg", "embed_dim=32",
+            "--model-arg", "num_heads=2", "--batch-size", "16", "--train-limit", "32",
+            "--test-limit", "16", "--no-progress", "--epochs", "1"]
+    try:
+        assert cli.main(["train", *tiny, "--device", "cuda", "--tf32",
+                         "--out", str(tmp_path / "r")]) == 0
+    finally:
+        backend.set_tf32(False)
+    assert '"tf32": true' in (tmp_path / "r" / "config.json").read_text()

@@ -82,7 +82,7 @@ def test_same_numbers_and_gradients_as_the_nchw_conv(stride):
 def test_image_blocks_and_threads_give_identical_results(monkeypatch, block):
     """The work is cut into blocks of images; the weight gradient's per-block sums are added in
     block order, so every block size gives the same numbers as one block."""
-    from minivit.nn.functional import depthwise as dw_module
+    from minivit.kernels import cpu_conv_nhwc as dw_module
     rng = np.random.default_rng(7)
     arrays = [rng.standard_normal((5, 6, 7, 4)).astype(np.float32),
               rng.standard_normal((4, 1, 3, 3)).astype(np.float32),

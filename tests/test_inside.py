@@ -124,6 +124,11 @@ def test_graph_command_renders_svg_with_graphviz(tmp_path, capsys):
     rc, _, err = run_cli(capsys, "graph", "vit_cifar", "--block", "blocks.0", "--out", out)
     assert rc == 0, err
     assert "<svg" in out.read_text()
+    png = tmp_path / "step.png"
+    rc, _, err = run_cli(capsys, "graph", "vit_cifar", "--block", "blocks.0", "--dpi", "40",
+                         "--out", png)
+    assert rc == 0, err
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 # --- summary ---------------------------------------------------------------------------------

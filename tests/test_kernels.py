@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import minivit
 import minivit.nn.functional as F
 from minivit import kernels
-from minivit.kernels import normal_cdf, parallel
+from minivit.kernels import cpu_conv, cpu_conv_nhwc, normal_cdf, parallel
 
 # (rtol, atol) per dtype. float64: the fast bodies reorder sums (blocked column sums, gemv
 # row sums), a few ulps. float32: the same reordering over up to ~10^3 terms, plus for GELU
@@ -41,6 +41,8 @@ def blocked(request, monkeypatch):
         monkeypatch.setattr(parallel, "MATMUL_MIN_WORK", 0)
         monkeypatch.setattr(parallel, "NUM_THREADS", 2)
         monkeypatch.setattr(parallel, "_pool", None)
+        monkeypatch.setattr(cpu_conv, "CACHE_BLOCK", 64)       # a few channels per block
+        monkeypatch.setattr(cpu_conv_nhwc, "CACHE_BLOCK", 64)  # one image per block
     yield request.param
     if parallel._pool is not None and request.param:
         parallel._pool.shutdown()
@@ -290,6 +292,59 @@ def test_cross_entropy(blocked, b, c, smoothing, reduction, dtype, seed):
         "cross_entropy",
         lambda z: F.cross_entropy(z, target, label_smoothing=smoothing, reduction=reduction),
         [_rand(rng, b, c, scale=3.0)], dtype, TIGHT)
+
+
+# --- convolution and pooling ------------------------------------------------------------------
+
+conv_geometry = st.fixed_dictionaries({
+    "k": st.sampled_from([(1, 1), (3, 3), (2, 3)]), "stride": st.sampled_from([1, 2]),
+    "pad": st.sampled_from([0, 1]), "dilation": st.sampled_from([1, 2])})
+
+
+@covers("conv2d")
+@given(n=st.integers(1, 3), c=st.integers(1, 4), size=st.integers(5, 9), geo=conv_geometry,
+       kind=st.sampled_from(["dense", "depthwise", "grouped"]), mult=st.sampled_from([1, 2]),
+       bias=st.booleans(), dtype=dtypes, seed=st.integers(0, 2**16))
+def test_conv2d(blocked, n, c, size, geo, kind, mult, bias, dtype, seed):
+    rng = np.random.default_rng(seed)
+    groups = {"dense": 1, "depthwise": c, "grouped": 2}[kind]
+    c = 2 * c if kind == "grouped" else c
+    o = groups * mult if kind != "dense" else 3
+    k = geo["k"]
+    arrays = [_rand(rng, n, c, size, size), _rand(rng, o, c // groups, *k, scale=0.5)]
+    arrays += [_rand(rng, o)] if bias else []
+    fn = lambda x, w, *b: F.conv2d(x, w, b[0] if b else None, geo["stride"], geo["pad"],  # noqa: E731
+                                   geo["dilation"], groups)
+    check_fast_matches_reference("conv2d", fn, arrays, dtype, SUMS)
+
+
+@covers("conv2d_nhwc", "depthwise_conv2d_nhwc")
+@given(n=st.integers(1, 3), c=st.integers(1, 5), size=st.integers(5, 9), geo=conv_geometry,
+       depthwise=st.booleans(), bias=st.booleans(), dtype=dtypes, seed=st.integers(0, 2**16))
+def test_channels_last_convs(blocked, n, c, size, geo, depthwise, bias, dtype, seed):
+    rng = np.random.default_rng(seed)
+    o = c if depthwise else 4
+    arrays = [_rand(rng, n, size, size + 1, c),
+              _rand(rng, o, 1 if depthwise else c, *geo["k"], scale=0.5)]
+    arrays += [_rand(rng, o)] if bias else []
+    op = F.depthwise_conv2d_nhwc if depthwise else F.conv2d_nhwc
+    fn = lambda x, w, *b: op(x, w, b[0] if b else None, geo["stride"], geo["pad"],  # noqa: E731
+                             geo["dilation"])
+    check_fast_matches_reference(op.__name__, fn, arrays, dtype, SUMS)
+
+
+@covers("max_pool2d", "avg_pool2d")
+@given(n=st.integers(1, 3), c=st.integers(1, 4), size=st.integers(4, 9),
+       k=st.sampled_from([2, 3]), stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1]),
+       count_include_pad=st.booleans(), dtype=dtypes, seed=st.integers(0, 2**16))
+def test_pooling(blocked, n, c, size, k, stride, pad, count_include_pad, dtype, seed):
+    x = _rand(np.random.default_rng(seed), n, c, size, size + 1)
+    check_fast_matches_reference(
+        "max_pool2d", lambda t: F.max_pool2d(t, k, stride, pad), [x], dtype, TIGHT)
+    check_fast_matches_reference(
+        "avg_pool2d", lambda t: F.avg_pool2d(t, k, stride, pad,
+                                             count_include_pad=count_include_pad),
+        [x], dtype, SUMS)
 
 
 def test_every_fast_body_is_checked_here():

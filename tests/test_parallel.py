@@ -172,7 +172,7 @@ def test_conv_split_over_threads_is_bit_identical(threads, monkeypatch, geometry
     """The conv's copies and loops split over channel blocks and threads: the same bits with
     any number of threads, and the same numbers as one block."""
     g = geometry
-    from minivit.nn.functional import conv as conv_mod
+    from minivit.kernels import cpu_conv as conv_mod
     rng = np.random.default_rng(0)
     x0 = rng.standard_normal((5, g["c"], 9, 9), dtype=np.float32)
     w0 = rng.standard_normal((g["o"], g["c"] // g["groups"], g["k"], g["k"]), dtype=np.float32)

@@ -32,11 +32,11 @@ TORCH_SNIPPET = textwrap.dedent('''
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
     warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=2)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6)
     sched = torch.optim.lr_scheduler.SequentialLR(opt, [warmup, cosine], milestones=[2])
     criterion = nn.CrossEntropyLoss()
     losses = []
-    for step in range(12):
+    for step in range(8):
         opt.zero_grad()
         loss = criterion(model(x), y)
         loss.backward()
@@ -44,7 +44,7 @@ TORCH_SNIPPET = textwrap.dedent('''
         opt.step()
         sched.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert losses[-1] < 0.7 * losses[0], losses
     assert sched.get_last_lr()[0] < 3e-3
 
     save_file(model.state_dict(), "model.safetensors")

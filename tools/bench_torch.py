@@ -1,13 +1,15 @@
-"""The PyTorch side of ``minivit bench``: the same CIFAR models (timm's modules with the
-``vit_cifar`` and ``mlp_mixer_cifar`` configurations), the same batch and step, measured the
-same way, so the two engines can be compared on this machine. Runs OUTSIDE the project's
-environment, in a scratch one that has torch and timm (never a minivit dependency):
+"""The PyTorch side of ``minivit bench``: the same five CIFAR models (timm's modules in the
+``vit_cifar``, ``mlp_mixer_cifar``, ``maxvit_cifar`` and ``botnet_cifar`` configurations, and
+the official CeiT modules as re-stated in ``make_reference_ceit.py`` in ``ceit_cifar``'s), the
+same batch and step, measured the same way, so the two engines can be compared on this
+machine. Runs OUTSIDE the project's environment, in a scratch one that has torch and timm
+(never a minivit dependency):
 
     python3 -m venv /tmp/refvenv
     /tmp/refvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm
     /tmp/refvenv/bin/python tools/bench_torch.py [--batch 128] [--steps 10]
 
-then ``minivit bench --model vit_cifar mlp_mixer_cifar`` right after, on the idle machine.
+then ``minivit bench`` right after, on the idle machine.
 (timm imports torchvision, and PyPI's torchvision does not import beside the torch 2.13.0 CPU
 file on this machine's disk, hence the matching 2.14.1 pair.)
 """
@@ -17,15 +19,47 @@ import argparse
 import statistics
 import time
 
+import os
+import sys
+
 import torch
+from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from timm.models.mlp_mixer import MlpMixer
 from timm.models.vision_transformer import VisionTransformer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_reference_ceit import CeIT, Image2Tokens  # noqa: E402
+from make_reference_maxvit import CifarTwin  # noqa: E402
+
+
+def botnet_cifar() -> torch.nn.Module:
+    """7x7/2 stem (64 ch, no pool), bottlenecks 128/256/512 (depth 2 each, strides 1, 2, 1),
+    the last stage's blocks with 4-head self-attention at 8x8 (see docs/recipe.md)."""
+    cfg = ByoModelCfg(
+        blocks=(ByoBlockCfg(type="bottle", d=2, c=128, s=1, gs=0, br=0.25),
+                ByoBlockCfg(type="bottle", d=2, c=256, s=2, gs=0, br=0.25),
+                ByoBlockCfg(type="self_attn", d=2, c=512, s=1, gs=0, br=0.25)),
+        stem_chs=64, stem_type="7x7", stem_pool="", fixed_input_size=True,
+        self_attn_layer="bottleneck", self_attn_kwargs=dict())
+    return ByobNet(cfg, num_classes=10, img_size=32)
+
+
+def ceit_cifar() -> torch.nn.Module:
+    """I2T 3x3/1 conv (32 ch) + BN + 3x3/2 max pool, 2x2 patches, width 192, depth 6, 3 heads."""
+    return CeIT(Image2Tokens(3, 32, kernel_size=3, stride=1), img_size=32, patch_size=2,
+                num_classes=10, embed_dim=192, depth=6, num_heads=3, mlp_ratio=2.0,
+                act_last=True)
+
 
 MODELS = {
     "vit_cifar": lambda: VisionTransformer(img_size=32, patch_size=4, embed_dim=192, depth=6,
                                            num_heads=3, mlp_ratio=2.0, num_classes=10),
     "mlp_mixer_cifar": lambda: MlpMixer(img_size=32, patch_size=4, embed_dim=192, num_blocks=8,
                                         mlp_ratio=(0.5, 2.0), num_classes=10),
+    "maxvit_cifar": lambda: CifarTwin(dims=(64, 128), depths=(1, 2), strides=(1, 2),
+                                      stem_width=64, img=32, window=4, dim_head=32),
+    "botnet_cifar": botnet_cifar,
+    "ceit_cifar": ceit_cifar,
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import weakref
 
 from ..kernels import REFERENCE, parallel
 from . import backend
@@ -115,6 +116,8 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
             if g is not None and out is not None and out.retains_grad:
                 out.grad = Tensor(g)
             grads_out.append(out_xp.zeros(shape, dtype) if g is None else g)
+        if GRAD_SLOTS:
+            fn.grad_slots = _open_slots(fn.inputs)
         grads_in = fn.backward(*grads_out)
         if not isinstance(grads_in, tuple):
             grads_in = (grads_in,)
@@ -141,7 +144,6 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
             else:
                 pending[key] = g
                 push(t.creator)
-
 
     for t, g in hooked_leaves.values():
         _accumulate_leaf(t, _run_hooks(t._grad_hooks, g, t))
@@ -173,11 +175,56 @@ def _run_hooks(hooks: dict, g, like):
     return g
 
 
+# Gradient slots: a GPU optimizer that updates all its parameters in one kernel keeps their
+# gradients in one flat buffer and registers each parameter's view of it here; a leaf's
+# gradient is then written into (and accumulated in) its slot, in place.
+# (Keyed by id: a Tensor's == is elementwise, so it cannot be a dictionary key by value.)
+GRAD_SLOTS: dict = {}
+
+
+def set_grad_slot(t, slot) -> None:
+    """Make ``slot`` (an array of ``t``'s shape) where ``t``'s gradient is accumulated."""
+    if id(t) not in GRAD_SLOTS:
+        weakref.finalize(t, GRAD_SLOTS.pop, id(t), None)
+    GRAD_SLOTS[id(t)] = slot
+
+
+def _open_slots(inputs) -> tuple:
+    """For each input, its gradient slot if the backward may write the gradient straight into
+    it (a leaf with a slot and no gradient yet, its first occurrence among the inputs)."""
+    seen, out = set(), []
+    for t in inputs:
+        slot = GRAD_SLOTS.get(id(t))
+        ok = (slot is not None and t.creator is None and t.grad is None and t.requires_grad
+              and not t._grad_hooks and id(t) not in seen)   # hooked: summed at the end
+        seen.add(id(t))
+        out.append(slot if ok else None)
+    return tuple(out)
+
+
+def grad_slot(ctx, i: int):
+    """Where the backward of ``ctx`` may write input ``i``'s gradient, or None: the GPU
+    optimizer's buffer for a parameter (the input's shape), so its gradient needs no copy.
+    The backward returns that very array as the gradient."""
+    slots = getattr(ctx, "grad_slots", None)
+    return slots[i] if slots else None
+
+
 def _accumulate_leaf(t, g) -> None:
     from .tensor import Tensor  # noqa: PLC0415
 
+    slot = GRAD_SLOTS.get(id(t)) if GRAD_SLOTS else None
+    if slot is not None and (slot.shape != g.shape or slot.dtype != g.dtype):
+        slot = None
     if t.grad is None:
-        t.grad = Tensor(g.copy())  # a copy: g may be shared with another input's gradient
+        if slot is None:
+            t.grad = Tensor(g.copy())  # a copy: g may be shared with another input's gradient
+        else:
+            if g is not slot:   # the backward did not write into the slot itself
+                slot[...] = g              # the same one copy, into the optimizer's buffer
+            t.grad = Tensor(slot)
+    elif slot is not None and t.grad.data is slot:
+        slot += g
     else:
         t.grad = Tensor(t.grad.data + g)
     if t._post_accumulate_grad_hooks:   # e.g. data parallelism: this gradient is ready

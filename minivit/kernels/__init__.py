@@ -19,7 +19,10 @@ against its reference on hypothesis-drawn inputs.
 
 The files: ``parallel.py`` (blocks and threads), ``cuda.py`` (CUDA ElementwiseKernels),
 ``normal_cdf.py`` (the float32 Φ and erf approximations), and one ``cpu_*.py`` per family of
-ops. This module imports nothing from the rest of minivit, so the engine can import it first;
+ops: elementwise (Add, Mul, ReLU, Erf, GELU), reduce (Softmax), matmul, shape (Reshape),
+linear (Linear and LinearColumns with a fused GELU, bias and residual), norm (LayerNorm,
+BatchNorm with a fused activation and residual), attention, loss (CrossEntropy), conv (NCHW),
+conv_nhwc (the one fast im2col and the one fast depthwise conv, channels-last), pooling. This module imports nothing from the rest of minivit, so the engine can import it first;
 ``load()`` (called by ``import minivit``) imports the bodies, which registers them.
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ FAST: dict[type, type] = {}
 REFERENCE = [os.environ.get("MINIVIT_REFERENCE", "0") not in ("", "0")]
 
 _BODIES = ("cpu_elementwise", "cpu_reduce", "cpu_matmul", "cpu_shape", "cpu_linear",
-           "cpu_norm", "cpu_attention", "cpu_loss")
+           "cpu_norm", "cpu_attention", "cpu_loss", "cpu_conv", "cpu_conv_nhwc", "cpu_pooling")
 
 
 def register(op: type):

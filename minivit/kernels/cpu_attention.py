@@ -9,7 +9,7 @@ from ..autograd import backend
 from ..autograd.flops import add_flops
 from ..nn import _random
 from ..nn.functional.attention import ScaledDotProductAttention, SelfAttention
-from . import parallel, register
+from . import cuda, cuda_rows, parallel, register
 from .cpu_reduce import softmax_rows, softmax_rows_backward
 
 xp_of = backend.get_array_module
@@ -21,6 +21,9 @@ def _attend(q, k, v, bias, keep, scale, dropout_p):
     xp = xp_of(q)
     s = parallel.matmul(q, xp.swapaxes(k, -1, -2))
     add_flops(2 * s.size * q.shape[-1] + 2 * s.size * v.shape[-1])  # q k^T and P v
+    if bias is None and keep is None and scale > 0 and cuda.enabled(s):
+        p = cuda_rows.softmax_rows(s.reshape(-1, s.shape[-1]), scale).reshape(s.shape)
+        return _attend_rest(p, v, q, dropout_p)
     s *= scale
     if bias is not None:
         s += bias            # the mask broadcasts to the scores' shape (checked by the callers)
@@ -28,6 +31,11 @@ def _attend(q, k, v, bias, keep, scale, dropout_p):
         s = xp.where(keep, s, -xp.inf)
     s2 = s.reshape(-1, s.shape[-1])
     p = parallel.blockwise(softmax_rows, s2, out=parallel.empty_like(s2)).reshape(s.shape)
+    return _attend_rest(p, v, q, dropout_p)
+
+
+def _attend_rest(p, v, q, dropout_p):
+    """P v after the softmax, with dropout on P: (P v, P, the mask or None)."""
     drop = None
     pd = p
     if dropout_p > 0.0:

@@ -131,6 +131,8 @@ class LinearFast(Linear):
         x2, w = ctx.saved_tensors[:2]
         g2 = g.reshape(-1, w.shape[0])
         need = ctx.needs_input_grad
+        if cuda.enabled(g2):
+            return cuda.linear_backward(ctx, g, g2, x2, w, gelu_backward)
         g2, gb = _grad_before_act(ctx, g2, "row")
         gx = (g2 @ w).reshape(ctx.x_shape) if need[0] else None
         gw = g2.T @ x2 if need[1] else None

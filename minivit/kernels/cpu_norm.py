@@ -9,7 +9,7 @@ import math
 
 from ..autograd import backend
 from ..nn.functional.norm import BatchNorm, LayerNorm, sum_over_ranks
-from . import cuda, parallel, register
+from . import cuda, cuda_rows, parallel, register
 from .cpu_elementwise import GELU_BLOCKS
 
 xp_of = backend.get_array_module
@@ -65,6 +65,18 @@ def _layer_norm_rows_backward(g, xhat, rstd, w, out=None, with_sums=False):
     return dx
 
 
+def _slot_or_new(ctx, i, g2):
+    """Input i's gradient slot (``engine.grad_slot``) if it has one of the norm's shape, else a
+    new array: where the backward writes that gradient (the slot itself is returned, so the
+    engine adopts it without a copy)."""
+    from ..autograd.engine import grad_slot  # noqa: PLC0415
+
+    slot = grad_slot(ctx, i)
+    if slot is not None and slot.shape == tuple(ctx.norm_shape):
+        return slot
+    return xp_of(g2).empty(ctx.norm_shape, g2.dtype)
+
+
 @register(LayerNorm)
 class LayerNormFast(LayerNorm):
     """Works on the 2-D view (rows, D) with D the product of the last k axes, rows in
@@ -95,8 +107,11 @@ class LayerNormFast(LayerNorm):
         need_w, need_b = ctx.has_w and need[1], ctx.has_b and need[-1]
         if cuda.enabled(g2):
             dx = cuda.layer_norm_rows_backward(g2, xhat, rstd, w) if need[0] else None
-            if need_w or need_b:
-                dw, db = parallel.column_sums(g2 * xhat), parallel.column_sums(g2)
+            # dw and db in one launch, into the optimizer's gradient buffer where it has one
+            dw = _slot_or_new(ctx, 1, g2) if need_w else None
+            db = _slot_or_new(ctx, len(need) - 1, g2) if need_b else None
+            cuda_rows.layer_norm_affine_grads(g2, xhat, None if dw is None else dw.reshape(-1),
+                                              None if db is None else db.reshape(-1))
         elif (need_w or need_b) and not need[0]:   # affine gradients only: no dx to compute
             dx = None
             dw = parallel.sum_rows(lambda g_, xh: g_ * xh, g2, xhat) if need_w else None
@@ -113,9 +128,9 @@ class LayerNormFast(LayerNorm):
             dx = parallel.blockwise(lambda *a, out=None: _layer_norm_rows_backward(*a, w, out=out),
                                     g2, xhat, rstd, out=parallel.empty_like(g2))
         grads = [dx.reshape(g.shape) if need[0] else None]
-        if need_w:
+        if need_w and dw.shape != tuple(ctx.norm_shape):
             dw = dw.reshape(ctx.norm_shape)
-        if need_b:
+        if need_b and db.shape != tuple(ctx.norm_shape):
             db = db.reshape(ctx.norm_shape)
         if ctx.has_w:
             grads.append(dw if need_w else None)

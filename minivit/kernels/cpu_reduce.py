@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..autograd import backend
 from ..autograd.ops.reduce import Softmax, softmax_grad, softmax_value
-from . import cuda, parallel, register
+from . import cuda, cuda_rows, parallel, register
 
 xp_of = backend.get_array_module
 
@@ -12,6 +12,8 @@ xp_of = backend.get_array_module
 def softmax_rows(s, out=None):
     """softmax along each row of a 2-D s (rows, keys), a block of rows at a time; the same
     numbers as ``softmax_value(s, -1)`` (a row of -inf only gives 0)."""
+    if cuda.enabled(s):   # one launch (cuda_rows); the plain path's out is not needed
+        return cuda_rows.softmax_rows(xp_of(s).ascontiguousarray(s))
     xp = xp_of(s)
     p = out[0] if out is not None else xp.empty_like(s)
     m = parallel.row_max(s)[:, None]

@@ -13,7 +13,7 @@ checks that the two agree on a GPU.
     (erfc and the sigmoid avoid the cancellation of 1 + erf and 1 + tanh for x below about
     -4.5, which in float32 left the gradient there off by more than its own size.)
     softmax          dx = y (g - Σ g y)                     (the row sum as a reduction kernel)
-    layer norm       y = x̂ w + b, x̂ = (x - μ)/σ;  dx = (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ
+    layer norm       one RawKernel per pass over the rows (``cuda_rows``)
     cross entropy    dz = (p Σq - q) · scale
     Adam / AdamW     p ← p (1 - lr wd);  m ← β₁m + (1-β₁)g;  v ← β₂v + (1-β₂)g²;
                      p ← p - lr/(1-β₁ᵗ) · m / (√v / √(1-β₂ᵗ) + ε)      (in place, one pass)
@@ -30,6 +30,7 @@ import functools
 import os
 
 from ..autograd import backend
+from . import cuda_rows
 
 _enabled = os.environ.get("MINIVIT_FUSED_KERNELS", "1") != "0"
 
@@ -82,12 +83,14 @@ def _k():
             "T a, T b", "T out", "a * b", "a + b", "out = a", "0", "minivit_row_dot"),
         "softmax_bwd": ew(
             "T y, T g, T s", "T dx", "dx = y * (g - s);", "minivit_softmax_bwd"),
-        "layer_norm_fwd": ew(
-            "T x, T mu, T rstd, T w, T b", "T y, T xhat",
-            "xhat = (x - mu) * rstd; y = xhat * w + b;", "minivit_layer_norm_fwd"),
-        "layer_norm_bwd": ew(
-            "T gh, T xhat, T rstd, T mg, T mgx", "T dx",
-            "dx = rstd * (gh - mg - xhat * mgx);", "minivit_layer_norm_bwd"),
+        "one_hot_targets": ew(   # q of class-index targets, smoothed; NaN rows out of range
+            "raw I t, int32 C, I ignore, float64 on, float64 off, float64 nan_value", "T q",
+            "I c = t[i / C];"
+            "bool valid = c != ignore;"
+            "q = valid && (c < 0 || c >= C) ? (T)nan_value : (T)(c == i % C ? on : off);",
+            "minivit_one_hot_targets"),
+        "target_weights": ew(
+            "I t, I ignore", "T w", "w = t != ignore ? (T)1 : (T)0;", "minivit_target_weights"),
         "cross_entropy_bwd": ew(
             "T p, T qs, T q, T scale", "T dz", "dz = (p * qs - q) * scale;",
             "minivit_cross_entropy_bwd"),
@@ -122,24 +125,54 @@ def softmax_backward(y, g, axis: int = -1):
 
 
 def layer_norm_rows(x, w, b, eps: float):
-    """Rows of x (rows, D): (y, x̂, 1/σ), as ``nn.functional.norm._layer_norm_rows``."""
+    """Rows of x (rows, D): (y, x̂, 1/σ), as ``nn.functional.norm._layer_norm_rows``, in one
+    launch (``cuda_rows``)."""
     xp = backend.get_array_module(x)
-    mu = x.mean(axis=-1, keepdims=True)
-    var = x.var(axis=-1, keepdims=True)
-    rstd = 1 / xp.sqrt(var + eps)
-    one = xp.ones((), x.dtype)
-    y, xhat = _k()["layer_norm_fwd"](x, mu, rstd, one if w is None else w,
-                                     xp.zeros((), x.dtype) if b is None else b)
-    return y, xhat, rstd
+    return cuda_rows.layer_norm_rows(xp.ascontiguousarray(x), w, b, eps)
 
 
 def layer_norm_rows_backward(g, xhat, rstd, w):
-    """(1/σ)(ĝ - mean ĝ - x̂ mean(ĝ x̂)), ĝ = g w, along each row."""
-    gh = g if w is None else g * w
-    d = gh.shape[-1]
-    mg = gh.mean(axis=-1, keepdims=True)
-    mgx = _k()["row_dot"](gh, xhat, axis=-1, keepdims=True) / d
-    return _k()["layer_norm_bwd"](gh, xhat, rstd, mg, mgx)
+    """(1/σ)(ĝ - mean ĝ - x̂ mean(ĝ x̂)), ĝ = g w, along each row, in one launch."""
+    xp = backend.get_array_module(g)
+    return cuda_rows.layer_norm_rows_backward(xp.ascontiguousarray(g), xhat, rstd, w)
+
+
+def linear_backward(ctx, g, g2, x2, w, gelu_backward):
+    """Linear's backward on the GPU: the weight and bias gradients written straight into the
+    optimizer's gradient buffer where it has one (``engine.grad_slot``), so no copy follows."""
+    from ..autograd.engine import grad_slot  # noqa: PLC0415
+    from ..nn.functional.linear import GELU_ACTS, linear_grads  # noqa: PLC0415
+
+    need = ctx.needs_input_grad
+    if ctx.act is not None:
+        y, saved = ctx.saved_tensors[2:]
+        g2 = gelu_backward(g2, y, saved, GELU_ACTS[ctx.act])
+    gb = None
+    if ctx.has_bias and need[2]:
+        gb = g2.sum(axis=0, out=grad_slot(ctx, 2))
+    gx = (g2 @ w).reshape(ctx.x_shape) if need[0] else None
+    gw = None
+    if need[1]:
+        slot = grad_slot(ctx, 1)
+        gw = g2.T @ x2 if slot is None else backend.get_array_module(g2).matmul(g2.T, x2, out=slot)
+    return linear_grads(ctx, gx, gw, gb, g)
+
+
+def one_hot_targets(t, num_classes: int, ignore_index: int, label_smoothing: float, dtype):
+    """(q, row weights) of class-index targets t (B,), in two launches: q = (1 - eps) onehot +
+    eps / C per row, a row whose class is out of range all NaN (nothing is read back to check
+    it: the loss turns NaN, which the training loop's finiteness check reports), weight 0 for
+    ``ignore_index``."""
+    import numpy as np  # noqa: PLC0415
+
+    xp = backend.get_array_module(t)
+    q = xp.empty((t.shape[0], num_classes), dtype)
+    off = label_smoothing / num_classes
+    _k()["one_hot_targets"](t, np.int32(num_classes), ignore_index, 1.0 - label_smoothing + off,
+                            off, float("nan"), q)
+    w = xp.empty(t.shape, dtype)
+    _k()["target_weights"](t, ignore_index, w)
+    return q, w
 
 
 def cross_entropy_backward(p, q, scale):

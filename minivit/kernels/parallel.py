@@ -233,19 +233,22 @@ def add_columns_(a, col) -> None:
 
 
 # NumPy's reductions along the rows or down the columns of a (rows, D) float array run several
-# times slower than BLAS's matrix-vector product with a vector of ones (measured here:
-# (682, 192) column sums 22 -> 8 us, row sums 35 -> 7 us). These two are that product.
+# times slower than BLAS's matrix-vector product with a vector of ones (docs/speed-history.md).
+# These two are that product.
 
 def row_sums(a):
-    """``a.sum(axis=-1)`` of a 2-D float array, as the gemv ``a @ 1``."""
-    return a @ _xp(a).ones(a.shape[-1], a.dtype)
+    """``a.sum(axis=-1)`` of a 2-D float array, as the gemv ``a @ 1`` (on the GPU one
+    reduction kernel: the vector of ones would be a kernel launch of its own)."""
+    if not isinstance(a, np.ndarray):
+        return a.sum(axis=-1)
+    return a @ np.ones(a.shape[-1], a.dtype)
 
 
 def row_max(a):
     """``a.max(axis=-1)`` of a 2-D array. NumPy's reduction along rows as short as
     attention's 16 keys (MaxViT's windows) runs about 10x slower per element than along long
-    rows (measured here: (8192, 16) 1.45 ms); a running ``maximum`` over the columns, each a
-    strided pass over all rows, takes 0.14 ms. Both give exactly the same maxima."""
+    rows; a running ``maximum`` over the columns, each a strided pass over all rows, is about
+    10x faster (docs/speed-history.md). Both give exactly the same maxima."""
     if not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[-1] > 32 or a.shape[-1] < 2:
         return a.max(axis=-1)
     m = a[:, 0].copy()
@@ -255,8 +258,10 @@ def row_max(a):
 
 
 def column_sums(a):
-    """``a.sum(axis=0)`` of a 2-D float array, as the gemv ``1 @ a``."""
-    return _xp(a).ones(a.shape[0], a.dtype) @ a
+    """``a.sum(axis=0)`` of a 2-D float array, as the gemv ``1 @ a`` (a reduction on the GPU)."""
+    if not isinstance(a, np.ndarray):
+        return a.sum(axis=0)
+    return np.ones(a.shape[0], a.dtype) @ a
 
 
 def sum_rows(fn, *arrays):

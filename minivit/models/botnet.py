@@ -26,7 +26,7 @@ import minivit.nn.functional as F
 from minivit import nn
 
 from .classifier import ClassifierMixin
-from .registry import register_model
+from .registry import check_hparams, register_model
 
 __all__ = ["BoTNet", "BottleneckAttn", "PosEmbedRel", "botnet26t_256", "botnet_cifar"]
 
@@ -56,8 +56,10 @@ class ConvNormAct(nn.Module):
     def out_size(self, size: int) -> int:
         return _conv_out(size, self.kernel_size, self.stride, self.padding)
 
-    def forward(self, x):
-        return self.bn(self.conv(x))
+    def forward(self, x, residual=None, act=None):
+        """bn(conv(x)); ``residual`` and ``act`` go to the BatchNorm: act(BN(conv(x)) + residual)
+        in one op (``nn.BatchNormAct2d``)."""
+        return self.bn(self.conv(x), residual=residual, act=act)
 
 
 class Stem(nn.Module):
@@ -199,6 +201,9 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x):  # x: (B, H, W, C), channels last
         shortcut = self.shortcut(x)
+        if isinstance(self.drop_path, nn.Identity):
+            # the same act(BN(conv3_1x1(h)) + shortcut), its BatchNorm, add and ReLU in one op
+            return self.conv3_1x1(self.body(x), residual=shortcut, act=self.act)
         x = self.conv3_1x1(self.body(x))
         x = self.drop_path(x)
         return self.act(x + shortcut)
@@ -260,6 +265,7 @@ class BoTNet(ClassifierMixin, nn.Module):
                  block_types: Sequence = ("bottle", "bottle", ("bottle", "self_attn"), "self_attn"),
                  bottle_ratio: float = 0.25, num_heads: int = 4, scale_pos_embed: bool = False,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, zero_init_last: bool = True):
+        check_hparams(BoTNet, locals())  # sizes > 0, rates in [0, 1), flags bool
         super().__init__()
         if not (len(widths) == len(depths) == len(strides) == len(block_types)):
             raise ValueError("widths, depths, strides and block_types need one entry per stage, "

@@ -18,7 +18,7 @@ class MultiheadSelfAttention(Module):
     before the softmax (float, broadcastable to (B, heads, N, N): relative position bias) or
     masks them (bool, True = attend). ``residual`` (B, N, dim) returns residual + attention,
     the pre-norm block's ``x + attn(norm1(x))``, the add done in the projection's bias pass
-    (``F.linear(..., residual=)``) when no dropout follows the projection.
+    (``Linear.forward(..., residual=)``) when no dropout follows the projection.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True,
@@ -44,7 +44,7 @@ class MultiheadSelfAttention(Module):
         out = F.self_attention(self.qkv(x), self.num_heads, attn_mask=attn_bias, dropout_p=p,
                                scale=self.scale)                            # (B, N, C)
         if residual is not None and (self.proj_drop.p == 0 or not self.training):
-            return F.linear(out, self.proj.weight, self.proj.bias, residual=residual)
+            return self.proj(out, residual=residual)           # the add in proj's bias pass
         y = self.proj_drop(self.proj(out))
         return y if residual is None else residual + y
 

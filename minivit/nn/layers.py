@@ -11,7 +11,7 @@ import numpy as np
 from ..autograd.ops import pad
 from . import functional as F
 from . import init
-from .helpers import same_padding
+from .helpers import same_padding, to_2tuple
 from .module import Module, Parameter
 
 
@@ -20,10 +20,10 @@ def _empty(*shape) -> Parameter:
 
 
 def _pair(v, what: str, layer: str) -> tuple[int, int]:
-    items = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    if len(items) != 2:
-        raise ValueError(f"{layer}: {what} must be an int or a pair, got {v!r}")
-    return tuple(int(i) for i in items)
+    try:
+        return to_2tuple(v)
+    except ValueError:
+        raise ValueError(f"{layer}: {what} must be an int or a pair, got {v!r}") from None
 
 
 # --- linear and convolution ---------------------------------------------------------------

@@ -24,16 +24,19 @@ class _NormActMixin:
         self.channels_last = channels_last
         self.act = act_layer() if apply_act and act_layer is not None else Identity()
 
-    def forward(self, x, residual=None):
+    def forward(self, x, residual=None, act=None):
         """act(BN(x) + residual) (``residual`` optional, x's shape). One fused op
         (``F.batch_norm(..., act=, residual=)``) for ReLU, GELU and no activation (the residual
-        with ReLU or none); any other activation module runs after the normalisation."""
+        with ReLU or none); any other activation module runs after the normalisation.
+        ``act``, a module, stands in for the layer's own activation (a ResNet block's ReLU
+        after the residual add, as ``Linear.forward(x, act=)``)."""
         norm = super().forward_channels_last if self.channels_last else super().forward
-        name = fused_act_name(self.act)
-        plain = isinstance(self.act, Identity)
+        act = self.act if act is None else act
+        name = fused_act_name(act)
+        plain = isinstance(act, Identity)
         if (plain or name in _BN_ACTS) and (residual is None or plain or name == "relu"):
             return norm(x, act=name, residual=residual)
-        return self.act(norm(x, act=None, residual=residual))
+        return act(norm(x, act=None, residual=residual))
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 
 from ..kernels import cuda as cuda_kernels
 from ..autograd.backend import get_array_module
-from .optimizer import Optimizer
+from ..autograd.tensor import Tensor
+from .optimizer import Optimizer, grad_array
 
 
 class Adam(Optimizer):
@@ -43,6 +44,42 @@ class Adam(Optimizer):
         defaults = dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps,
                         weight_decay=weight_decay)
         super().__init__(params, defaults)
+
+    def _step_group(self, group: dict) -> bool:
+        """On the GPU, the whole group in one kernel over flat buffers (``_FlatGroup``)."""
+        params = group["params"]
+        if not params or not all(cuda_kernels.enabled(p.data) and p.grad is not None
+                                 for p in params):
+            return False
+        flat = self._flat.get(id(group))
+        if flat is None or not flat.holds(params, self.state):
+            flat = _FlatGroup.build(params, self.state)
+            if flat is None:
+                return False
+            self._flat[id(group)] = flat
+        for p, gv in zip(params, flat.grads):
+            g = grad_array(p)
+            if g.shape != p.data.shape:
+                raise ValueError(f"{type(self).__name__}: gradient of shape {g.shape} for a "
+                                 f"parameter of shape {p.data.shape}")
+            if g is not gv:       # a gradient set by hand: into the buffer (one copy)
+                gv[...] = g
+        steps = {self.state[p]["step"] for p in params}
+        if len(steps) != 1:
+            return False
+        for p in params:
+            self.state[p]["step"] += 1
+        cuda_kernels.adam_step(flat.p, flat.g, flat.m, flat.v, lr=float(group["lr"]),
+                               b1=float(group["betas"][0]), b2=float(group["betas"][1]),
+                               eps=float(group["eps"]), wd=float(group["weight_decay"]),
+                               decoupled=self.decoupled_weight_decay, step=steps.pop() + 1)
+        return True
+
+    @property
+    def _flat(self) -> dict:
+        if "_flat_groups" not in self.__dict__:
+            self.__dict__["_flat_groups"] = {}
+        return self.__dict__["_flat_groups"]
 
     def _update(self, p, g, state: dict, group: dict) -> None:
         lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
@@ -93,3 +130,57 @@ class AdamW(Adam):
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+class _FlatGroup:
+    """A parameter group's parameters, gradients and Adam moments as four flat GPU buffers,
+    each parameter's arrays views of them, so one kernel updates the whole group (instead of
+    one per parameter). The parameters' ``.data`` and the state's ``exp_avg``/``exp_avg_sq``
+    become those views; gradients are written into theirs by the engine (``GRAD_SLOTS``).
+    Anything that replaces one of these arrays (``load_state_dict``, a hand-set ``.data``) is
+    noticed by ``holds`` and the buffers are rebuilt, copying the current values in."""
+
+    def __init__(self, params, p, g, m, v, views):
+        self.params, self.p, self.g, self.m, self.v = list(params), p, g, m, v
+        self.pv, self.grads, self.mv, self.vv = views
+
+    def holds(self, params, state) -> bool:
+        return (len(params) == len(self.params)
+                and all(a is b for a, b in zip(params, self.params))
+                and all(p.data is pv and state.get(p, {}).get("exp_avg") is mv
+                        and state[p].get("exp_avg_sq") is vv
+                        for p, pv, mv, vv in zip(params, self.pv, self.mv, self.vv)))
+
+    @classmethod
+    def build(cls, params, state):
+        from ..autograd.engine import set_grad_slot  # noqa: PLC0415
+
+        dtype = params[0].data.dtype
+        if any(p.data.dtype != dtype for p in params) or len({id(p) for p in params}) < len(params):
+            return None
+        xp = get_array_module(params[0].data)
+        sizes = [p.data.size for p in params]
+        total = sum(sizes)
+        bufs = [xp.empty(total, dtype) for _ in range(4)]
+        views: list = [[], [], [], []]
+        start = 0
+        for p, n in zip(params, sizes):
+            st = state.setdefault(p, {})
+            if not st:
+                st.update(step=0, exp_avg=None, exp_avg_sq=None)
+            olds = (p.data, grad_array(p), st["exp_avg"], st["exp_avg_sq"])
+            for k, (buf, old) in enumerate(zip(bufs, olds)):
+                view = buf[start:start + n].reshape(p.data.shape)
+                if old is None:
+                    view[...] = 0
+                else:
+                    view[...] = old
+                views[k].append(view)
+            p.data, st["exp_avg"], st["exp_avg_sq"] = views[0][-1], views[2][-1], views[3][-1]
+            set_grad_slot(p, views[1][-1])
+            if isinstance(p.grad, Tensor):
+                p.grad.data = views[1][-1]
+            elif p.grad is not None:      # a raw array set by hand
+                p.grad = views[1][-1]
+            start += n
+        return cls(params, *bufs, views)

@@ -125,6 +125,8 @@ class Optimizer:
             with enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if self._step_group(group):
+                continue
             for p in group["params"]:
                 g = grad_array(p)
                 if g is None:
@@ -134,6 +136,12 @@ class Optimizer:
                                      f"parameter of shape {p.data.shape}")
                 self._update(p, g, self.state.setdefault(p, {}), group)
         return loss
+
+    def _step_group(self, group: dict) -> bool:
+        """Update a whole group at once and return True (a subclass's fast path, such as
+        one GPU kernel for all of a group's parameters), or return False: one ``_update``
+        per parameter."""
+        return False
 
     def _update(self, p: Tensor, g, state: dict, group: dict) -> None:
         """Update ``p.data`` in place from the gradient array ``g``, with the hyperparameters

@@ -24,7 +24,7 @@ _TYPES = {"float": np.float32, "float32": np.float32, "double": np.float64,
           "bfloat16": None}
 
 _TOKEN = re.compile(r"\s*(?:(\d+\.\d*(?:[eE][-+]?\d+)?f?|\d*\.\d+(?:[eE][-+]?\d+)?f?|"
-                    r"\d+[eE][-+]?\d+f?|\d+)|([A-Za-z_]\w*)|(<=|>=|==|!=|&&|\|\||[-+*/()<>?:,!]))")
+                    r"\d+[eE][-+]?\d+f?|\d+)|([A-Za-z_]\w*)|(<=|>=|==|!=|&&|\|\||[-+*/%()<>?:,!\[\]]))")
 
 
 def _special(fn):
@@ -85,7 +85,7 @@ class _Parser:
             return ("?", c, a, self.expr())
         return c
 
-    _LEVELS = (("&&", "||"), ("<", ">", "<=", ">=", "==", "!="), ("+", "-"), ("*", "/"))
+    _LEVELS = (("&&", "||"), ("<", ">", "<=", ">=", "==", "!="), ("+", "-"), ("*", "/", "%"))
 
     def logic(self, level=0):
         """Left-associative binary operators, loosest binding first (C's precedence)."""
@@ -136,6 +136,11 @@ class _Parser:
             if tok not in _FUNCS:
                 raise SyntaxError(f"kernel stand-in: unknown function {tok}()")
             return ("call", tok, args)
+        if self.peek() == "[":   # a raw array's element
+            self.take()
+            idx = self.expr()
+            self.take("]")
+            return ("index", tok, idx)
         return ("var", tok)
 
 
@@ -160,12 +165,17 @@ def _eval(node, env, types):
         return _cast(_eval(node[2], env, types), types[node[1]])
     if kind == "call":
         return _FUNCS[node[1]](*(_eval(a, env, types) for a in node[2]))
+    if kind == "index":
+        arr = env[node[1]]
+        return arr.reshape(-1)[np.asarray(_eval(node[2], env, types)).astype(np.int64)]
     if kind == "?":
         return np.where(_eval(node[1], env, types), _eval(node[2], env, types),
                         _eval(node[3], env, types))
     a, b = _eval(node[1], env, types), _eval(node[2], env, types)
     if node[0] == "/" and np.result_type(a, b).kind in "iu":   # C integer division
         return np.trunc(np.true_divide(a, b)).astype(np.result_type(a, b))
+    if node[0] == "%":
+        return np.fmod(a, b)
     return _BIN[kind](a, b)
 
 
@@ -255,7 +265,14 @@ class ElementwiseKernel(_Base):
         env, types = self._bind(self.ins + [p for p, _ in given],
                                 list(args[:n_in]) + [o for _, o in given])
         arrays = [env[n] for n, _, raw in self.ins if not raw and isinstance(env[n], np.ndarray)]
-        shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
+        arrays += [o._a for o in outs if o is not None]
+        if size is not None:
+            shape = (int(size),)
+        elif arrays:
+            shape = np.broadcast_shapes(*(a.shape for a in arrays))
+        else:
+            raise ValueError(f"{self.name!r}: the loop size cannot be determined (pass size=)")
+        env["i"] = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
         for (name, ty, _), o in zip(self.outs, outs):
             if o is None:
                 if types.get(ty) is None:
@@ -328,24 +345,40 @@ class ReductionKernel(_Base):
 RAW_KERNELS: dict = {}
 
 
-def register_raw(name, fn):
+def register_raw(name, fn, source_sha256: str):
     """A RawKernel the stand-in runs: ``fn(grid, block, args, shared_mem)`` does in NumPy what
-    the CUDA source does (tests compare the two on a GPU)."""
-    RAW_KERNELS[name] = fn
+    the CUDA source whose SHA-256 starts with ``source_sha256`` does (``raw_twins.py``)."""
+    RAW_KERNELS[name] = (source_sha256, fn)
+
+
+def _body(code: str) -> str:
+    """The source without its first line when that is the ``typedef ... T;`` of the dtype."""
+    first, _, rest = code.partition("\n")
+    return rest if first.startswith("typedef ") else code
 
 
 class RawKernel:
     def __init__(self, code, name, options=(), **kwargs):
+        import hashlib  # noqa: PLC0415
+
         self.code, self.name = code, name
+        if name not in RAW_KERNELS:
+            raise NotImplementedError(f"RawKernel {name!r}: no NumPy twin registered with the "
+                                      "stand-in (tests/cupy_standin/raw_twins.py)")
+        sha, self._twin = RAW_KERNELS[name]
+        got = hashlib.sha256(_body(code).encode()).hexdigest()
+        if not got.startswith(sha):
+            raise RuntimeError(f"the CUDA source of RawKernel {name!r} changed (sha256 {got[:16]},"
+                               f" twin written for {sha}): re-check its NumPy twin in "
+                               "tests/cupy_standin/raw_twins.py against it and update the hash")
 
     def __call__(self, grid, block, args, *, shared_mem=0):
-        from . import _refuse, launch  # noqa: PLC0415
+        from . import _refuse, launch, ndarray  # noqa: PLC0415
 
         for a in args:
             if isinstance(a, np.ndarray):
                 _refuse(a)
-        if self.name not in RAW_KERNELS:
-            raise NotImplementedError(f"RawKernel {self.name!r}: no NumPy twin registered "
-                                      "with the stand-in")
-        RAW_KERNELS[self.name](grid, block, args, shared_mem)
+            if type(a) is ndarray and not a._a.flags.c_contiguous:
+                raise ValueError(f"RawKernel {self.name!r}: a non-contiguous array argument")
+        self._twin(tuple(grid), tuple(block), tuple(args), shared_mem)
         launch(f"raw.{self.name}")

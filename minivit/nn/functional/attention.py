@@ -29,13 +29,8 @@ xp_of = backend.get_array_module
 def attention_forward(q, k, v, bias, keep, scale, dropout_p):
     """The forward math on raw arrays q (..., Nq, d), k (..., Nk, d), v (..., Nk, dv):
     returns (out, P, the dropout mask or None). P, the attention probabilities, is explicit."""
-    xp = xp_of(q)
-    s = (q @ xp.swapaxes(k, -1, -2)) * scale                  # S = q k^T * scale
+    s = attention_scores(q, k, bias, keep, scale)
     add_flops(2 * s.size * q.shape[-1] + 2 * s.size * v.shape[-1])  # q k^T and P v
-    if bias is not None:
-        s = s + bias                                          # + relative positions, masks
-    if keep is not None:
-        s = xp.where(keep, s, -xp.inf)                        # True = may attend
     p = softmax_value(s, -1)                                  # P = softmax(S) along keys
     drop, pd = None, p
     if dropout_p > 0.0:
@@ -50,16 +45,22 @@ def attention_forward(q, k, v, bias, keep, scale, dropout_p):
 observers: list = []
 
 
-def attention_probabilities(q, k, bias=None, keep=None, scale=1.0):
-    """P = softmax(q k^T * scale + bias) along the keys, on raw arrays q (..., Nq, d) and
-    k (..., Nk, d): the first half of ``attention_forward``, for those who look at P."""
+def attention_scores(q, k, bias, keep, scale):
+    """S = q k^T * scale + bias, and -inf where ``keep`` (True = may attend) is False."""
     xp = xp_of(q)
     s = (q @ xp.swapaxes(k, -1, -2)) * scale
     if bias is not None:
-        s = s + (bias.data if isinstance(bias, Tensor) else bias)
+        s = s + bias                                          # relative positions, masks
     if keep is not None:
         s = xp.where(keep, s, -xp.inf)
-    return softmax_value(s, -1)
+    return s
+
+
+def attention_probabilities(q, k, bias=None, keep=None, scale=1.0):
+    """P = softmax(q k^T * scale + bias) along the keys, on raw arrays q (..., Nq, d) and
+    k (..., Nk, d): the first half of ``attention_forward``, for those who look at P."""
+    bias = bias.data if isinstance(bias, Tensor) else bias
+    return softmax_value(attention_scores(q, k, bias, keep, scale), -1)
 
 
 def _observe(q, k, bias: tuple, keep, scale) -> None:

@@ -1,30 +1,20 @@
 """Depthwise 2-D convolution on channels-last (N, H, W, C) arrays.
 
 Models whose activations are tokens, (B, h*w, C) or (B, h, w, C), convolve them depthwise
-(CeiT's LeFF, MaxViT's MBConv). In that layout a depthwise conv needs no transposes at all: the
-window of kernel offset (i, j) is a strided view of the zero-padded input, and for every
-(n, y, x) its C numbers are contiguous, so each offset is one multiply-add over whole rows::
+(CeiT's LeFF, MaxViT's MBConv): each channel with its own kh x kw kernel::
 
-    out[n, y, x, c]  = b[c] + sum_(i,j) W[c, 0, i, j] * xpad[n, y*s + i*d, x*s + j*d, c]
-    dxpad[window(i, j)] += W[c, 0, i, j] * dout               (for each offset (i, j))
-    dW[c, 0, i, j]   = sum_(n,y,x) dout[n, y, x, c] * window(i, j)[n, y, x, c]
-    db[c]            = sum_(n,y,x) dout[n, y, x, c]
+    out[n, y, x, c] = b[c] + Σ_(i, j) W[c, 0, i, j] xpad[n, y s + i d, x s + j d, c]
 
-The weight keeps PyTorch's layout (C, 1, kh, kw), so it is the same parameter an NCHW
-``conv2d(..., groups=C)`` uses and state dicts are unchanged. The work runs a few images at a
-time (a block of about 512 KiB stays in cache across the kh*kw offsets), the blocks shared
-among the CPU threads. Each block's weight-gradient sums are kept apart and added in block
-order at the end, so the result does not depend on the number of threads.
+This is ``conv2d(..., groups=C)`` of the transposed input, and the reference body computes
+it so (``conv.ChannelsLastConv``: one im2col, one depthwise convolution). The weight keeps
+PyTorch's layout (C, 1, kh, kw), so it is the same parameter an NCHW
+``conv2d(..., groups=C)`` uses and state dicts are unchanged. The fast body (no transposes:
+each kernel offset one multiply-add over whole rows of the padded input, a few images at a
+time on all cores) is in ``minivit/kernels/cpu_conv_nhwc.py``.
 """
 from __future__ import annotations
 
-from ...autograd import backend
-from ...kernels import parallel
-from ...autograd.flops import add_flops
-from ...autograd.function import Function
-from .conv import CACHE_BLOCK, out_size, pair, window_slice
-
-xp_of = backend.get_array_module
+from .conv import ChannelsLastConv, out_size, pair
 
 __all__ = ["depthwise_conv2d_nhwc"]
 
@@ -57,113 +47,29 @@ def check_nhwc(x, kernel, padding, stride, dilation) -> tuple[int, int]:
     return out_size(hp, kh, sh, 0, dh), out_size(wp, kw, sw, 0, dw)
 
 
-def windows(kernel, stride, dilation, out_hw) -> list[tuple[slice, slice]]:
-    """(rows, cols) of the padded input read by each kernel offset (i, j), row-major."""
-    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
-    return [(window_slice(i, dh, sh, ho), window_slice(j, dw, sw, wo))
-            for i in range(kh) for j in range(kw)]
+def check_depthwise(x, weight, bias) -> int:
+    """C of a channels-last input whose depthwise weight (C, 1, kh, kw) and bias (C,) fit."""
+    n, h, w, c = expect_nhwc(x)
+    if weight.ndim != 4 or tuple(weight.shape[:2]) != (c, 1):
+        raise ValueError(f"expected a depthwise weight of shape ({c}, 1, kh, kw) for an "
+                         f"input with {c} channels (last axis), got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (c,):
+        raise ValueError(f"bias of shape {tuple(bias.shape)} does not match the {c} "
+                         f"channels (expected ({c},))")
+    return c
 
 
-def _image_blocks(n: int, per_image: int, device: str) -> list[slice]:
-    """Runs of images of about CACHE_BLOCK numbers each on the CPU; all at once on the GPU."""
-    step = max(1, CACHE_BLOCK // max(per_image, 1)) if device == "cpu" else n
-    return [slice(b, b + step) for b in range(0, n, step)]
-
-
-class DepthwiseConv2dNHWC(Function):
-    """y = depthwise_conv(x, W) + b on (N, H, W, C); grads for x, W and b (module docstring)."""
+class DepthwiseConv2dNHWC(ChannelsLastConv):
+    """y = depthwise_conv(x, W) + b on (N, H, W, C) (module docstring).
+    Fast body: minivit/kernels/cpu_conv_nhwc.py."""
 
     name = "depthwise_conv2d_nhwc"
 
     def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=((0, 0), (0, 0)),
                 dilation=(1, 1)):
-        n, h, w, c = expect_nhwc(x)
-        if weight.ndim != 4 or tuple(weight.shape[:2]) != (c, 1):
-            raise ValueError(f"expected a depthwise weight of shape ({c}, 1, kh, kw) for an "
-                             f"input with {c} channels (last axis), got {tuple(weight.shape)}")
-        if bias is not None and tuple(bias.shape) != (c,):
-            raise ValueError(f"bias of shape {tuple(bias.shape)} does not match the {c} "
-                             f"channels (expected ({c},))")
-        kh, kw = weight.shape[2:]
-        ho, wo = check_nhwc(x, (kh, kw), padding, stride, dilation)
-        (pt, pb), (pl, pr) = padding
-        add_flops(2 * n * ho * wo * c * kh * kw)
-        xp = xp_of(x)
-        xpad = xp.empty((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
-        # (kh*kw, Wo, C): each tap's C weights repeated along a row of the output, so that a
-        # product with a window runs as one loop over a whole output row of Wo*C numbers (a
-        # (C,) vector broadcast against (n, Ho, Wo, C) costs a loop per Wo position: 1.2-1.8x
-        # slower here)
-        taps = xp.ascontiguousarray(xp.broadcast_to(weight.reshape(c, kh * kw).T[:, None, :],
-                                                    (kh * kw, wo, c)))
-        offsets = windows((kh, kw), stride, dilation, (ho, wo))
-        out = xp.empty((n, ho, wo, c), dtype=x.dtype)
-
-        def block(blk):
-            o, xb = out[blk], xpad[blk]
-            _pad_into(xb, x[blk], pt, pl)   # the padded copy, block by block while in cache
-            tmp = xp.empty_like(o)
-            for t, (rows, cols) in enumerate(offsets):
-                if t == 0:
-                    xp.multiply(xb[:, rows, cols], taps[0], out=o)
-                else:
-                    o += xp.multiply(xb[:, rows, cols], taps[t], out=tmp)
-            if bias is not None:
-                o += bias
-
-        blocks = _image_blocks(n, ho * wo * c, backend.device_of(x))
-        parallel.for_each(block, blocks, threaded=_threaded(out))
-        ctx.save_for_backward(xpad, taps)
-        ctx.geo = (x.shape, weight.shape, (pt, pl), offsets, blocks)
-        ctx.has_bias = bias is not None
-        return out
-
-    def backward(ctx, g):
-        xpad, taps = ctx.saved_tensors
-        (n, h, w, c), w_shape, (pt, pl), offsets, blocks = ctx.geo
-        xp = xp_of(g)
-        g = xp.ascontiguousarray(g)
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dxpad = xp.empty(xpad.shape, dtype=g.dtype) if need_x else None
-        gx = xp.empty((n, h, w, c), dtype=g.dtype) if need_x else None
-        partial = xp.empty((len(blocks), len(offsets), c), dtype=g.dtype) if need_w else None
-
-        def block(k):
-            blk = blocks[k]
-            gb, xb = g[blk], xpad[blk]
-            if need_x:
-                tmp = xp.empty_like(gb)
-                dxb = dxpad[blk]
-                dxb[...] = 0
-            for t, (rows, cols) in enumerate(offsets):
-                if need_w:  # <dout, window(i, j)> per channel: einsum multiplies and sums in
-                    #          one sweep, no product array (3x faster than multiply + a gemv)
-                    partial[k, t] = xp.einsum("nhwc,nhwc->c", gb, xb[:, rows, cols])
-                if need_x:
-                    dxb[:, rows, cols] += xp.multiply(gb, taps[t], out=tmp)
-            if need_x:
-                gx[blk] = dxb[:, pt:pt + h, pl:pl + w]
-
-        parallel.for_each(block, range(len(blocks)), threaded=_threaded(g))
-        gw = partial.sum(axis=0).T.reshape(w_shape) if need_w else None
-        if not ctx.has_bias:
-            return gx, gw
-        gb = parallel.sum_rows(lambda a: a, g.reshape(-1, c)) if ctx.needs_input_grad[2] else None
-        return gx, gw, gb
-
-
-def _pad_into(dst, src, top: int, left: int) -> None:
-    """dst = src zero-padded: only the border is zeroed, the interior is a plain copy."""
-    h, w = src.shape[1:3]
-    dst[:, :top] = 0
-    dst[:, top + h:] = 0
-    dst[:, top:top + h, :left] = 0
-    dst[:, top:top + h, left + w:] = 0
-    dst[:, top:top + h, left:left + w] = src
-
-
-def _threaded(a) -> bool:
-    return backend.device_of(a) == "cpu" and a.size >= parallel.MIN_ELEMENTS
+        c = check_depthwise(x, weight, bias)
+        check_nhwc(x, weight.shape[2:], padding, stride, dilation)
+        return ctx.conv(x, weight, bias, stride, padding, dilation, groups=c)
 
 
 def depthwise_conv2d_nhwc(x, weight, bias=None, stride=1, padding=0, dilation=1):

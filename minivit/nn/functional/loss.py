@@ -89,9 +89,15 @@ def cross_entropy(input, target, label_smoothing: float = 0.0, reduction: str = 
         if t.shape != (B,):
             raise ValueError(f"{name}: class-index targets must have shape ({B},) for logits "
                              f"{tuple(input.shape)}, got {tuple(t.shape)}")
+        on_host = backend.device_of(t) == "cpu"
+        if not on_host:
+            from ...kernels import cuda   # noqa: PLC0415 (the fused GPU body, if switched on)
+
+            if cuda.enabled(t):
+                q, row_weight = cuda.one_hot_targets(t, C, ignore_index, label_smoothing, dtype)
+                return CrossEntropy.apply(input, q=q, row_weight=row_weight, reduction=reduction)
         valid = t != ignore_index
         bad = valid & ((t < 0) | (t >= C))
-        on_host = backend.device_of(t) == "cpu"
         if on_host and bool(bad.any()):
             value = int(t[bad][0])
             raise ValueError(f"{name}: target class {value} is out of range for {C} classes "

@@ -1,10 +1,17 @@
 """2-D pooling on NCHW arrays, as ``torch.nn.functional``: max, average and adaptive average.
 
-Max and average pooling work like conv2d's depthwise path: the input is copied once into a
-padded (C, Hp, Wp, N) layout (batch innermost, long contiguous runs), then a loop over the
-kh*kw kernel offsets combines one strided slice per offset (no Python loop over pixels); the
-backward adds the gradient back with one strided slice addition per offset.
-Only ``ceil_mode=False`` (PyTorch's default) is implemented.
+Max and average pooling read the same windows as a convolution, so their reference bodies
+use conv.py's one ``im2col``: cols[n, c, i, j, y, x] = xpad[n, c, y s + i d, x s + j d]
+(padding -inf for max, 0 for average), then reduce over the window axes (i, j)::
+
+    max:      y = max_(i,j) cols,          dcols = g at the first maximum of each window, else 0
+    average:  y = Σ_(i,j) cols / divisor,  dcols = g / divisor at every window position
+
+and backward adds dcols back where the windows were read (``col2im``). Ties send the whole
+gradient to the first maximum in the window's row-major order (as PyTorch). The fast bodies
+(a batch-innermost layout, one strided slice per kernel offset) are in
+``minivit/kernels/cpu_pooling.py``. Only ``ceil_mode=False`` (PyTorch's default) is
+implemented.
 """
 from __future__ import annotations
 
@@ -12,101 +19,84 @@ import numpy as np
 
 from ...autograd import backend
 from ...autograd.function import Function
-from .conv import Geometry, check_input, from_chwn, out_size, pair, to_chwn
+from .conv import check_input, col2im, im2col, pair
 
 xp_of = backend.get_array_module
 
 
-def _pool_geometry(x, kernel, stride, padding, dilation) -> Geometry:
-    """Validate the pooling geometry (PyTorch's rules) and describe it as conv2d does."""
+def check_pool(x, kernel, padding, dilation) -> None:
+    """Validate the pooling geometry (PyTorch's rules: the padding at most half the kernel)."""
     check_input(x, kernel, padding, dilation)
     for k, p, d in zip(kernel, padding, dilation):
         if p > (d * (k - 1) + 1) // 2:
             raise ValueError(f"padding {padding} must be at most half of the (dilated) kernel "
                              f"size {kernel} (dilation {dilation}), as in PyTorch")
-    n, c, h, w = x.shape
-    return Geometry(n, c, h, w, c, kernel[0], kernel[1], stride, padding, dilation, c,
-                    out_size(h, kernel[0], stride[0], padding[0], dilation[0]),
-                    out_size(w, kernel[1], stride[1], padding[1], dilation[1]))
 
 
-def _offsets(geo: Geometry):
-    """(k, rows, cols) for each kernel offset, k counting in the window's row-major order."""
-    for i in range(geo.kh):
-        for j in range(geo.kw):
-            yield i * geo.kw + j, geo.rows(i), geo.cols(j)
-
-
-def _add_back(geo: Geometry, contribution, like):
-    """Adjoint of reading the windows: add ``contribution(k)`` (C, Ho, Wo, N) back where
-    offset k read it; return the NCHW gradient of the unpadded input."""
-    ph, pw = geo.padding
-    dxt = xp_of(like).zeros((geo.c, geo.h + 2 * ph, geo.w + 2 * pw, geo.n), dtype=like.dtype)
-    for k, rows, cols in _offsets(geo):
-        dxt[:, rows, cols, :] += contribution(k)
-    return from_chwn(dxt, padding=geo.padding)
+def _pads(padding):
+    return (padding[0], padding[0]), (padding[1], padding[1])
 
 
 class MaxPool2d(Function):
-    """Max over each window. Ties: the whole gradient goes to the first maximum in the
-    window's row-major order (as PyTorch). A NaN in a window makes the output NaN."""
+    """Max over each window (module docstring). A NaN in a window makes the output NaN.
+    Fast body: minivit/kernels/cpu_pooling.py."""
 
     name = "max_pool2d"
 
     def forward(ctx, x, kernel=(1, 1), stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
-        geo = ctx.geo = _pool_geometry(x, kernel, stride, padding, dilation)
-        xp = xp_of(x)
-        xt = to_chwn(x, padding, value=-np.inf)
-        out = arg = None
-        for k, rows, cols in _offsets(geo):
-            window = xt[:, rows, cols, :]
-            if out is None:
-                out = window.copy()
-                arg = xp.zeros(out.shape, dtype=xp.uint8 if geo.kh * geo.kw <= 256 else xp.int32)
-            else:  # arg = k where strictly greater (a tie keeps the first maximum); as k only
-                # grows, that is max(arg, k * better): arithmetic, much faster than a masked copy
-                step = (window > out).astype(arg.dtype)
-                step *= k
-                xp.maximum(arg, step, out=arg)
-                xp.maximum(out, window, out=out)        # (maximum propagates NaN)
-        ctx.save_for_backward(arg)
-        return from_chwn(out)
+        check_pool(x, kernel, padding, dilation)
+        ctx.geo = (x.shape, stride, _pads(padding), dilation)
+        cols = im2col(x, kernel, stride, _pads(padding), dilation, value=-np.inf)
+        n, c, kh, kw, ho, wo = cols.shape
+        cols = cols.reshape(n, c, kh * kw, ho, wo)
+        ctx.save_for_backward(cols.argmax(axis=2))       # the first maximum (or NaN) wins
+        ctx.kernel = (kh, kw)
+        return cols.max(axis=2)
 
     def backward(ctx, g):
         (arg,) = ctx.saved_tensors
-        gt = to_chwn(g, (0, 0))
-        # a product with the mask (faster than where); the winner of each window gets dy
-        return _add_back(ctx.geo, lambda k: gt * (arg == k), g)
+        xp = xp_of(g)
+        n, c, ho, wo = g.shape
+        kh, kw = ctx.kernel
+        winner = xp.arange(kh * kw).reshape(1, 1, -1, 1, 1) == arg[:, :, None]
+        dcols = (winner * g[:, :, None]).reshape(n, c, kh, kw, ho, wo)
+        return col2im(dcols, *ctx.geo)
+
+
+def avg_divisor(geo_hw, out_hw, kernel, stride, padding, count_include_pad, divisor_override):
+    """1 / divisor of each output cell: a number, or (Ho, Wo) NumPy floats when the padding does
+    not count (then the divisor is the number of the window's positions inside the input)."""
+    if divisor_override is not None:
+        return 1.0 / divisor_override
+    if count_include_pad or tuple(padding) == (0, 0):
+        return 1.0 / (kernel[0] * kernel[1])
+    inside = np.outer(_inside(geo_hw[0], out_hw[0], kernel[0], stride[0], padding[0]),
+                      _inside(geo_hw[1], out_hw[1], kernel[1], stride[1], padding[1]))
+    return 1.0 / inside
 
 
 class AvgPool2d(Function):
     """Mean over each window; the divisor counts the padding unless ``count_include_pad`` is
-    False (then only the input elements in the window), or is ``divisor_override``."""
+    False (then only the input elements in the window), or is ``divisor_override``.
+    Fast body: minivit/kernels/cpu_pooling.py."""
 
     name = "avg_pool2d"
 
     def forward(ctx, x, kernel=(1, 1), stride=(1, 1), padding=(0, 0), count_include_pad=True,
                 divisor_override=None):
-        geo = ctx.geo = _pool_geometry(x, kernel, stride, padding, (1, 1))
-        xp = xp_of(x)
-        if divisor_override is not None:
-            ctx.scale = 1.0 / divisor_override
-        elif count_include_pad or padding == (0, 0):
-            ctx.scale = 1.0 / (geo.kh * geo.kw)
-        else:  # elements of the window inside the input: (rows inside) * (columns inside)
-            inside = np.outer(_inside(geo.h, geo.ho, geo.kh, stride[0], padding[0]),
-                              _inside(geo.w, geo.wo, geo.kw, stride[1], padding[1]))
-            ctx.scale = xp.asarray(1.0 / inside[:, :, None], dtype=x.dtype)   # (Ho, Wo, 1)
-        xt = to_chwn(x, padding)
-        total = None
-        for _, rows, cols in _offsets(geo):
-            window = xt[:, rows, cols, :]
-            total = window.copy() if total is None else xp.add(total, window, out=total)
-        return from_chwn(total * ctx.scale)
+        check_pool(x, kernel, padding, (1, 1))
+        ctx.geo = (x.shape, stride, _pads(padding), (1, 1))
+        cols = im2col(x, kernel, stride, _pads(padding), (1, 1))
+        scale = avg_divisor(x.shape[2:], cols.shape[-2:], kernel, stride, padding,
+                            count_include_pad, divisor_override)
+        ctx.scale = scale if np.isscalar(scale) else xp_of(x).asarray(scale, dtype=x.dtype)
+        ctx.cols_shape = cols.shape
+        return cols.sum(axis=(2, 3)) * ctx.scale
 
     def backward(ctx, g):
-        gs = to_chwn(g, (0, 0)) * ctx.scale
-        return _add_back(ctx.geo, lambda k: gs, g)
+        xp = xp_of(g)
+        gs = (g * ctx.scale)[:, :, None, None]
+        return col2im(xp.broadcast_to(gs, ctx.cols_shape), *ctx.geo)
 
 
 def _inside(size, count, kernel, stride, padding):

@@ -1,0 +1,87 @@
+"""NumPy twins of minivit's RawKernels (``minivit/kernels/cuda_rows.py``), which the stand-in
+cannot interpret (threads, shared memory, warp shuffles).
+
+Each twin is registered with the SHA-256 prefix of the CUDA source it was written against: a
+changed kernel is refused on the stand-in until its twin has been re-read against the new
+source and the hash updated here (and on a GPU ``tests/test_cuda_kernels.py`` compares the
+kernel itself with the array code; ``tools/nvrtc_check.py`` compiles it anywhere). A twin gets
+the launch's grid, block and arguments as the kernel does, and writes its outputs in place.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernel
+
+
+def _rows(grid, block, n):
+    rows = int(grid[0])
+    threads = int(block[0])
+    if rows < 1 or threads % 32 or not 32 <= threads <= 1024:
+        raise ValueError(f"bad launch: grid {grid}, block {block}")
+    return rows, int(n)
+
+
+def _2d(a, rows, n):
+    return a._a.reshape(-1)[:rows * n].reshape(rows, n)
+
+
+def layer_norm_fwd(grid, block, args, shared_mem):
+    x, w, b, y, xhat, rstd, d, eps, has_w, has_b = args
+    rows, d = _rows(grid, block, d)
+    xa = _2d(x, rows, d)
+    t = xa.dtype.type
+    mu = xa.sum(axis=1, keepdims=True) / t(d)
+    diff = xa - mu
+    r = t(1) / np.sqrt((diff * diff).sum(axis=1, keepdims=True) / t(d) + t(eps))
+    h = diff * r
+    _2d(xhat, rows, d)[...] = h
+    out = h * (w._a.reshape(-1)[:d] if has_w else t(1)) + (b._a.reshape(-1)[:d] if has_b else t(0))
+    _2d(y, rows, d)[...] = out
+    rstd._a.reshape(-1)[:rows] = r[:, 0]
+
+
+def layer_norm_bwd(grid, block, args, shared_mem):
+    g, xhat, rstd, w, dx, d, has_w = args
+    rows, d = _rows(grid, block, d)
+    ga, ha = _2d(g, rows, d), _2d(xhat, rows, d)
+    t = ga.dtype.type
+    gh = ga * (w._a.reshape(-1)[:d] if has_w else t(1))
+    m1 = gh.sum(axis=1, keepdims=True) / t(d)
+    m2 = (gh * ha).sum(axis=1, keepdims=True) / t(d)
+    _2d(dx, rows, d)[...] = rstd._a.reshape(-1)[:rows, None] * (gh - m1 - ha * m2)
+
+
+def layer_norm_affine_grads(grid, block, args, shared_mem):
+    g, xhat, dw, db, rows, d, want_w, want_b = args
+    if tuple(block) != (32, 16) or int(grid[0]) != -(-int(d) // 32):
+        raise ValueError(f"bad launch: grid {grid}, block {block} for {d} columns")
+    ga, ha = _2d(g, int(rows), int(d)), _2d(xhat, int(rows), int(d))
+    if want_w:
+        dw._a.reshape(-1)[:int(d)] = (ga * ha).sum(axis=0)
+    if want_b:
+        db._a.reshape(-1)[:int(d)] = ga.sum(axis=0)
+
+
+def softmax_rows(grid, block, args, shared_mem):
+    s, p, k, scale = args
+    rows, k = _rows(grid, block, k)
+    sa = _2d(s, rows, k)
+    t = sa.dtype.type
+    sa = t(scale) * sa
+    m = sa.max(axis=1, keepdims=True)
+    m = np.where(np.isinf(m), t(0), m)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(sa - m)
+    tot = e.sum(axis=1, keepdims=True)
+    _2d(p, rows, k)[...] = e * np.where(tot > 0, t(1) / np.where(tot > 0, tot, t(1)), t(1))
+
+
+TWINS = {
+    "minivit_layer_norm_affine_grads": ("f8e0b8cbc3b15c4a", layer_norm_affine_grads),
+    "minivit_layer_norm_fwd": ("c84ab6fb96f0825f", layer_norm_fwd),
+    "minivit_layer_norm_bwd": ("bacdf9ecb3fae735", layer_norm_bwd),
+    "minivit_softmax_rows": ("2328d40b879dea58", softmax_rows),
+}
+for _name, (_sha, _fn) in TWINS.items():
+    _kernel.register_raw(_name, _fn, _sha)
