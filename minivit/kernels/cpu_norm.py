@@ -165,7 +165,10 @@ class BatchNormFast(BatchNorm):
         xv, col = _channels_view(x)
         count = x.size // x.shape[1]
         batch_stats = mean is None
-        if batch_stats:  # two passes: the mean, then the squares around it
+        if batch_stats and sum_across is None and cuda.enabled(x):   # three launches
+            mean, var, rstd, scale, shift = cuda.bn_batch_coeffs(
+                xv, col, wb[0] if has_w else None, wb[-1] if has_b else None, eps, count)
+        elif batch_stats:  # two passes: the mean, then the squares around it
             sums = _channel_sums(lambda a: a, xv, col)[0]
             if sum_across is not None:   # SyncBatchNorm: sums and count of every rank
                 sums, count = sum_over_ranks(sum_across, (sums,), count)
@@ -175,9 +178,10 @@ class BatchNormFast(BatchNorm):
             if sum_across is not None:
                 squares, = sum_over_ranks(sum_across, (squares,))
             var = squares / count
-        rstd = 1 / xp.sqrt(var + eps)
-        scale = rstd * wb[0] if has_w else rstd
-        shift = -mean * scale + wb[-1] if has_b else -mean * scale
+        if not (batch_stats and sum_across is None and cuda.enabled(x)):
+            rstd = 1 / xp.sqrt(var + eps)
+            scale = rstd * wb[0] if has_w else rstd
+            shift = -mean * scale + wb[-1] if has_b else -mean * scale
         a, c = _per_channel(scale, col), _per_channel(shift, col)
         if act in ("gelu", "gelu_tanh"):  # y = gelu(z), z = x a + c; Φ(z) or s kept
             gelu = _GELU[act][0]
@@ -207,6 +211,13 @@ class BatchNormFast(BatchNorm):
         col = xv.ndim == 2
         gv = g.reshape(xv.shape)
         mu = _per_channel(mean, col)
+        if ctx.batch_stats and ctx.sum_across is None and cuda.enabled(g):
+            if ctx.act:   # g' = g act'(x a + c), one or two launches
+                a, c, kept = affine
+                gv = cuda.bn_act_grad(gv, xv, a, c, kept, ctx.act)
+            gx, sum_gx, sum_g = cuda.bn_backward(gv, xv, col, mean, rstd, w, ctx.count, need[0])
+            return _bn_grads(ctx, need, need_w, need_b, gv, g,
+                             None if gx is None else gx.reshape(g.shape), sum_gx, sum_g)
         if ctx.act:  # g' = g act'(x a + c): written block by block while the sums run
             masked, (a, c, kept) = xp_of(g).empty(xv.shape, g.dtype), affine
             act = ctx.act
@@ -244,14 +255,20 @@ class BatchNormFast(BatchNorm):
                 gx = parallel.blockwise(lambda g_, out: xp_of(g_).multiply(g_, kc, out=out[0]),
                                         gv, out=parallel.empty_like(gv))
             gx = gx.reshape(g.shape)
-        grads = [gx]
-        if ctx.has_w:
-            grads.append(sum_gx if need_w else None)
-        if ctx.has_b:
-            grads.append(sum_g if need_b else None)
-        if ctx.has_r:   # y = act(z + r): r's gradient is g' (g itself without an act)
-            grads.append(gv.reshape(g.shape) if need[-1] else None)
-        return tuple(grads)
+        return _bn_grads(ctx, need, need_w, need_b, gv, g, gx,
+                         sum_gx if need_w else None, sum_g if need_b else None)
+
+
+def _bn_grads(ctx, need, need_w, need_b, gv, g, gx, dw, db):
+    """BatchNorm's gradients in input order: x, then w, b and r where the op has them."""
+    grads = [gx]
+    if ctx.has_w:
+        grads.append(dw if need_w else None)
+    if ctx.has_b:
+        grads.append(db if need_b else None)
+    if ctx.has_r:   # y = act(z + r): r's gradient is g' (g itself without an act)
+        grads.append(gv.reshape(g.shape) if need[-1] else None)
+    return tuple(grads)
 
 
 # the GELU passes a BatchNorm can fuse: (forward, backward), both taking ``out``
