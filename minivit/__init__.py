@@ -8,6 +8,39 @@
 ``import minivit`` changes nothing in the process; ``minivit.runtime.tune()`` applies the
 thread and allocator settings the ``minivit`` command uses.
 """
+import os as _os
+
+
+def _interrupted_while_importing(signum, frame):  # pragma: no cover - runs in a subprocess
+    _os.write(2, b"minivit: interrupted\n")  # one line, not a traceback of the import chain
+    _os._exit(130)
+
+
+def _sigint_default() -> None:
+    """Give Ctrl-C back to Python (``KeyboardInterrupt``) once the command is loaded."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_importing:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _cli_launch() -> bool:
+    import sys
+
+    name = _os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name == "-m":  # python -m minivit (and not another module that imports minivit)
+        orig = getattr(sys, "orig_argv", [])
+        return "-m" in orig[:-1] and orig[orig.index("-m") + 1] == "minivit"
+    return _os.path.splitext(name)[0] == "minivit"
+
+
+if _cli_launch():  # the `minivit` command only: Ctrl-C during the imports is one line
+    import signal as _signal
+    try:
+        _signal.signal(_signal.SIGINT, _interrupted_while_importing)
+    except ValueError:  # not the main thread
+        pass
+
 from .autograd import (Function, GradcheckError, Tensor, arange, enable_grad, full,
                        gradcheck, gradcheck_directional, inference_mode, is_grad_enabled,
                        manual_seed, no_grad, ones, ones_like, rand, randn, set_grad_enabled,

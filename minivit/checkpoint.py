@@ -7,8 +7,8 @@ JSON document stored as the member ``__meta__``. Nothing is unpickled on load, s
 checkpoint from an untrusted source cannot run code.
 
 The file is written to a temporary name in the same folder, flushed to disk, then renamed
-over the old one (``os.replace`` is atomic), so a crash or a kill during a save leaves the
-previous checkpoint intact.
+over the old one (``os.replace`` is atomic) and the folder flushed, so a crash or a kill
+during a save leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .autograd import backend
+from .runfolder import crash_point, fsync_dir, show
 
 _META = "__meta__"
 _ARRAY = "__array__"  # marks where an array was taken out of the JSON document
@@ -42,33 +43,45 @@ def _split(tree, prefix: str, arrays: dict):
     return tree
 
 
-def _join(tree, arrays):
+def _join(tree, arrays, path):
     if isinstance(tree, dict):
         if set(tree) == {_ARRAY}:
+            if not isinstance(tree[_ARRAY], str) or tree[_ARRAY] not in arrays:
+                raise CheckpointError(f"{show(path)}: its {_META} refers to an array "
+                                      f"{str(tree[_ARRAY])[:60]!r} that the file does not hold")
             return arrays[tree[_ARRAY]]
-        return {k: _join(v, arrays) for k, v in tree.items()}
+        return {k: _join(v, arrays, path) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_join(v, arrays) for v in tree]
+        return [_join(v, arrays, path) for v in tree]
     return tree
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            crash_point(f"{path.name}:written")  # tests: kills at each stage of a save
             os.fsync(f.fileno())
+        crash_point(f"{path.name}:synced")
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        crash_point(f"{path.name}:renamed")
+        fsync_dir(path.parent)  # the rename itself reaches the disk
+    except OSError as exc:  # name the file: "No space left on device" alone says too little
+        if exc.errno is None:
+            raise OSError(f"{show(path)}: {exc}") from None
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, tree: dict) -> None:
@@ -87,7 +100,7 @@ def read_npz(path: Path, what: str) -> dict:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable {what} ({exc})") from None
+        raise CheckpointError(f"{show(path)}: not a readable {what} ({exc})") from None
 
 
 def is_checkpoint(arrays: dict) -> bool:
@@ -98,15 +111,25 @@ def is_checkpoint(arrays: dict) -> bool:
 def checkpoint_tree(arrays: dict, path: Path) -> dict:
     """The tree ``save_checkpoint`` was given, from the arrays of its file (read by ``read_npz``)."""
     if not is_checkpoint(arrays):
-        raise CheckpointError(f"{path}: not a minivit checkpoint (no {_META} entry)")
+        raise CheckpointError(f"{show(path)}: not a minivit checkpoint (no {_META} entry)")
     arrays = dict(arrays)
-    meta = json.loads(arrays.pop(_META).tobytes().decode())
-    return _join(meta, arrays)
+    raw = arrays.pop(_META)
+    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8 or raw.ndim != 1:
+        raise CheckpointError(f"{show(path)}: its {_META} entry is not the JSON document "
+                              f"save_checkpoint writes (a 1-D uint8 .npy array)")
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except ValueError as exc:
+        raise CheckpointError(f"{show(path)}: its {_META} entry is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{show(path)}: its {_META} entry is a JSON "
+                              f"{type(meta).__name__}, expected an object")
+    return _join(meta, arrays, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load what ``save_checkpoint`` wrote (arrays come back as NumPy arrays)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{show(path)}: no such checkpoint file")
     return checkpoint_tree(read_npz(path, "minivit checkpoint"), path)

@@ -2,7 +2,8 @@
 gradcheck.
 
 Errors a user can fix (a bad name, a missing file, no GPU) print one line and exit with 2;
-they never end in a traceback (set MINIVIT_DEBUG=1 to see one).
+any other exception prints one line too and exits with 1. Neither ends in a traceback: pass
+``--debug`` (anywhere on the command line) or set MINIVIT_DEBUG=1 to see one.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
+from .runfolder import show
 
 from .plot import add_plot_parser
 from .utils.commands import COMMANDS as INSIDE_COMMANDS
@@ -59,10 +60,8 @@ def default_run_folder(model: str, root: str | Path = "runs") -> str:
 def train_config_from_args(args):
     """The TrainConfig of ``minivit train``: typed options over ``-c FILE`` over the defaults
     (or, with ``--resume``, over the run's saved config)."""
-    import json
-
     from .config_cli import given_config_values, load_config_file
-    from .train import TrainConfig, TrainingError
+    from .train import TrainConfig, TrainingError, read_config
 
     if args.pretrained:
         raise TrainingError("--pretrained: minivit downloads no weights; download them "
@@ -76,13 +75,12 @@ def train_config_from_args(args):
         given = {**from_file, **given}
     if args.resume is not None:
         run = Path(args.resume)
-        if not (run / "config.json").is_file():
-            raise TrainingError(f"--resume {run}: no config.json there (not a run folder)")
-        base = TrainConfig.from_json(json.loads((run / "config.json").read_text())).to_json()
+        base = read_config(run).to_json()   # checked, errors naming the file
         out = given.pop("out", None)
         if out is not None and Path(out).resolve() != run.resolve():
-            raise TrainingError(f"--resume {run} continues in {run}; --out {out} cannot be "
-                                f"used with it (start a new run to write elsewhere)")
+            raise TrainingError(f"--resume {show(run)} continues in {show(run)}; --out "
+                                f"{show(out)} cannot be used with it (start a new run to write "
+                                f"elsewhere)")
     else:
         base = {}
     return TrainConfig.from_json({**base, **given})
@@ -126,6 +124,9 @@ def _eval(args) -> int:
     from .models import create_model
     from .train import TrainConfig, load_run_checkpoint
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be an integer >= 1 (or omitted: all images), got "
+                         f"{args.limit}")
     path = Path(args.run)
     file = path / ("best.npz" if args.best else "last.npz") if path.is_dir() else path
     if file.suffix == ".safetensors" or _is_plain_state_dict(file):
@@ -206,7 +207,7 @@ def _export(args) -> int:
     return 0
 
 
-def format_confusion(cm: np.ndarray, names) -> str:
+def format_confusion(cm, names) -> str:
     """The confusion matrix as text: rows are true classes, columns predictions."""
     short = [str(n)[:5] for n in names]
     width = max(5, len(str(int(cm.max()))) + 1)
@@ -216,7 +217,7 @@ def format_confusion(cm: np.ndarray, names) -> str:
     return "\n".join([head] + rows)
 
 
-def format_per_class(cm: np.ndarray, names) -> str:
+def format_per_class(cm, names) -> str:
     """Accuracy of each true class (the confusion matrix's diagonal over its row sums)."""
     lines = ["per-class accuracy:"]
     for name, row, hit in zip(names, cm, cm.diagonal()):
@@ -260,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="minivit", description="a from-scratch ViT engine")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also MINIVIT_DEBUG=1; "
+                             "accepted anywhere on the command line)")
     parser.add_argument("--version", action="version", version=f"minivit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
@@ -309,11 +313,35 @@ COMMANDS = {"train": _train, "eval": _eval, "export": _export, "plot": _plot, "m
             "bench": _bench, "gradcheck": _gradcheck, **INSIDE_COMMANDS}
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as one printable line; an OSError names its file first."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{show(exc.filename)}: {exc.strerror}"
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _printable_streams() -> None:
+    """Print what cannot be encoded (a non-UTF-8 file name) as escapes instead of failing."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    from . import runtime
+    from . import _sigint_default, runtime
 
     if argv is None:                 # the command itself (not a call from Python code)
         runtime.reexec_with_blas_env()   # OpenBLAS reads its variable when NumPy loads
+    _sigint_default()  # loaded: from here Ctrl-C is a KeyboardInterrupt, handled below
+    _printable_streams()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MINIVIT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     runtime.tune()                   # allocator and BLAS settings: minivit/runtime.py
     from .checkpoint import CheckpointError
@@ -322,25 +350,34 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (TrainingError, DatasetError, CheckpointError, OSError, RuntimeError,
-            ValueError) as exc:
-        if os.environ.get("MINIVIT_DEBUG"):
-            raise
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        from .distributed import world  # noqa: PLC0415  (under mpiexec: one report, all end)
-
-        if world.report_error(exc):
-            print(f"minivit {args.command}: error: {world.rank_prefix()}{message}",
-                  file=sys.stderr)  # one line
-        world.abort_after_error(2)
-        return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         from .distributed import world  # noqa: PLC0415  (mpiexec interrupts every rank)
 
+        detail = _one_line(exc) if str(exc) else ""
         if not world.rank_prefix():
-            print(f"minivit {args.command}: interrupted (checkpoints written so far are kept)",
+            print(f"minivit {args.command}: interrupted" + (f"; {detail}" if detail else ""),
                   file=sys.stderr)
         return 130
+    except (TrainingError, DatasetError, CheckpointError, OSError, RuntimeError,
+            ValueError) as exc:
+        return _report_error(args.command, exc, debug, 2, _one_line(exc))
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on demand
+        return _report_error(args.command, exc, debug, 1,
+                             f"{type(exc).__name__}: {_one_line(exc)} (unexpected; run again "
+                             f"with --debug for the traceback, and please report it)")
+
+
+def _report_error(command: str, exc: Exception, debug: bool, code: int, message: str) -> int:
+    """One line on stderr (the traceback with ``debug``); under mpiexec one report, and every
+    rank ends."""
+    if debug:
+        raise exc
+    from .distributed import world  # noqa: PLC0415
+
+    if world.report_error(exc):
+        print(f"minivit {command}: error: {world.rank_prefix()}{message}", file=sys.stderr)
+    world.abort_after_error(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -13,15 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checkpoint import atomic_write
+from .runfolder import show
 
 FORMATS = ("png", "svg", "pdf")
 
 
 def read_metrics(run: str | Path) -> list[dict]:
+    """The epochs of ``RUN/metrics.jsonl`` (a torn last line left out); a value written as
+    ``null`` (a NaN) comes back as NaN, a gap in the curve."""
     from .utils.diagnostics import read_jsonl  # noqa: PLC0415
 
-    return read_jsonl(Path(run) / "metrics.jsonl", f"no metrics log (is {run} a run folder "
-                                                   f"with at least one finished epoch?)")
+    rows = read_jsonl(Path(run) / "metrics.jsonl", f"no metrics log (is {show(run)} a run "
+                                                   f"folder with at least one finished epoch?)")
+    return [{k: float("nan") if v is None else v for k, v in r.items()} for r in rows]
 
 
 def _read_steps(run: Path, needed: bool) -> list[dict]:
@@ -78,7 +82,7 @@ def make_figure(runs, steps: bool = False, lr: bool = False, grad_norms: bool = 
     runs = [Path(r) for r in runs]
     if not runs:
         raise ValueError("plot: name at least one run folder")
-    labels = list(labels) if labels else [r.resolve().name for r in runs]
+    labels = list(labels) if labels else [show(r.resolve().name) for r in runs]
     data = [(read_metrics(r), _read_steps(r, steps or grad_norms)) for r in runs]
 
     panels = ["loss", "accuracy"] + (["lr"] if lr else []) + (["grad"] if grad_norms else [])
@@ -143,7 +147,7 @@ def plot_command(args) -> int:
     output = args.output or Path(args.run[0]) / "curves.png"
     out = plot_runs(args.run, output, steps=args.steps, lr=args.lr, grad_norms=args.grad_norms,
                     dpi=args.dpi)
-    print(f"wrote {out}")
+    print(f"wrote {show(out)}")
     return 0
 
 

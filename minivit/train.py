@@ -4,7 +4,8 @@
     fit(TrainConfig(model="vit_cifar", dataset="cifar10-subset", epochs=3, out="runs/vit"))
 
 A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per epoch), and the
-checkpoints ``last.npz`` and ``best.npz`` (model, optimizer, schedule, epoch, RNG states).
+checkpoints ``last.npz`` and ``best.npz`` (model, optimizer, schedule, epoch, RNG states);
+``runfolder.py`` keeps it consistent whatever kills the run.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import json
 import math
 import os
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,15 +27,18 @@ import minivit
 from . import nn, optim
 from .autograd import backend
 from .config_cli import format_value, is_recipe, option_name, setting
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint
 from .data import CIFARLoader, load_dataset
+from .finite import LossWatch, NonFiniteLoss, non_finite_state
 from .distributed import DataParallel
 from .models import create_model, list_models
 from .nn import functional as F
+from .runfolder import (RunFolder, TrainingError, append_record, crash_point,
+                        reconcile_metrics, show)
 
 
-class TrainingError(RuntimeError):
-    """A run cannot start or cannot go on (bad setting, NaN loss, unusable folder)."""
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``fit``; the message says what the run folder holds."""
 
 
 @dataclass
@@ -103,6 +109,8 @@ class TrainConfig:
                               recipe=False)
     sync_bn: bool = setting(False, "data parallel (mpiexec): BatchNorm statistics over all "
                             "ranks' batches, not each rank's own")
+    tf32: bool = setting(False, "TF32 float32 matrix products on the GPU (Ampere or newer; "
+                         "about 1e-3 relative error); no effect on the CPU", recipe=False)
     log_interval: int | None = setting(None, "every N steps, one JSON line in RUN/steps.jsonl: "
                                        "loss, lr, gradient norms and update ratios per block, "
                                        "img/s (minivit/utils/diagnostics.py)", metavar="N",
@@ -113,30 +121,41 @@ class TrainConfig:
         d["betas"] = list(self.betas)
         return d
 
-    def validate(self) -> None:
-        """Raise ``TrainingError`` naming the first setting out of range (before a run starts,
-        so nothing is written and no epoch is spent on a setting that fails later)."""
+    def validate(self, source: str | None = None) -> None:
+        """Raise ``TrainingError`` naming the first setting of the wrong type or out of range
+        (before a run starts, so nothing is written and no epoch is spent on a setting that
+        fails later). ``source``: the file the settings were read from, named in the error;
+        without it the error names the command-line option."""
         def bad(name, value, expected):
-            option = f" ({option_name(FIELDS[name])})"
-            raise TrainingError(f"{name}{option} must be {expected}, got {value!r}")
+            _refuse(name, value, expected, source)
 
+        for f, hint in _field_types().items():
+            expected = _type_problem(getattr(self, f), hint)
+            if expected:
+                bad(f, getattr(self, f), expected)
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if getattr(self, name) < 1:
                 bad(name, getattr(self, name), "an integer >= 1")
         for name in ("train_limit", "test_limit", "log_interval"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
+            if v is not None and v < 1:
                 bad(name, v, "an integer >= 1 (or unset: " + ("no steps.jsonl)" if
                              name == "log_interval" else "all images)"))
-        for name in ("lr", "min_lr", "weight_decay", "mixup", "cutmix"):
-            if not getattr(self, name) >= 0:   # also catches NaN
+        for name in ("lr", "min_lr", "weight_decay", "mixup", "cutmix", "momentum"):
+            if not getattr(self, name) >= 0:
                 bad(name, getattr(self, name), ">= 0")
         if not 0 <= self.warmup_epochs <= self.epochs:
             bad("warmup_epochs", self.warmup_epochs, f"between 0 and --epochs ({self.epochs})")
         if not 0 <= self.label_smoothing < 1:
             bad("label_smoothing", self.label_smoothing, "in [0, 1)")
+        if not all(0 <= b < 1 for b in self.betas):
+            bad("betas", list(self.betas), "two numbers in [0, 1)")
         if self.clip_grad is not None and not self.clip_grad > 0:
             bad("clip_grad", self.clip_grad, "> 0 (or unset: no clipping)")
+        if self.drop_path is not None and not 0 <= self.drop_path < 1:
+            bad("drop_path", self.drop_path, "a number in [0, 1) (or unset: the model's own)")
+        if not 0 <= self.seed < 2**63:
+            bad("seed", self.seed, "an integer in [0, 2**63)")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if f.name == "augment" and self.augment is None:   # the API's spelling of "none"
@@ -145,15 +164,77 @@ class TrainConfig:
                 bad(f.name, getattr(self, f.name), "one of " + ", ".join(map(repr, choices)))
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
+    def from_json(cls, d: dict, source: str | None = None) -> "TrainConfig":
+        """A config from its JSON form (``to_json``), checked like ``validate``: errors name
+        ``source`` (the file it came from), else the command-line option."""
+        if not isinstance(d, dict):
+            raise TrainingError(f"{source or 'config'}: expected a JSON object of settings, "
+                                f"got {_json_kind(d)}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise TrainingError(f"config has unknown keys {sorted(unknown)}")
+            raise TrainingError(f"{source or 'config'}: unknown keys "
+                                f"{sorted(map(str, unknown))[:5]}; expected some of "
+                                f"{', '.join(sorted(names))}")
         d = dict(d)
+        hints = _field_types()
+        for name, value in d.items():
+            expected = _type_problem(value, hints[name])
+            if expected:
+                _refuse(name, value, expected, source)
+            if hints[name] in (float, float | None) and isinstance(value, int):
+                d[name] = float(value)
         if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
+            d["betas"] = tuple(float(b) for b in d["betas"])
+        cfg = cls(**d)
+        cfg.validate(source)
+        return cfg
+
+
+def _refuse(name: str, value, expected: str, source: str | None):
+    """The one-line error for a setting: naming the file it came from, else its option."""
+    where = f"{source}: {name}" if source else f"{name} ({option_name(FIELDS[name])})"
+    text = repr(value)
+    raise TrainingError(f"{where} must be {expected}, got "
+                        f"{text if len(text) <= 60 else text[:57] + '...'}")
+
+
+def _field_types() -> dict:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _json_kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false",
+            type(None): "null", int: "a number", float: "a number"}.get(type(value),
+                                                                       type(value).__name__)
+
+
+def _type_problem(value, hint) -> str | None:
+    """What ``value`` should be for the type ``hint`` of a ``TrainConfig`` field, or None if
+    it is that already (bools are not numbers; ints are fine where a float is expected)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = _type_problem(value, next(a for a in args if a is not type(None)))
+        return inner and f"{inner} (or null/unset)"
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok and math.isfinite(value) else "a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    if hint is dict or typing.get_origin(hint) is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        return None if ok else "an object of NAME: VALUE entries"
+    if typing.get_origin(hint) is tuple:
+        ok = (isinstance(value, (list, tuple)) and len(value) == len(args)
+              and all(_type_problem(v, a) is None for v, a in zip(value, args)))
+        return None if ok else f"a list of {len(args)} numbers"
+    return None
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -183,6 +264,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         return create_model(cfg.model, num_classes=num_classes, **model_args)
     except TypeError as exc:  # an unknown configuration entry
         raise TrainingError(f"model_args {model_args} do not fit {cfg.model}: {exc}") from None
+    except (ValueError, ZeroDivisionError) as exc:  # an entry out of range
+        raise TrainingError(f"--model-arg: {exc}") from None
 
 
 def _state_dict_problems(exc: Exception) -> str:
@@ -344,22 +427,24 @@ def _read_stats(stats: EpochStats, bar, step: int, epoch: int, out) -> None:
                     refresh=False)
 
 
-def _prepare_out(out: str | None, resume: bool) -> Path | None:
-    if out is None:
-        return None
-    path = Path(out)
+def read_config(run: Path) -> TrainConfig:
+    """The checked ``TrainConfig`` of a run folder's ``config.json``."""
+    file = run / "config.json"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise TrainingError(f"cannot write to run folder {path}: {exc.strerror or exc}; "
-                            f"choose another --out") from None
-    if not resume and (path / "config.json").exists():
-        raise TrainingError(f"run folder {path} already holds a run; continue it with "
-                            f"--resume {path}, or choose another --out (nothing was changed)")
-    return path
+        text = file.read_bytes().decode("utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        if run.is_dir() and (run / ".lock").exists():
+            raise TrainingError(f"--resume {show(run)}: no config.json there (its run was "
+                                f"interrupted before writing it: start it again with --out "
+                                f"{show(run)})") from None
+        raise TrainingError(f"--resume {show(run)}: no config.json there (not a run folder)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"{show(file)}: cannot be read ({exc})") from None
+    try:
+        d = json.loads(text)
+    except ValueError as exc:
+        raise TrainingError(f"{show(file)}: not valid JSON ({exc})") from None
+    return TrainConfig.from_json(d, source=show(file))
 
 
 def _checkpoint_tree(model, opt, sched, loader, epoch, best_acc, cfg) -> dict:
@@ -377,33 +462,71 @@ def _checkpoint_tree(model, opt, sched, loader, epoch, best_acc, cfg) -> dict:
     }
 
 
+_CHECKPOINT_ENTRIES = {"model_name": (str, "a string"), "config": (dict, "an object"),
+                       "epoch": (int, "an integer"), "best_acc": ((int, float), "a number"),
+                       "model": (dict, "an object"), "optimizer": (dict, "an object"),
+                       "schedule": (dict, "an object"), "loader": (dict, "an object"),
+                       "rng": (dict, "an object")}
+
+
+def _check_checkpoint(ckpt: dict, file: Path) -> None:
+    """Type and range of every entry ``fit`` and ``eval`` use: a damaged or crafted
+    checkpoint is a one-line ``CheckpointError`` naming the file and the entry."""
+    if ckpt.get("format") != "minivit-checkpoint-1":
+        raise CheckpointError(f"{show(file)}: not a minivit training checkpoint")
+    for key, (kind, expected) in _CHECKPOINT_ENTRIES.items():
+        if key not in ckpt:
+            raise CheckpointError(f"{show(file)}: the checkpoint has no {key!r} entry "
+                                  f"(a damaged or foreign file)")
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            raise CheckpointError(f"{show(file)}: its {key!r} entry must be {expected}, "
+                                  f"got {_json_kind(ckpt[key])}")
+    try:
+        cfg = TrainConfig.from_json(ckpt["config"], source=f"{show(file)} (its config)")
+    except TrainingError as exc:
+        raise CheckpointError(str(exc)) from None
+    if not 0 <= ckpt["epoch"] <= cfg.epochs:
+        raise CheckpointError(f"{show(file)}: its epoch must be in [0, {cfg.epochs}], got "
+                              f"{ckpt['epoch']}")
+    if not -1 <= ckpt["best_acc"] <= 1:
+        raise CheckpointError(f"{show(file)}: its best_acc must be in [-1, 1], got "
+                              f"{ckpt['best_acc']}")
+    for name, value in ckpt["model"].items():
+        if not isinstance(value, np.ndarray):
+            raise CheckpointError(f"{show(file)}: its model entry {name!r} is not an array")
+
+
 def load_run_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
                         model_name: str | None = None) -> dict:
     """Load ``last.npz`` of a run folder, or a checkpoint file; check it fits the model."""
     path = Path(path)
     file = path / "last.npz" if path.is_dir() else path
     ckpt = load_checkpoint(file)
-    if ckpt.get("format") != "minivit-checkpoint-1":
-        raise CheckpointError(f"{file}: not a minivit training checkpoint")
+    _check_checkpoint(ckpt, file)
     if model_name is not None and ckpt["model_name"] != model_name:
-        raise CheckpointError(f"{file} is a checkpoint of model {ckpt['model_name']!r}, "
+        raise CheckpointError(f"{show(file)} is a checkpoint of model {ckpt['model_name']!r}, "
                               f"not {model_name!r}")
     if model is not None:
         try:
             model.load_state_dict(ckpt["model"], strict=True)
         except (KeyError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{file} does not fit model {model_name or ''} (another model "
-                                  f"or configuration?): {_state_dict_problems(exc)}") from None
+            raise CheckpointError(f"{show(file)} does not fit model {model_name or ''} (another "
+                                  f"model or configuration?): {_state_dict_problems(exc)}") from None
     return ckpt
 
 
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (a run killed mid-save)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines()
-             if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
-    atomic_write(path, lambda f: f.write("".join(ln + "\n" for ln in lines).encode()))
+def _restore(ckpt: dict, file: Path, opt, sched, loader) -> None:
+    """Optimizer, schedule, data order and RNG from a checkpoint, each refused by name if it
+    does not fit (a checkpoint edited by hand or crafted)."""
+    parts = (("optimizer", opt.load_state_dict), ("schedule", sched.load_state_dict),
+             ("loader", loader.load_state_dict), ("rng", backend.set_rng_state))
+    for name, load in parts:
+        try:
+            load(ckpt[name])
+        except Exception as exc:  # noqa: BLE001 - any failure here is the file's fault
+            text = " ".join(str(exc).split())[:200]
+            raise CheckpointError(f"{show(file)}: its {name} state does not fit this run "
+                                  f"({type(exc).__name__}: {text})") from None
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -420,17 +543,22 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
     ``stop_after_epochs``: stop once this many epochs are done (counted from the start of the
     run), as if interrupted; the schedule still spans ``cfg.epochs``, so a later ``resume``
     finishes the very run an uninterrupted ``fit`` would have made.
+
+    The run folder (``cfg.out``) is held with a lock for the whole call; see ``runfolder``
+    for what a kill at any moment leaves behind.
     """
+    if stop_after_epochs is not None and (type(stop_after_epochs) is not int
+                                          or stop_after_epochs < 1):
+        raise TrainingError(f"--stop-after-epochs must be an integer >= 1, got "
+                            f"{stop_after_epochs!r}")
     if resume is not None:
         run = Path(resume)
-        if not (run / "config.json").is_file():
-            raise TrainingError(f"--resume {run}: no config.json there (not a run folder)")
-        saved = TrainConfig.from_json(json.loads((run / "config.json").read_text()))
+        saved = read_config(run)
         conflicts = resume_conflicts(saved, cfg)
         if conflicts:
             # the learning-rate schedule spans the saved number of epochs: a resumed run
             # finishes that very run; another recipe (or training longer) is a new run
-            raise TrainingError(f"--resume {run}: a resumed run keeps its recipe, but "
+            raise TrainingError(f"--resume {show(run)}: a resumed run keeps its recipe, but "
                                 f"{'; '.join(conflicts)}; omit these options, or start a new "
                                 f"run")
         for f in dataclasses.fields(TrainConfig):   # device, data folder, progress bars...
@@ -443,15 +571,39 @@ def fit(cfg: TrainConfig, resume: str | None = None, log=print,
 
 
 def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | None) -> dict:
-    """The run of ``fit`` once ``cfg`` is settled."""
+    """The run of ``fit`` once ``cfg`` is settled: the run folder held from start to end."""
     cfg.validate()
     device = backend.check_device(cfg.device)
+    if device == "cuda":
+        backend.set_tf32(cfg.tf32)
     # --- data parallel (mpiexec -n N): rank 0 alone logs and writes; see minivit.distributed
     dp = DataParallel.setup(log)
     log, cfg.progress = dp.log, cfg.progress and dp.is_main
     dp.select_device(device)
-    out = dp.from_main(_prepare_out, cfg.out, resume is not None)
-    out = out if dp.is_main else None
+    # rank 0 holds the run folder (locked) from start to end; every rank learns what it holds
+    folder = RunFolder(cfg.out, log) if cfg.out is not None and dp.is_main else None
+    state = dp.from_main(lambda: folder.open(resume is not None).state if folder is not None
+                         else "resume" if resume is not None else "new")
+    try:
+        metrics = _train(cfg, device, dp, folder, state, log, stop_after_epochs)
+    except KeyboardInterrupt:
+        if folder is not None:
+            folder.close(failed=True)
+        raise RunInterrupted("" if folder is None else folder.holds()) from None
+    except BaseException:
+        if folder is not None:
+            folder.close(failed=True)
+        raise
+    if folder is not None:
+        folder.close()
+    return metrics
+
+
+def _train(cfg: TrainConfig, device: str, dp: DataParallel, folder: RunFolder | None,
+           state: str, log, stop_after_epochs: int | None) -> dict:
+    """The epochs of a run; ``state``: what its folder holds (``RunFolder.state``)."""
+    out = None if folder is None else folder.path   # rank 0 only
+    resume = Path(cfg.out) / "last.npz" if state == "resume" else None
     minivit.manual_seed(cfg.seed)
     ds, train_loader, test_loader = dp.main_first(_loaders, cfg)   # rank 0 downloads first
     train_loader, test_loader = dp.shard(train_loader, test_loader)
@@ -464,18 +616,21 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
     sched = build_schedule(opt, cfg, len(train_loader))
     start_epoch, best_acc = 0, -1.0
     if resume is not None:
-        ckpt = load_run_checkpoint(Path(resume), model, cfg.model)
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["schedule"])
-        train_loader.load_state_dict(ckpt["loader"])
-        backend.set_rng_state(ckpt["rng"])
+        ckpt = load_run_checkpoint(resume, model, cfg.model)
+        _restore(ckpt, resume, opt, sched, train_loader)
         start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt["best_acc"])
-        if out is not None:
-            _truncate_metrics(out / "metrics.jsonl", start_epoch)
-        log(f"resumed {resume} after epoch {start_epoch}")
+        if folder is not None:
+            folder.committed_epoch = start_epoch
+        done = [] if folder is None else reconcile_metrics(folder.metrics, start_epoch, log)
+        if start_epoch >= cfg.epochs:
+            log(f"{show(cfg.out)}: all {cfg.epochs} epochs of this run are done already; "
+                f"nothing to train (evaluate it with: minivit eval {show(cfg.out)})")
+            return {**(done[-1] if done else {"epoch": start_epoch}), "model": model}
+        log(f"resumed {show(cfg.out)} after epoch {start_epoch}")
     dp.wrap(model, device, cfg.sync_bn)   # rank 0's weights to all; gradient averaging hooks
-    if out is not None and resume is None:
-        atomic_write(out / "config.json", lambda f: f.write(json.dumps(cfg.to_json(), indent=2).encode()))
+    if folder is not None and state == "new":
+        text = json.dumps(cfg.to_json(), indent=2).encode()
+        atomic_write(folder.config, lambda f: f.write(text))
 
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.model}: {n_params:,} parameters; {cfg.dataset}: {len(train_loader.x)} train / "
@@ -497,6 +652,7 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
         # where that costs nothing, and on the GPU every --log-interval steps (50 if unset)
         # and at the epoch's end: a read waits for the GPU, so a step itself never does
         read_every = 1 if device == "cpu" else (cfg.log_interval or 50)
+        watch = LossWatch(read_every)   # each step's loss, read (and checked) with the stats
         # tqdm draws on a terminal only (disable=None); the epoch's summary line follows
         with tqdm(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
                   leave=False, dynamic_ncols=True, disable=None if cfg.progress else True) as bar:
@@ -505,7 +661,9 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
                 target = _to_device(yb, device)
                 loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
                 stats.add(loss.data, logits.data, target.data)
+                watch.add(loss.data, step)   # kept on the device, like the stats
                 if (i + 1) % read_every == 0 or i + 1 == len(train_loader):
+                    _check_loss(watch, folder, epoch)   # names the first non-finite step
                     _read_stats(stats, bar, step, epoch, out)
                 opt.zero_grad()
                 dp.backward(loss, train_loader)   # loss.backward(); over N ranks: averaged
@@ -518,6 +676,7 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
                 opt.step()
                 sched.step()
                 step += 1
+                crash_point("step")
                 if steps_log is not None:
                     steps_log.after_step(step, len(xb))
                 bar.update(dp.images_in_step(train_loader, len(yb)))
@@ -536,20 +695,35 @@ def _fit(cfg: TrainConfig, resume: str | None, log, stop_after_epochs: int | Non
             f"train acc {100 * metrics['train_acc']:.2f}%  test loss {ev['loss']:.4f}  "
             f"test acc {100 * ev['acc']:.2f}%  lr {metrics['lr']:.2e}  "
             f"time {train_time:.1f}s ({metrics['train_imgs_per_s']:.0f} img/s)")
+        bad = non_finite_state(model, opt, ev["loss"])
+        if bad is not None:
+            where = "" if folder is None else f"; {folder.holds()}"
+            raise TrainingError(f"epoch {epoch + 1} ended with a non-finite {bad}; stopped "
+                                f"without saving it{where}; try a lower --lr")
         if out is not None:
-            # metrics first: a resume drops lines past the checkpoint's epoch, so a kill
-            # between the two writes loses nothing
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            crash_point("epoch-end")
+            # metrics, then best.npz, then last.npz, the commit point: a resume drops metric
+            # lines past last.npz's epoch, so a kill anywhere in between loses nothing
+            append_record(folder.metrics, metrics)
             best = ev["acc"] > best_acc
             best_acc = max(best_acc, ev["acc"])
             tree = _checkpoint_tree(model, opt, sched, train_loader, epoch + 1, best_acc, cfg)
-            save_checkpoint(out / "last.npz", tree)
-            if best:
-                save_checkpoint(out / "best.npz", tree)
+            folder.commit(tree, improved=best)
         if stop_after_epochs is not None and stop_after_epochs <= epoch + 1 < cfg.epochs:
             log(f"stopped after epoch {epoch + 1} of {cfg.epochs} as asked"
-                f"{'; continue with --resume ' + str(out) if out else ''}")
+                f"{'; continue with --resume ' + show(out) if out else ''}")
             break
     metrics["model"] = model
     return metrics
+
+
+def _check_loss(watch: LossWatch, folder: RunFolder | None, epoch: int) -> None:
+    """Read the losses waiting on the device; stop the run if one is NaN or inf. (Under
+    mpiexec the error ends every rank: see ``cli.main``.)"""
+    try:
+        watch.check()
+    except NonFiniteLoss as exc:
+        where = "Nothing was saved" if folder is None else folder.holds()
+        where = where[0].upper() + where[1:]
+        raise TrainingError(f"{exc} (epoch {epoch + 1}); stopped. {where}; try a lower "
+                            f"--lr") from None

@@ -78,17 +78,37 @@ def test_vit_family_probabilities_equal_a_recomputation_from_the_modules_q_and_k
         np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-6)
 
 
+def _window_of_each_pixel(h, w, p, block):
+    """(window id, token index in its window) of each row-major pixel: P x P tiles (block
+    attention), or the dilated groups of pixels H/G apart (grid attention, G = p)."""
+    ys, xs = np.divmod(np.arange(h * w), w)
+    if block:
+        return (ys // p) * (w // p) + xs // p, (ys % p) * p + xs % p
+    sh, sw = h // p, w // p
+    return (ys % sh) * sw + xs % sw, (ys // sh) * p + xs // sw
+
+
 def test_maxvit_probabilities_equal_a_recomputation_with_the_relative_bias():
-    model, _, _, maps, qkv = _capture("maxvit_cifar")
+    model, x, _, maps, qkv = _capture("maxvit_cifar")
     for mname, p in maps.items():
         attn = model.get_submodule(mname)
+        part = model.get_submodule(mname[:-len(".attn")])
         out = qkv[mname + ".qkv"]
-        B, N, _ = out.shape
-        t = out.reshape(B, N, 3, attn.num_heads, -1).transpose(2, 0, 3, 1, 4)
+        windows_b, T, _ = out.shape
+        t = out.reshape(windows_b, T, 3, attn.num_heads, -1).transpose(2, 0, 3, 1, 4)
         with minivit.no_grad():
             bias = attn.rel_pos().numpy().astype(np.float64)
-        ref = softmax(t[0] @ t[1].swapaxes(-1, -2) * attn.scale + bias)
-        np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-6)
+        ref = softmax(t[0] @ t[1].swapaxes(-1, -2) * attn.scale + bias)   # per window
+        B, n = x.shape[0], p.shape[-1]
+        h = w = int(round(np.sqrt(n)))
+        assert p.shape == (B, attn.num_heads, n, n)                  # over the whole map
+        win, tok = _window_of_each_pixel(h, w, part.partition_size, part.partition_block)
+        nwin = windows_b // B
+        same = win[:, None] == win[None, :]
+        assert (p[:, :, ~same] == 0).all()                           # only inside its window
+        for b in range(B):
+            expect = ref[b * nwin + win[:, None], :, tok[:, None], tok[None, :]]   # (n, n, heads)
+            np.testing.assert_allclose(p[b][:, same], expect[same].T, rtol=1e-4, atol=1e-6)
 
 
 def test_botnet_probabilities_equal_a_recomputation_with_the_relative_logits():

@@ -302,3 +302,42 @@ def test_gpu_check_reads_pytest_counts():
         sys.path.pop(0)
     assert gpu_check.pytest_counts("3 failed, 290 passed, 2 skipped in 9.1s") == \
         {"failed": 3, "passed": 290, "skipped": 2}
+
+
+def test_tf32_rounds_matmul_operands_on_the_gpu_only(device):
+    """--tf32: on the GPU (the stand-in rounds float32 product operands to TF32 as cuBLAS
+    does) the products move by about 1e-3 relative, not more; on the CPU nothing changes."""
+    from minivit.autograd import backend as be  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 96)).astype(np.float32)
+    b = rng.standard_normal((96, 32)).astype(np.float32)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    results = []
+    for on in (False, True):
+        be.set_tf32(on)
+        try:
+            x, y = (be.to_device(v, device) for v in (a, b))
+            results.append(be.as_numpy(minivit.Tensor(x).matmul(minivit.Tensor(y)).data))
+        finally:
+            be.set_tf32(False)
+    err = [np.abs(r - exact).max() / np.abs(exact).max() for r in results]
+    assert err[0] < 1e-6
+    if device == "cpu":
+        np.testing.assert_array_equal(results[0], results[1])
+    else:
+        assert 1e-5 < err[1] < 3e-3, err
+
+
+def test_tf32_option_trains_on_the_gpu_path(cuda, capsys, tmp_path):
+    from minivit import cli  # noqa: PLC0415
+
+    tiny = ["--model", "vit_cifar", "--model-arg", "depth=1", "--model-arg", "embed_dim=32",
+            "--model-arg", "num_heads=2", "--batch-size", "16", "--train-limit", "32",
+            "--test-limit", "16", "--no-progress", "--epochs", "1"]
+    try:
+        assert cli.main(["train", *tiny, "--device", "cuda", "--tf32",
+                         "--out", str(tmp_path / "r")]) == 0
+    finally:
+        backend.set_tf32(False)
+    assert '"tf32": true' in (tmp_path / "r" / "config.json").read_text()

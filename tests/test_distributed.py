@@ -417,6 +417,7 @@ def test_a_failed_rank_ends_the_run_with_a_message(tmp_path, mode):
 def test_cli_error_is_reported_once_and_ends_every_rank(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "run" / "last.npz").write_bytes(b"")   # a run with a checkpoint: not reusable
     r = mpirun(2, "-m", "minivit", "train", "--out", tmp_path / "run", "--train-limit", "64",
                "--no-progress", timeout=60)
     assert r.returncode != 0

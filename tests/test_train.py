@@ -203,15 +203,17 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         model.forward = exploding_forward
         return model
 
+    import minivit.checkpoint as ckpt_mod
+
     saved: dict[str, list[bytes]] = {}
-    save = train.save_checkpoint
+    save = ckpt_mod.save_checkpoint
 
     def recording_save(path, tree):
         save(path, tree)
         saved.setdefault(Path(path).name, []).append(Path(path).read_bytes())
 
     monkeypatch.setattr(train, "build_model", build_exploding_after_epoch_1)
-    monkeypatch.setattr(train, "save_checkpoint", recording_save)
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", recording_save)
     run = tmp_path / "run"
     with pytest.raises(TrainingError) as info:
         fit(tiny_config(run), log=quiet)
@@ -227,8 +229,13 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow on the way to inf
 def test_huge_learning_rate_is_caught_as_a_non_finite_loss(tmp_path):
-    with pytest.raises(TrainingError, match=r"loss became (nan|inf|-inf) at step \d+"):
+    """lr 1e6 diverges: caught either as a training loss or as the test loss before the save
+    (the epoch used to be saved as both last.npz and best.npz with test loss NaN)."""
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf|-inf) at step \d+|"
+                                            r"non-finite (test loss|parameter|optimizer)"):
         fit(tiny_config(tmp_path / "run", lr=1e6, epochs=3, warmup_epochs=0.0), log=quiet)
+    assert not (tmp_path / "run" / "last.npz").exists()
+    assert not (tmp_path / "run" / "best.npz").exists()
 
 
 # --- atomic checkpoints inside fit ------------------------------------------------------------
@@ -333,7 +340,21 @@ def test_init_weights_that_do_not_fit_name_the_file_and_the_keys(tmp_path):
     ({"warmup_epochs": 3.0}, r"warmup_epochs \(--warmup-epochs\) must be between 0 and "
                              r"--epochs \(2\), got 3.0"),
     ({"label_smoothing": 1.0}, r"label_smoothing \(--label-smoothing\) must be in \[0, 1\)"),
-    ({"lr": float("nan")}, r"lr \(--lr\) must be >= 0, got nan"),
+    ({"lr": float("nan")}, r"lr \(--lr\) must be a finite number, got nan"),
+    ({"min_lr": float("inf")}, r"min_lr \(--min-lr\) must be a finite number, got inf"),
+    ({"lr": "x"}, r"lr \(--lr\) must be a finite number, got 'x'"),
+    ({"seed": 1.5}, r"seed \(--seed\) must be an integer, got 1.5"),
+    ({"betas": 5}, r"betas \(--betas\) must be a list of 2 numbers, got 5"),
+    ({"betas": (0.9, 1.0)}, r"betas \(--betas\) must be two numbers in \[0, 1\)"),
+    ({"drop_path": 1.5}, r"drop_path \(--drop-path\) must be a number in \[0, 1\)"),
+    ({"drop_path": -0.1}, r"drop_path \(--drop-path\) must be a number in \[0, 1\)"),
+    ({"drop_path": float("nan")}, r"drop_path \(--drop-path\) must be a finite number"),
+    ({"model_args": {"drop_path_rate": 1.5}}, r"--model-arg: VisionTransformer: "
+                                              r"drop_path_rate must be a number in \[0, 1\)"),
+    ({"model_args": {"qkv_bias": "maybe"}}, r"qkv_bias must be True or False, got 'maybe'"),
+    ({"model_args": {"embed_dim": 0}}, r"embed_dim must be an integer >= 1"),
+    ({"model_args": {"mlp_ratio": 0}}, r"mlp_ratio must be a number > 0"),
+    ({"log_interval": 0}, r"log_interval \(--log-interval\) must be an integer >= 1"),
     ({"weight_decay": -0.1}, r"weight_decay \(--weight-decay\) must be >= 0"),
     ({"cutmix": -1.0}, r"cutmix \(--cutmix\) must be >= 0"),
     ({"clip_grad": 0.0}, r"clip_grad \(--clip-grad\) must be > 0"),

@@ -58,17 +58,10 @@ def _param_decl(spec: str, t: str, out: bool) -> list[str]:
     """C parameters for CuPy's: ``T x`` a value (a reference for outputs), ``raw T x`` a
     pointer (indexed as CuPy's CArray is); placeholders other than T are int64 here (the
     class-index targets)."""
-    decls = []
-    for p in spec.split(","):
-        words = p.split()
-        if not words:
-            continue
-        raw = words[0] == "raw"
-        name, ty = words[-1], " ".join(w for w in words[:-1] if w != "raw")
-        cty = t if ty == "T" else CTYPES.get(ty, ty)
-        decls.append(f"{'const ' if raw and not out else ''}{cty}{' *' if raw else ''}"
-                     f"{' &' if out and not raw else ''} {name}")
-    return decls
+    params = [p.split() for p in spec.split(",") if p.strip()]
+    return [f"{'const ' if w[0] == 'raw' and not out else ''}"
+            f"{t if w[-2] == 'T' else CTYPES.get(w[-2], w[-2])}"
+            f"{' *' if w[0] == 'raw' else ' &' if out else ''} {w[-1]}" for w in params]
 
 
 def elementwise_source(kernel, t: str) -> str:

@@ -146,7 +146,45 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+_REFERENCE_FLAGS = 0x01 | 0x02 | 0x04  # NPY_ITEM_REFCOUNT, NPY_LIST_PICKLE, NPY_ITEM_IS_POINTER
+
+
+def _check_build(inst: Any, state: Any) -> None:
+    """BUILD (``inst.__setstate__(state)``) is allowed on a plain dtype and on an array of a
+    plain dtype only: a dtype's state can set the object/reference flags after ``_dtype``
+    checked it, so the state is checked here, before numpy sees it."""
+    if isinstance(inst, np.dtype):
+        ok = (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
+              and state[2] is None and state[3] is None and state[4] is None
+              and type(state[7]) is int and not state[7] & _REFERENCE_FLAGS)
+        if not ok:
+            raise UnsafePickleError(f"dtype state {str(state)[:80]} refused (it carries object "
+                                    "or reference flags, or fields)")
+    elif isinstance(inst, np.ndarray):
+        ok = (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype)
+              and not state[2].hasobject and isinstance(state[4], (bytes, bytearray)))
+        if not ok:
+            raise UnsafePickleError("array state refused (not a plain dtype with raw bytes)")
+    else:
+        raise UnsafePickleError(f"setting the state of a {type(inst).__name__} refused")
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler (its BUILD can be checked; the C one's cannot), allowing
+    only the globals of ``_ALLOWED``."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def load_build(self) -> None:
+        _check_build(self.stack[-2], self.stack[-1])
+        pickle._Unpickler.load_build(self)
+        built = self.stack[-1]
+        if getattr(built, "hasobject", False) or getattr(getattr(built, "dtype", None),
+                                                         "hasobject", False):
+            raise UnsafePickleError("object dtype refused")
+
+    dispatch[pickle.BUILD[0]] = load_build
+
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED[(module, name)]
@@ -317,7 +355,7 @@ def load_cifar10_subset(path: str | os.PathLike[str] | None = None) -> Dataset:
             f"{path}: file not found; expected an .npz with arrays {', '.join(keys)} "
             "(reinstall minivit to restore the bundled subset)"
         ) from None
-    except (KeyError, ValueError, OSError, zlib.error) as e:
+    except (KeyError, ValueError, OSError, EOFError, zlib.error) as e:  # EOF: an empty file
         raise DatasetError(
             f"{path}: not a readable CIFAR subset ({type(e).__name__}: {e}); expected an .npz "
             f"with arrays {', '.join(keys)}"

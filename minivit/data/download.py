@@ -7,10 +7,12 @@ leaves a file at the final path.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -51,6 +53,23 @@ def md5sum(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+STALE_PART_S = 3600.0  # a .part file untouched this long belongs to no running download
+
+
+def sweep_stale_parts(dest: Path, max_age_s: float = STALE_PART_S) -> int:
+    """Delete the ``.NAME.*.part`` files of ``dest`` that a killed download left behind (those
+    not written for ``max_age_s`` seconds: a live download writes every second)."""
+    now, removed = time.time(), 0
+    for p in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+        try:
+            if now - p.stat().st_mtime > max_age_s:
+                p.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def download_url(
     url: str,
     dest: str | os.PathLike[str],
@@ -68,6 +87,7 @@ def download_url(
     """
     dest = Path(dest).expanduser()
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_parts(dest)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:

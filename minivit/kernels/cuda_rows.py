@@ -27,43 +27,26 @@ from ..autograd import backend
 
 _COMMON = r"""
 #define MINIVIT_NEG_INF (-__longlong_as_double(0x7ff0000000000000LL))
-__device__ __forceinline__ T warp_sum(T v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ T warp_max(T v) {
-    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-// The sum (or max) of v over the block, returned to every thread; sh holds 32 values.
-__device__ T block_sum(T v, T* sh) {
+struct SumOp { __device__ T operator()(T a, T b) const { return a + b; } };
+struct MaxOp { __device__ T operator()(T a, T b) const { return max(a, b); } };
+// op over v of every thread of the block, returned to all of them: warp shuffles, then one
+// value per warp through sh (32 values), then the first warp; id is op's identity.
+template <class Op> __device__ T block_reduce(T v, T id, T* sh, Op op) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
-    __syncthreads();
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();   // sh may still be read from the previous reduction
     if (lane == 0) sh[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        v = lane < nwarps ? sh[lane] : (T)0;
-        v = warp_sum(v);
+        v = lane < nwarps ? sh[lane] : id;
+        for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
         if (lane == 0) sh[0] = v;
     }
     __syncthreads();
     return sh[0];
 }
-__device__ T block_max(T v, T* sh) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = lane < nwarps ? sh[lane] : (T)MINIVIT_NEG_INF;
-        v = warp_max(v);
-        if (lane == 0) sh[0] = v;
-    }
-    __syncthreads();
-    return sh[0];
-}
+__device__ T block_sum(T v, T* sh) { return block_reduce(v, (T)0, sh, SumOp()); }
+__device__ T block_max(T v, T* sh) { return block_reduce(v, (T)MINIVIT_NEG_INF, sh, MaxOp()); }
 """
 
 LAYER_NORM_FWD = _COMMON + r"""

@@ -26,7 +26,7 @@ import minivit.nn.functional as F
 from minivit import nn
 
 from .classifier import ClassifierMixin
-from .registry import register_model
+from .registry import check_hparams, register_model
 
 __all__ = ["BoTNet", "BottleneckAttn", "PosEmbedRel", "botnet26t_256", "botnet_cifar"]
 
@@ -265,6 +265,7 @@ class BoTNet(ClassifierMixin, nn.Module):
                  block_types: Sequence = ("bottle", "bottle", ("bottle", "self_attn"), "self_attn"),
                  bottle_ratio: float = 0.25, num_heads: int = 4, scale_pos_embed: bool = False,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, zero_init_last: bool = True):
+        check_hparams(BoTNet, locals())  # sizes > 0, rates in [0, 1), flags bool
         super().__init__()
         if not (len(widths) == len(depths) == len(strides) == len(block_types)):
             raise ValueError("widths, depths, strides and block_types need one entry per stage, "

@@ -36,7 +36,7 @@ from minivit.nn import functional as F
 from minivit.nn.helpers import check_input, to_2tuple
 
 from .classifier import ClassifierMixin
-from .registry import register_model
+from .registry import check_hparams, register_model
 
 __all__ = ["Image2Tokens", "I2TEmbed", "LeFF", "Block", "ClassTokenAttention", "LCABlock",
            "CeIT", "ceit_tiny_patch16_224", "ceit_cifar"]
@@ -265,6 +265,7 @@ class CeIT(ClassifierMixin, nn.Module):
                  i2t_stride=2, patch_size=4, embed_dim=192, depth=12, num_heads=3,
                  mlp_ratio=4.0, qkv_bias=True, leff_kernel=3, leff_with_bn=True,
                  leff_variant="paper", drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0):
+        check_hparams(CeIT, locals())  # sizes > 0, rates in [0, 1), flags bool
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")

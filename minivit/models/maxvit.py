@@ -24,7 +24,7 @@ import minivit
 from minivit import nn
 
 from .classifier import ClassifierMixin
-from .registry import register_model
+from .registry import check_hparams, register_model
 
 __all__ = ["MaxViT", "MaxViTBlock", "MbConvBlock", "PartitionAttention", "RelPosBiasTf",
            "maxvit_tiny_tf_224", "maxvit_cifar"]
@@ -151,6 +151,8 @@ class MbConvBlock(nn.Module):
         x = self.conv2_kxk(x)                                   # depthwise 3x3, the stride
         x = self.norm2(x)
         x = self.se(x)
+        if isinstance(self.drop_path, nn.Identity):   # shortcut + conv3(x), added in its bias pass
+            return self.conv3_1x1(x, residual=shortcut)
         x = self.conv3_1x1(x)
         return self.drop_path(x) + shortcut
 
@@ -234,6 +236,8 @@ class PartitionAttention(nn.Module):
 
     def forward(self, x):
         x = x + self.drop_path(self._partition_attn(self.norm1(x)))
+        if isinstance(self.drop_path, nn.Identity):   # x + MLP(LN(x)), added in fc2's bias pass
+            return self.mlp(self.norm2(x), residual=x)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
 
@@ -295,6 +299,7 @@ class MaxViT(ClassifierMixin, nn.Module):
                  grid_size: int | None = None, dim_head: int = 32,
                  head_hidden_size: int | None = 512, bn_eps: float = 1e-3, bn_momentum: float = 0.1,
                  ln_eps: float = 1e-5, drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+        check_hparams(MaxViT, locals())  # sizes > 0, rates in [0, 1), flags bool
         super().__init__()
         strides = (2,) * len(dims) if strides is None else tuple(strides)
         if not (len(dims) == len(depths) == len(strides)):

@@ -24,7 +24,7 @@ from minivit import nn
 from minivit.nn.helpers import check_input
 
 from .classifier import ClassifierMixin
-from .registry import register_model
+from .registry import check_hparams, register_model
 
 LN_EPS = 1e-6  # timm's Mixer LayerNorm eps
 
@@ -64,6 +64,11 @@ class MixerBlock(nn.Module):
         self.mlp_channels = nn.Mlp(dim, channels_dim, act_layer=nn.GELU, drop=drop)
 
     def forward(self, x):                                              # x: (S, B, C)
+        if isinstance(self.drop_path, nn.Identity):
+            # the same two equations, each residual add done inside the MLP's fc2, in its bias
+            # pass (``nn.Mlp(..., residual=)``): one pass over the (S, B, C) stream fewer
+            x = self.mlp_tokens(self.norm1(x), residual=x)
+            return self.mlp_channels(self.norm2(x), residual=x)
         x = x + self.drop_path(self.mlp_tokens(self.norm1(x)))         # mixes along S
         x = x + self.drop_path(self.mlp_channels(self.norm2(x)))       # mixes along C
         return x
@@ -93,6 +98,7 @@ class MlpMixer(ClassifierMixin, nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000,
                  embed_dim=512, depth=8, mlp_ratio=(0.5, 4.0), drop_rate=0.0,
                  proj_drop_rate=0.0, drop_path_rate=0.0):
+        check_hparams(MlpMixer, locals())  # sizes > 0, rates in [0, 1), flags bool
         super().__init__()
         if not isinstance(mlp_ratio, (tuple, list)):
             mlp_ratio = (0.5, float(mlp_ratio))   # a single number sets the channel ratio

@@ -75,3 +75,51 @@ def create_model(model_name: str, pretrained: bool = False,
 
         load_into(model, checkpoint_path, f"model {model_name} with {model.num_classes} classes")
     return model
+
+
+def check_hparams(cls: type, args: dict) -> None:
+    """Refuse a constructor argument of the wrong kind by name, before it fails deep inside
+    (``embed_dim=0`` as a ZeroDivisionError, ``qkv_bias="maybe"`` silently true). Called as
+    ``check_hparams(VisionTransformer, locals())`` first thing in a model's ``__init__``; what
+    is expected follows from the argument's name and default value:
+
+    - a bool default: ``True`` or ``False``;
+    - a name ending in ``rate``: a number in [0, 1);
+    - a number default, a tuple of numbers, or ``None``: numbers > 0 (one, or a list),
+      integers where the default is one (``num_classes`` may be 0: no head), or ``None``
+      where that is the default or the annotation allows it.
+    """
+    import inspect
+    import math
+
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or name not in args:
+            continue
+        default, value = param.default, args[name]
+        text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+
+        def refuse(expected):
+            raise ValueError(f"{cls.__name__}: {name} must be {expected}, got {text}")
+
+        def number(v, integer):
+            return (isinstance(v, int) or (not integer and isinstance(v, float))) \
+                and not isinstance(v, bool) and math.isfinite(v)
+
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                refuse("True or False")
+        elif name.endswith("rate"):
+            if not (number(value, False) and 0 <= value < 1):
+                refuse("a number in [0, 1)")
+        elif default is None or isinstance(default, (int, float)) or (
+                isinstance(default, tuple) and default and all(
+                    isinstance(d, (int, float)) and not isinstance(d, bool) for d in default)):
+            if value is None and (default is None or "None" in str(param.annotation)):
+                continue
+            kinds = default if isinstance(default, tuple) else (default,)
+            integer = all(d is None or isinstance(d, int) for d in kinds)
+            values = value if isinstance(value, (tuple, list)) and value else (value,)
+            low = 0 if name == "num_classes" else 1
+            if not all(number(v, integer) and (v >= low if integer else v > 0) for v in values):
+                refuse(f"an integer >= {low} (or a list of them)" if integer
+                       else "a number > 0 (or a list of them)")

@@ -26,7 +26,7 @@ from minivit import nn
 from minivit.nn.helpers import check_input
 
 from .classifier import ClassifierMixin
-from .registry import register_model
+from .registry import check_hparams, register_model
 
 __all__ = ["Block", "VisionTransformer", "vit_tiny_patch16_224", "vit_cifar"]
 
@@ -99,6 +99,7 @@ class VisionTransformer(ClassifierMixin, nn.Module):
                  embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True,
                  global_pool="token", drop_rate=0.0, pos_drop_rate=0.0, proj_drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.0, zero_head=False):
+        check_hparams(VisionTransformer, locals())  # sizes > 0, rates in [0, 1), flags bool
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")

@@ -6,8 +6,12 @@ the probabilities P = softmax(q k^T * scale + bias) of every attention call, rec
 reference path from the call's own q, k and bias. Each is stored under the innermost running
 module: ``blocks.0.attn`` (ViT, CeiT), ``lca.attn`` (CeiT's class-token attention over the
 layers), ``stages.2.blocks.0.attn`` (BoTNet's MHSA), ``stages.0.blocks.0.attn_block.attn`` and
-``...attn_grid.attn`` (MaxViT, one row per window: (B * windows, heads, P², P²)). The fast
-path is left alone: outside the context nothing is registered and attention runs as always.
+``...attn_grid.attn`` (MaxViT). MaxViT attends inside P x P windows (block attention) or
+inside dilated G x G grids (grid attention); its maps are given over the whole feature map,
+(B, heads, H*W, H*W) with pixels in row-major order, each query's probabilities on the keys
+of its own window or grid and 0 elsewhere, so every map of every model has the same meaning.
+The fast path is left alone: outside the context nothing is registered and attention runs as
+always.
 
 Attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers"): with
 A_l the head-averaged attention of layer l, Â_l = (A_l + I) / 2 (the residual connection),
@@ -46,15 +50,23 @@ def capture_attention(model):
     parts: dict = {}
     running: list = []
 
+    layouts: dict = {}     # MaxViT's partitioned attention: name -> (token index per window)
+
     def pre(mod, args):
-        running.append(names[id(mod)])
+        name = names[id(mod)]
+        running.append(name)
+        if hasattr(mod, "partition_block") and hasattr(mod, "partition_size"):
+            layouts[f"{name}.attn" if name else "attn"] = _partition_index(mod, args[0].shape)
 
     def post(mod, args, out):
         running.pop()
 
     def observe(p):
         name = running[-1] if running else ""
-        parts.setdefault(name, []).append(backend.as_numpy(p).astype(np.float32, copy=False))
+        p = backend.as_numpy(p).astype(np.float32, copy=False)
+        if name in layouts:
+            p = _unpartition(p, layouts[name])
+        parts.setdefault(name, []).append(p)
         chunks = parts[name]
         maps[name] = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
 
@@ -70,6 +82,33 @@ def capture_attention(model):
         attn_f.observers.remove(observe)
         for h in handles:
             h.remove()
+
+
+def _partition_index(mod, shape) -> np.ndarray:
+    """(windows, T): the row-major pixel index of each token of each window, found by sending
+    a map of pixel indices through the module's own partition (``window_partition`` or
+    ``grid_partition``)."""
+    import minivit  # noqa: PLC0415
+    from ..models.maxvit import grid_partition, window_partition  # noqa: PLC0415
+
+    _, h, w, _ = shape
+    index = minivit.tensor(np.arange(h * w, dtype=np.float64).reshape(1, h, w, 1))
+    split = window_partition if mod.partition_block else grid_partition
+    return split(index, mod.partition_size).numpy()[..., 0].astype(np.int64)
+
+
+def _unpartition(p: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(B * windows, heads, T, T) per-window probabilities -> (B, heads, N, N) over all N
+    pixels: query index[w, i] attends to key index[w, j] with p[b, w, :, i, j]; 0 elsewhere."""
+    windows, t = index.shape
+    b, heads = p.shape[0] // windows, p.shape[1]
+    n = windows * t
+    full = np.zeros((b, heads, n, n), np.float32)
+    p = p.reshape(b, windows, heads, t, t)
+    for w in range(windows):
+        q, k = index[w][:, None], index[w][None, :]
+        full[:, :, q, k] = p[:, w]
+    return full
 
 
 def attention_rollout(layers, residual: bool = True) -> np.ndarray:

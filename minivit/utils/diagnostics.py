@@ -14,12 +14,12 @@ held by the model itself (``cls_token``, ``pos_embed``) are blocks of their own.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 from ..autograd import backend
+from ..runfolder import append_record, read_log, reconcile_log, show
 
 
 def parameter_blocks(model) -> dict:
@@ -74,10 +74,8 @@ class StepLog:
         self.pending = None
         self.images = 0
         self.t_last = time.perf_counter()
-        if self.path.exists():   # a resumed run: drop the lines past its checkpoint
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln)["step"] <= start_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+        # a resumed run: drop the lines past its checkpoint (and a line a kill cut short)
+        reconcile_log(self.path, start_step, log=lambda *a: None, key="step")
 
     def after_backward(self, step: int, loss: float, lr: float) -> None:
         """``step``: steps done before this one. On a logged step, note the gradients' norms
@@ -110,16 +108,15 @@ class StepLog:
                "grad_norm_blocks": p["grad_norm_blocks"], "update_ratio_blocks": ratios,
                "imgs_per_s": self.images / max(now - self.t_last, 1e-9)}
         self.images, self.t_last = 0, now
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_record(self.path, row)   # strict JSON (a NaN loss as null), flushed
 
 
 def read_jsonl(path: Path, missing: str) -> list[dict]:
     """The JSON objects of a ``.jsonl`` file, one a line; ``missing`` ends the error message
     when the file is not there."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {missing}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise FileNotFoundError(f"{show(path)}: {missing}")
+    return read_log(path, key=None)   # a torn last line left out; a bad one names its line
 
 
 def read_steps(run: str | Path) -> list[dict]:

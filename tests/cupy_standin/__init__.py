@@ -287,6 +287,12 @@ def _binary(name):
     def op(self, other):
         if isinstance(other, np.ndarray):
             _refuse(other)
+        if _TF32[0] and "matmul" in name and not name.startswith("__i"):
+            a = to_tf32(self._a) if self._a.dtype == np.float32 else self._a
+            b = _un(other)
+            b = to_tf32(b) if isinstance(b, np.ndarray) and b.dtype == np.float32 else b
+            launch(name)
+            return _wrap(getattr(a, name)(b))
         r = getattr(self._a, name)(_un(other))
         if r is NotImplemented:
             return NotImplemented
@@ -388,7 +394,39 @@ def RawKernel(code, name, options=(), backend="nvrtc", **kwargs):  # noqa: N802
     return _kernel.RawKernel(code, name, options, **kwargs)
 
 
+# TF32: with float32 compute type TF32 (cupy._core._routines_linalg.set_compute_type), the
+# stand-in rounds float32 matrix-product operands to TF32's 10-bit mantissa, as cuBLAS does.
+_TF32 = [False]
+_routines_linalg = types.SimpleNamespace(
+    COMPUTE_TYPE_DEFAULT=0, COMPUTE_TYPE_PEDANTIC=1, COMPUTE_TYPE_FP16=2, COMPUTE_TYPE_FP32=3,
+    COMPUTE_TYPE_FP64=4, COMPUTE_TYPE_BF16=5, COMPUTE_TYPE_TF32=6,
+    set_compute_type=lambda dtype, ct: _TF32.__setitem__(
+        0, np.dtype(dtype) == np.float32 and ct == 6 or (_TF32[0] and np.dtype(dtype) != np.float32)),
+    get_compute_type=lambda dtype: 6 if _TF32[0] and np.dtype(dtype) == np.float32 else 0)
+_core = types.SimpleNamespace(_routines_linalg=_routines_linalg)
+
+
+def to_tf32(a):
+    """float32 values rounded to TF32 (10 explicit mantissa bits, round to nearest even)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    u = a.view(np.uint32)
+    r = (u + np.uint32(0xFFF) + ((u >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    return np.where(np.isfinite(a), r.view(np.float32), a)
+
+
+def _product(name, fn):
+    def f(*args, **kwargs):
+        if _TF32[0]:
+            args = tuple(_wrap(to_tf32(a._a)) if type(a) is ndarray and a._a.dtype == np.float32
+                         else a for a in args)
+        return _call(name, fn, args, kwargs)
+    return f
+
+
 _OVERRIDES = {
+    "matmul": _product("cupy.matmul", np.matmul), "dot": _product("cupy.dot", np.dot),
+    "einsum": _product("cupy.einsum", np.einsum), "tensordot": _product("cupy.tensordot",
+                                                                       np.tensordot),
     "ndarray": ndarray, "asarray": asarray, "array": array, "asnumpy": asnumpy,
     "get_array_module": get_array_module, "empty": _empty("empty"),
     "empty_like": _empty("empty_like"), "get_default_memory_pool": lambda: _pool,
@@ -603,6 +641,7 @@ scipy = _Module("cupyx.scipy", None, {"special": special})
 cupyx = _Module("cupyx", None, {"scatter_add": _scatter_add, "scipy": scipy})
 
 _self = _Module("cupy", np, {**_OVERRIDES, "random": random, "cuda": cuda, "lib": lib,
+                             "_core": _core,
                              "linalg": linalg, "fft": fft, "__version__": VERSION,
                              "STANDIN": True, "COUNTS": COUNTS, "counting": counting,
                              "no_sync": no_sync, "SyncError": SyncError})
