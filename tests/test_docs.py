@@ -24,7 +24,7 @@ CODE_SPAN = re.compile(r"`([^`\n]+)`")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 # a path in the repository: dir/name, dir/, or a bare file name with a source extension
 PATH = re.compile(r"^(?:\.?[\w-]+/)+[\w.-]*$|^[\w-]+\.(?:py|md|toml|txt|cfg|ya?ml)$")
-NOT_IN_REPO = ("runs/", "http://", "https://", "/", "~")   # outputs, URLs, the user's own files
+NOT_IN_REPO = ("runs/", "RUN/", "http://", "https://", "/", "~")   # outputs, URLs, the user's own files
 COMMAND = re.compile(r"(?:^|[\s;&|(`])(?<!import )(?<!from )(?:python3? -m )?minivit[ \t]+"
                      r"([a-z][\w-]*)")
 
