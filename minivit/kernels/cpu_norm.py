@@ -168,6 +168,8 @@ class BatchNormFast(BatchNorm):
         if batch_stats and sum_across is None and cuda.enabled(x):   # three launches
             mean, var, rstd, scale, shift = cuda.bn_batch_coeffs(
                 xv, col, wb[0] if has_w else None, wb[-1] if has_b else None, eps, count)
+        elif batch_stats and sum_across is None and col:   # one pass over x: see _mean_var
+            mean, var = _mean_var(xv)
         elif batch_stats:  # two passes: the mean, then the squares around it
             sums = _channel_sums(lambda a: a, xv, col)[0]
             if sum_across is not None:   # SyncBatchNorm: sums and count of every rank
@@ -317,6 +319,40 @@ def _channel_sums(fn, *arrays_and_col):
 
     outs = parallel.blockwise(sums_along_l, *arrays)
     return tuple(parallel.column_sums(o) for o in _tuple(outs))
+
+
+def _mean_var(xv):
+    """Per-channel batch mean and (biased) variance of the (N, C) view in one pass over x from
+    memory: each fixed block of rows, while it sits in cache, gives its column sums s_b and
+    its squares around its own mean m_b = s_b / n_b, q_b = Σ (x - m_b)²; the blocks combine
+    exactly (Chan et al.)::
+
+        mean = Σ s_b / count        var = (Σ q_b + Σ n_b (m_b - mean)²) / count
+
+    No x² - mean² cancellation: every square is taken around a mean of the same numbers. The
+    blocks do not depend on the number of threads, so neither does the result. (The (N, C, L)
+    view keeps the two passes: there the one pass measured no faster.)"""
+    xp = xp_of(xv)
+    n, c = xv.shape
+    rows = max(1, parallel.BLOCK_ELEMENTS // max(c, 1)) if _threaded(xv) else n  # GPU: one
+    starts = list(range(0, n, rows))
+    s = xp.empty((len(starts), c), xv.dtype)
+    q = xp.empty_like(s)
+
+    def block(k):
+        blk = xv[starts[k]:starts[k] + rows]
+        s[k] = parallel.column_sums(blk)
+        d = blk - s[k] / blk.shape[0]
+        q[k] = xp.einsum("ij,ij->j", d, d)
+
+    parallel.for_each(block, range(len(starts)), threaded=_threaded(xv))
+    n_b = xp.asarray([min(rows, n - a) for a in starts], xv.dtype)[:, None]
+    mean = s.sum(axis=0) / n
+    return mean, (q.sum(axis=0) + (((s / n_b - mean) ** 2) * n_b).sum(axis=0)) / n
+
+
+def _threaded(a) -> bool:
+    return backend.device_of(a) == "cpu" and a.size >= parallel.MIN_ELEMENTS
 
 
 def _tuple(r):
