@@ -104,7 +104,7 @@ def mismatch(model, state: dict) -> str:
     problems = []
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} in the file, {own[k]} in the model"
+    shapes = [f"{k} {tuple(state[k].shape)} in the file vs {own[k]} in the model"
               for k in own if k in state and tuple(state[k].shape) != tuple(own[k])]
     for kind, names in (("missing keys", missing), ("unexpected keys", unexpected),
                         ("wrong shapes", shapes)):

@@ -251,3 +251,36 @@ def test_flat_adamw_over_groups_matches_per_parameter_updates(cuda):
 
     for a, b in zip(run(True), run(False)):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,affine,residual,act", [((6, 5, 4, 3), True, False, None),
+                                                       ((6, 5, 4, 3), False, False, None),
+                                                       ((16, 5), True, False, "relu"),
+                                                       ((6, 5, 7), True, True, None),
+                                                       ((6, 5, 7), True, True, "relu"),
+                                                       ((6, 5, 4, 3), True, False, "relu"),
+                                                       ((6, 5, 4, 3), True, False, "gelu"),
+                                                       ((16, 5), False, False, "gelu_tanh")])
+def test_batch_norm_training(cuda, dtype, shape, affine, residual, act):
+    """BatchNorm with batch statistics on the GPU (three launches forward, four backward, one
+    for both running statistics) against the plain array code: outputs, gradients, and the
+    running mean and variance."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    c = shape[1]
+    w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    r = rng.standard_normal(shape).astype(dtype)
+
+    def fn(x, *wbr):
+        rm = backend.to_device(np.zeros(c, dtype), "cuda")
+        rv = backend.to_device(np.ones(c, dtype), "cuda")
+
+        def f(tx, *t):
+            tw, tb = t[:2] if affine else (None, None)
+            return F.batch_norm(tx, rm, rv, tw, tb, training=True, act=act,
+                                residual=t[-1] if residual else None)
+        return _value_and_grads(f, x, *wbr) + [rm, rv]
+
+    arrays = [x] + ([w, b] if affine else []) + ([r] if residual else [])
+    _assert_agree(*_run_both(fn, *arrays), dtype)

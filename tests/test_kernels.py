@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import minivit
 import minivit.nn.functional as F
 from minivit import kernels
-from minivit.kernels import cpu_conv, cpu_conv_nhwc, normal_cdf, parallel
+from minivit.kernels import cpu_conv, cpu_conv_nhwc, cpu_norm, normal_cdf, parallel
 
 # (rtol, atol) per dtype. float64: the fast bodies reorder sums (blocked column sums, gemv
 # row sums), a few ulps. float32: the same reordering over up to ~10^3 terms, plus for GELU
@@ -241,6 +241,19 @@ def test_batch_norm(blocked, n, c, hw, training, act, residual, affine, dtype, s
         return F.batch_norm(x, rm, rv, w, b, training=training, act=act, residual=r)
 
     check_fast_matches_reference("batchnorm", fn, arrays, dtype, GELU_TOL if act else SUMS)
+
+
+@pytest.mark.parametrize("block_elements", [48, 1 << 17])
+def test_batch_norm_one_pass_statistics_far_from_zero(monkeypatch, block_elements):
+    """The channels-last BatchNorm's one-pass mean and variance (cpu_norm._mean_var): a
+    float32 map with mean 1e4 and spread 1, in one block or many, matches float64's two passes
+    (x² - mean² would lose every digit here)."""
+    monkeypatch.setattr(parallel, "BLOCK_ELEMENTS", block_elements)
+    x = (np.random.default_rng(3).standard_normal((4099, 5)) + 1e4).astype(np.float32)
+    mean, var = cpu_norm._mean_var(x)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(var, x64.var(axis=0), rtol=1e-3)
 
 
 # --- attention --------------------------------------------------------------------------------

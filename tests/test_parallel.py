@@ -397,3 +397,14 @@ def test_matmul_into_a_strided_out(threads, shape):
     assert got is out
     np.testing.assert_array_equal(packed[:, :, 1], np.matmul(a, b))
     assert not packed[:, :, 0].any() and not packed[:, :, 2].any()
+
+
+@pytest.mark.parametrize("m, n", [(3, 17), (17, 3), (5, 5)])
+def test_t_matmul_equals_transposed_product_either_way_round(m, n):
+    """t_matmul(a, b) == a.T @ b whichever of a, b is wider (it puts the wider first)."""
+    rng = np.random.default_rng(m * 31 + n)
+    a = rng.standard_normal((301, m)).astype(np.float32)
+    b = rng.standard_normal((301, n)).astype(np.float32)
+    got = parallel.t_matmul(a, b)
+    assert got.shape == (m, n) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, a.T.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)

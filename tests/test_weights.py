@@ -68,6 +68,12 @@ def test_checkpoint_path_errors_list_missing_and_unexpected_keys(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "does not fit model vit_cifar with 10 classes" in msg
     assert "missing keys (1): head.bias" in msg and "unexpected keys (1): head.extra" in msg
+    good = save_state_dict_file(tmp_path / "ten.safetensors",
+                                create_model("vit_cifar", depth=1).state_dict())
+    with pytest.raises(CheckpointError, match=r"does not fit model vit_cifar with 5 classes: "
+                                              r"wrong shapes \(2\): head.weight \(10, 192\) in "
+                                              r"the file vs \(5, 192\) in the model, head.bias"):
+        create_model("vit_cifar", num_classes=5, checkpoint_path=good, depth=1)
     with pytest.raises(CheckpointError, match=r"no such weights file"):
         create_model("vit_cifar", checkpoint_path=tmp_path / "none.safetensors")
     (tmp_path / "w.pt").write_bytes(b"")

@@ -189,8 +189,8 @@ def conv_backward(g, cols, wm, geo, need):
     g2 = g.reshape(-1, o)
     gw = gx = gb = None
     if need[1]:
-        gw = (g2.T @ cols).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
-        gw = xp_of(g).ascontiguousarray(gw)
+        gw = parallel.t_matmul(cols, g2)            # ((i, j, c), O): the wide side first
+        gw = xp_of(g).ascontiguousarray(gw.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
     if need[0]:
         dcols = g2 @ wm
         gx = dcols.reshape(x_shape) if pointwise else _col2im(

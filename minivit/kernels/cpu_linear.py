@@ -135,7 +135,7 @@ class LinearFast(Linear):
             return cuda.linear_backward(ctx, g, g2, x2, w, gelu_backward)
         g2, gb = _grad_before_act(ctx, g2, "row")
         gx = (g2 @ w).reshape(ctx.x_shape) if need[0] else None
-        gw = g2.T @ x2 if need[1] else None
+        gw = parallel.t_matmul(g2, x2) if need[1] else None
         return linear_grads(ctx, gx, gw, gb, g)
 
 

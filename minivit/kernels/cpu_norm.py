@@ -165,7 +165,12 @@ class BatchNormFast(BatchNorm):
         xv, col = _channels_view(x)
         count = x.size // x.shape[1]
         batch_stats = mean is None
-        if batch_stats:  # two passes: the mean, then the squares around it
+        if batch_stats and sum_across is None and cuda.enabled(x):   # three launches
+            mean, var, rstd, scale, shift = cuda.bn_batch_coeffs(
+                xv, col, wb[0] if has_w else None, wb[-1] if has_b else None, eps, count)
+        elif batch_stats and sum_across is None and col:   # one pass over x: see _mean_var
+            mean, var = _mean_var(xv)
+        elif batch_stats:  # two passes: the mean, then the squares around it
             sums = _channel_sums(lambda a: a, xv, col)[0]
             if sum_across is not None:   # SyncBatchNorm: sums and count of every rank
                 sums, count = sum_over_ranks(sum_across, (sums,), count)
@@ -175,9 +180,10 @@ class BatchNormFast(BatchNorm):
             if sum_across is not None:
                 squares, = sum_over_ranks(sum_across, (squares,))
             var = squares / count
-        rstd = 1 / xp.sqrt(var + eps)
-        scale = rstd * wb[0] if has_w else rstd
-        shift = -mean * scale + wb[-1] if has_b else -mean * scale
+        if not (batch_stats and sum_across is None and cuda.enabled(x)):
+            rstd = 1 / xp.sqrt(var + eps)
+            scale = rstd * wb[0] if has_w else rstd
+            shift = -mean * scale + wb[-1] if has_b else -mean * scale
         a, c = _per_channel(scale, col), _per_channel(shift, col)
         if act in ("gelu", "gelu_tanh"):  # y = gelu(z), z = x a + c; Φ(z) or s kept
             gelu = _GELU[act][0]
@@ -207,6 +213,13 @@ class BatchNormFast(BatchNorm):
         col = xv.ndim == 2
         gv = g.reshape(xv.shape)
         mu = _per_channel(mean, col)
+        if ctx.batch_stats and ctx.sum_across is None and cuda.enabled(g):
+            if ctx.act:   # g' = g act'(x a + c), one or two launches
+                a, c, kept = affine
+                gv = cuda.bn_act_grad(gv, xv, a, c, kept, ctx.act)
+            gx, sum_gx, sum_g = cuda.bn_backward(gv, xv, col, mean, rstd, w, ctx.count, need[0])
+            return _bn_grads(ctx, need, need_w, need_b, gv, g,
+                             None if gx is None else gx.reshape(g.shape), sum_gx, sum_g)
         if ctx.act:  # g' = g act'(x a + c): written block by block while the sums run
             masked, (a, c, kept) = xp_of(g).empty(xv.shape, g.dtype), affine
             act = ctx.act
@@ -244,14 +257,20 @@ class BatchNormFast(BatchNorm):
                 gx = parallel.blockwise(lambda g_, out: xp_of(g_).multiply(g_, kc, out=out[0]),
                                         gv, out=parallel.empty_like(gv))
             gx = gx.reshape(g.shape)
-        grads = [gx]
-        if ctx.has_w:
-            grads.append(sum_gx if need_w else None)
-        if ctx.has_b:
-            grads.append(sum_g if need_b else None)
-        if ctx.has_r:   # y = act(z + r): r's gradient is g' (g itself without an act)
-            grads.append(gv.reshape(g.shape) if need[-1] else None)
-        return tuple(grads)
+        return _bn_grads(ctx, need, need_w, need_b, gv, g, gx,
+                         sum_gx if need_w else None, sum_g if need_b else None)
+
+
+def _bn_grads(ctx, need, need_w, need_b, gv, g, gx, dw, db):
+    """BatchNorm's gradients in input order: x, then w, b and r where the op has them."""
+    grads = [gx]
+    if ctx.has_w:
+        grads.append(dw if need_w else None)
+    if ctx.has_b:
+        grads.append(db if need_b else None)
+    if ctx.has_r:   # y = act(z + r): r's gradient is g' (g itself without an act)
+        grads.append(gv.reshape(g.shape) if need[-1] else None)
+    return tuple(grads)
 
 
 # the GELU passes a BatchNorm can fuse: (forward, backward), both taking ``out``
@@ -300,6 +319,40 @@ def _channel_sums(fn, *arrays_and_col):
 
     outs = parallel.blockwise(sums_along_l, *arrays)
     return tuple(parallel.column_sums(o) for o in _tuple(outs))
+
+
+def _mean_var(xv):
+    """Per-channel batch mean and (biased) variance of the (N, C) view in one pass over x from
+    memory: each fixed block of rows, while it sits in cache, gives its column sums s_b and
+    its squares around its own mean m_b = s_b / n_b, q_b = Σ (x - m_b)²; the blocks combine
+    exactly (Chan et al.)::
+
+        mean = Σ s_b / count        var = (Σ q_b + Σ n_b (m_b - mean)²) / count
+
+    No x² - mean² cancellation: every square is taken around a mean of the same numbers. The
+    blocks do not depend on the number of threads, so neither does the result. (The (N, C, L)
+    view keeps the two passes: there the one pass measured no faster.)"""
+    xp = xp_of(xv)
+    n, c = xv.shape
+    rows = max(1, parallel.BLOCK_ELEMENTS // max(c, 1)) if _threaded(xv) else n  # GPU: one
+    starts = list(range(0, n, rows))
+    s = xp.empty((len(starts), c), xv.dtype)
+    q = xp.empty_like(s)
+
+    def block(k):
+        blk = xv[starts[k]:starts[k] + rows]
+        s[k] = parallel.column_sums(blk)
+        d = blk - s[k] / blk.shape[0]
+        q[k] = xp.einsum("ij,ij->j", d, d)
+
+    parallel.for_each(block, range(len(starts)), threaded=_threaded(xv))
+    n_b = xp.asarray([min(rows, n - a) for a in starts], xv.dtype)[:, None]
+    mean = s.sum(axis=0) / n
+    return mean, (q.sum(axis=0) + (((s / n_b - mean) ** 2) * n_b).sum(axis=0)) / n
+
+
+def _threaded(a) -> bool:
+    return backend.device_of(a) == "cpu" and a.size >= parallel.MIN_ELEMENTS
 
 
 def _tuple(r):

@@ -91,6 +91,41 @@ def _k():
             "minivit_one_hot_targets"),
         "target_weights": ew(
             "I t, I ignore", "T w", "w = t != ignore ? (T)1 : (T)0;", "minivit_target_weights"),
+        "sq_dev_sum": red(   # Σ (x - μ)² over the reduced axes (BatchNorm's variance)
+            "T x, T mu", "T out", "(x - mu) * (x - mu)", "a + b", "out = a", "0",
+            "minivit_sq_dev_sum"),
+        "dev_dot": red(      # Σ g (x - μ) (BatchNorm's weight gradient, before 1/σ)
+            "T g, T x, T mu", "T out", "g * (x - mu)", "a + b", "out = a", "0",
+            "minivit_dev_dot"),
+        "bn_coeffs": ew(     # per channel: y = x a + c from the batch statistics
+            "T mean, T sq, T w, T b, float64 count, float64 eps", "T var, T rstd, T a, T c",
+            "var = sq / (T)count;"
+            "rstd = (T)1 / sqrt(var + (T)eps);"
+            "a = rstd * w;"
+            "c = b - mean * a;",
+            "minivit_bn_coeffs"),
+        "bn_ema": ew(        # both running statistics, in place (the variance unbiased)
+            "T mu, T var, float64 unbias, float64 momentum", "T rm, T rv",
+            "rm = rm * (T)(1 - momentum) + (T)momentum * mu;"
+            "rv = rv * (T)(1 - momentum) + (T)momentum * (var * (T)unbias);",
+            "minivit_bn_ema"),
+        "bn_bwd_coeffs": ew(  # per channel: dx = g k + x alpha + beta, and dw = Σ g x̂
+            "T sum_g, T sum_gxc, T rstd, T w, T mean, float64 count", "T dw, T k, T alpha, T beta",
+            "dw = sum_gxc * rstd;"
+            "k = rstd * w;"
+            "T q = dw / (T)count * rstd * k;"
+            "alpha = -q;"
+            "beta = mean * q - sum_g / (T)count * k;",
+            "minivit_bn_bwd_coeffs"),
+        "relu_grad_affine": ew(   # g where x a + c > 0 (the BatchNorm's ReLU recomputed)
+            "T g, T x, T a, T c", "T gm", "gm = x * a + c > (T)0 ? g : (T)0;",
+            "minivit_relu_grad_affine"),
+        "relu_grad_kept": ew(     # g where the kept output y > 0
+            "T g, T y", "T gm", "gm = y > (T)0 ? g : (T)0;", "minivit_relu_grad_kept"),
+        "scale_shift": ew("T x, T a, T c", "T z", "z = x * a + c;", "minivit_scale_shift"),
+        "affine3": ew(       # out = g k + x alpha + beta (per-channel k, alpha, beta broadcast)
+            "T g, T x, T k, T alpha, T beta", "T out", "out = g * k + (x * alpha + beta);",
+            "minivit_affine3"),
         "cross_entropy_bwd": ew(
             "T p, T qs, T q, T scale", "T dz", "dz = (p * qs - q) * scale;",
             "minivit_cross_entropy_bwd"),
@@ -173,6 +208,55 @@ def one_hot_targets(t, num_classes: int, ignore_index: int, label_smoothing: flo
     w = xp.empty(t.shape, dtype)
     _k()["target_weights"](t, ignore_index, w)
     return q, w
+
+
+def bn_axes(xv, col: bool) -> tuple:
+    return (0,) if col else (0, 2)
+
+
+def bn_batch_coeffs(xv, col, w, b, eps: float, count: int):
+    """(mean, var, rstd, a, c) of BatchNorm's batch statistics in three launches: the mean,
+    Σ (x - μ)², and every per-channel quantity in one kernel. ``w``, ``b`` may be None."""
+    xp = backend.get_array_module(xv)
+    axes = bn_axes(xv, col)
+    mean = xv.mean(axis=axes)
+    sq = _k()["sq_dev_sum"](xv, mean if col else mean[:, None], axis=axes)
+    one, zero = xp.ones((), xv.dtype) if w is None else w, xp.zeros((), xv.dtype) if b is None else b
+    var, rstd, a, c = _k()["bn_coeffs"](mean, sq, one, zero, float(count), float(eps))
+    return mean, var, rstd, a, c
+
+
+def bn_update_running(rm, rv, mu, var, unbias: float, momentum: float) -> None:
+    """running = (1 - m) running + m batch for the mean and the (unbiased) variance: one launch."""
+    _k()["bn_ema"](mu.astype(rm.dtype, copy=False), var.astype(rm.dtype, copy=False),
+                   float(unbias), float(momentum), rm, rv)
+
+
+def bn_backward(gv, xv, col, mean, rstd, w, count: int, need_input: bool):
+    """(dx or None, Σ g x̂, Σ g) of batch-statistics BatchNorm without an activation, in four
+    launches: Σ g, Σ g (x - μ), the per-channel coefficients, dx = g k + x α + β."""
+    xp = backend.get_array_module(gv)
+    axes = bn_axes(xv, col)
+    sum_g = gv.sum(axis=axes)
+    sum_gxc = _k()["dev_dot"](gv, xv, mean if col else mean[:, None], axis=axes)
+    one = xp.ones((), gv.dtype) if w is None else w
+    dw, k, alpha, beta = _k()["bn_bwd_coeffs"](sum_g, sum_gxc, rstd, one, mean, float(count))
+    dx = None
+    if need_input:
+        per = (lambda v: v) if col else (lambda v: v[:, None])
+        dx = _k()["affine3"](gv, xv, per(k), per(alpha), per(beta))
+    return dx, dw, sum_g
+
+
+def bn_act_grad(g, xv, a, c, kept, act: str):
+    """g act'(z), z = x a + c recomputed (per-channel a, c shaped for xv): one launch for the
+    ReLU, two for GELU (z, then the GELU backward with the Φ(z) or s kept by the forward)."""
+    if act == "relu":
+        if kept is not None:   # with a residual the ReLU's mask is the output's sign
+            return _k()["relu_grad_kept"](g, kept)
+        return _k()["relu_grad_affine"](g, xv, a, c)
+    z = _k()["scale_shift"](xv, a, c)
+    return gelu_backward(g, z, kept, "tanh" if act == "gelu_tanh" else "none")
 
 
 def cross_entropy_backward(p, q, scale):

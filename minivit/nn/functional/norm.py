@@ -245,6 +245,12 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
                         has_r=residual is not None, sum_across=sum_across)
     if training and running_mean is not None and running_var is not None:
         mu, v, count = stats   # count: values per channel (on all ranks with sum_across)
+        from ...kernels import cuda   # noqa: PLC0415 (the GPU's one-launch update)
+
+        if cuda.enabled(_raw(running_mean), _raw(running_var), mu):
+            cuda.bn_update_running(_raw(running_mean), _raw(running_var), mu, v,
+                                   count / (count - 1), momentum)
+            return y
         _ema(_raw(running_mean), mu, momentum)
         _ema(_raw(running_var), v * (count / (count - 1)), momentum)  # unbiased
     return y
