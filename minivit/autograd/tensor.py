@@ -87,14 +87,16 @@ class Tensor:
         >>> (w * 3).sum().backward(); seen
         [[3.0, 3.0]]
         """
-        if not callable(hook):
-            raise TypeError(f"a hook must be callable, got {type(hook).__name__}")
+        from collections import OrderedDict  # noqa: PLC0415
+
+        from .hooks import add_hook  # noqa: PLC0415
+
         if self.creator is not None:
             raise RuntimeError("register_post_accumulate_grad_hook: only a leaf tensor (a "
                                "parameter) accumulates into .grad; this one was made by an op")
         if self._post_accumulate_grad_hooks is None:
-            self._post_accumulate_grad_hooks = {}
-        return _HookHandle(self._post_accumulate_grad_hooks, hook)
+            self._post_accumulate_grad_hooks = OrderedDict()
+        return add_hook(self._post_accumulate_grad_hooks, hook)
 
     def detach(self) -> "Tensor":
         """The same data, cut from the graph."""
@@ -388,20 +390,6 @@ class Tensor:
     def clip(self, lo=None, hi=None): return ops.clip(self, lo, hi)
     clamp = clip
     def pow(self, p): return ops.pow(self, p)
-
-
-class _HookHandle:
-    """Returned by a hook registration: ``remove()`` takes the hook out (twice is harmless)."""
-
-    _next_id = 0
-
-    def __init__(self, hooks: dict, hook):
-        self.id, _HookHandle._next_id = _HookHandle._next_id, _HookHandle._next_id + 1
-        self._hooks = hooks
-        hooks[self.id] = hook
-
-    def remove(self) -> None:
-        self._hooks.pop(self.id, None)
 
 
 # --- creation ---------------------------------------------------------------------------------
