@@ -331,11 +331,14 @@ def _loaders(cfg: TrainConfig):
     if cfg.test_limit:
         x_te, y_te = x_te[:cfg.test_limit], y_te[:cfg.test_limit]
     augment = None if cfg.augment in (None, "none") else cfg.augment
+    # with --device cuda the images live on the GPU and batches are made there (data/gpu.py)
+    device = cfg.device.split(":")[0]
     train = CIFARLoader(x_tr, y_tr, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
                         seed=cfg.seed, augment=augment, mixup=cfg.mixup, cutmix=cfg.cutmix,
-                        num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
+                        num_classes=ds.num_classes, mean=ds.mean, std=ds.std, device=device)
     test = CIFARLoader(x_te, y_te, batch_size=cfg.eval_batch_size, shuffle=False,
-                       augment=None, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
+                       augment=None, num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+                       device=device)
     return ds, train, test
 
 
@@ -393,6 +396,7 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", num_classes: int | N
                 continue
             logits = model(_to_device(xb, device))
             loss = F.cross_entropy(logits, _to_device(yb, device))
+            yb = backend.as_numpy(yb)   # labels of a GPU-made batch are on the GPU
             scores = backend.as_numpy(logits.data)
             pred = scores.argmax(axis=1)
             best5 = np.argpartition(-scores, min(5, k) - 1, axis=1)[:, :5]

@@ -10,6 +10,13 @@ from ``default_rng([seed, epoch, 0])`` and batch ``b``'s augmentation and mixing
 ``default_rng([seed, epoch, 1, b])``. So batches do not depend on prefetching, on what ran
 before, or on the process: ``state_dict()`` (epoch and position) is all a checkpoint needs to
 reproduce the rest of the run exactly.
+
+With ``device="cuda"`` the uint8 images are uploaded to the GPU once, and each batch is built
+there (``minivit/data/gpu.py``): the host makes the same draws from the same generator as on
+the CPU (order, crop offsets, flips, mixup/cutmix), uploads them with the indices and labels in
+one small copy, and one kernel crops, flips, normalises (and mixes) the batch; a second writes
+mixup/cutmix's soft targets. Batches then equal the CPU's up to float rounding. RandAugment or a
+custom ``augment`` callable keeps the CPU path (the batch is uploaded by the caller).
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .transforms import (CIFAR10_MEAN, CIFAR10_STD, Transform, cutmix, make_augment, mixup,
-                         one_hot, to_float_nchw)
+from .transforms import (CIFAR10_MEAN, CIFAR10_STD, Compose, RandomCrop, RandomHorizontalFlip,
+                         Transform, cutmix, cutmix_draw, make_augment, mixup,
+                         normalise_coefficients, one_hot, to_float_nchw)
 
 __all__ = ["CIFARLoader"]
 
@@ -79,6 +87,24 @@ class _Prefetcher:
         self._thread.join(timeout=10)
 
 
+def _gpu_plan(augment, shape) -> tuple | None:
+    """``(crop, flip)`` (either None) when ``augment`` is what the GPU batch kernel does: none,
+    or the standard crop with zero padding to the image's own size and/or flip; else None."""
+    if augment is None:
+        return None, None
+    parts = augment.transforms if type(augment) is Compose else [augment]
+    crop = flip = None
+    for t in parts:
+        if type(t) is RandomCrop and crop is None and flip is None and t.fill == 0 \
+                and t.size == shape[1] == shape[2]:
+            crop = t
+        elif type(t) is RandomHorizontalFlip and flip is None:
+            flip = t
+        else:
+            return None
+    return crop, flip
+
+
 class CIFARLoader:
     """Iterate over ``(x, y)`` batches of a uint8 image array.
 
@@ -97,8 +123,12 @@ class CIFARLoader:
             (each with probability 1/2). When either is on, ``y`` is soft targets
             ``(B, num_classes)`` in ``dtype``; otherwise int64 labels.
         num_classes: width of the soft targets.
-        prefetch: build the next batch in a background thread while the current one is used.
+        prefetch: build the next batch in a background thread while the current one is used
+            (CPU batches only: a GPU batch is a few asynchronous launches).
         dtype: float dtype of the images (and soft targets).
+        device: ``"cpu"``, or ``"cuda"``: the images live on the GPU and crop, flip, normalise
+            and mixing run there (not with RandAugment or a custom callable: those batches are
+            made on the CPU as before).
 
     Yields:
         ``x``: ``(B, C, H, W)`` C-contiguous ``dtype``; ``y``: int64 ``(B,)`` or soft targets.
@@ -120,6 +150,7 @@ class CIFARLoader:
         num_classes: int = 10,
         prefetch: bool = True,
         dtype: np.dtype | type = np.float32,
+        device: str = "cpu",
     ) -> None:
         x, y = np.asarray(x), np.asarray(y)
         if x.dtype != np.uint8 or x.ndim != 4:
@@ -138,6 +169,17 @@ class CIFARLoader:
         self.mean, self.std = mean, std
         self.mixup, self.cutmix = float(mixup), float(cutmix)
         self.num_classes, self.prefetch, self.dtype = num_classes, prefetch, np.dtype(dtype)
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.device, self.gpu = device, None
+        plan = _gpu_plan(self.augment, x.shape)
+        if device == "cuda" and plan is not None:
+            from .gpu import GPUBatcher  # noqa: PLC0415
+
+            self._crop, self._flip = plan
+            scale, shift = normalise_coefficients(x.shape[-1], mean, std, self.dtype)
+            padding = 0 if self._crop is None else self._crop.padding
+            self.gpu = GPUBatcher(x, scale, shift, self.dtype, padding)
         self.epoch = 0
         self._position = 0  # batches handed out in the current epoch
         self._resume = 0  # where the next iteration starts (set by load_state_dict)
@@ -179,6 +221,8 @@ class CIFARLoader:
         """Batch ``index`` of ``epoch``, computed directly (no iteration state involved)."""
         order = self.order(epoch) if order is None else order
         idx, rng = self.batch_indices(index, order), self.batch_rng(epoch, index)
+        if self.gpu is not None:
+            return self._gpu_batch(idx, rng)
         x = self.x[idx]
         if self.augment is not None:
             x = self.augment(x, rng)
@@ -192,6 +236,26 @@ class CIFARLoader:
             else:
                 xf, y = mixup(xf, targets, self.mixup, rng)
         return xf, y
+
+    def _gpu_batch(self, idx: np.ndarray, rng: np.random.Generator) -> Batch:
+        """``make_batch`` on the GPU: the CPU path's draws, in its order, from ``rng``."""
+        b, (h, w, _) = len(idx), self.x.shape[1:]
+        oy = ox = np.full(b, 0 if self._crop is None else self._crop.padding)
+        if self._crop is not None:
+            oy, ox = self._crop.draw(b, h, w, rng)
+        flip = np.zeros(b, bool) if self._flip is None else self._flip.draw(b, rng)
+        args = dict(idx=idx, oy=oy, ox=ox, flip=flip, labels=self.y[idx])
+        if self.mixup > 0 or self.cutmix > 0:
+            if self.cutmix > 0 and (self.mixup == 0 or rng.random() < 0.5):
+                perm, box = cutmix_draw(b, h, w, self.cutmix, rng)
+                lam = 1 - (box[1] - box[0]) * (box[3] - box[2]) / (h * w)
+                args.update(partner=perm, weights=(1.0, 0.0), box=box)
+            else:
+                lam = float(rng.beta(self.mixup, self.mixup))
+                perm = rng.permutation(b)
+                args.update(partner=perm, weights=(lam, 1 - lam))
+            args.update(target_weights=(lam, 1 - lam), num_classes=self.num_classes)
+        return self.gpu.batch(**args)
 
     def batch_indices(self, index: int, order: np.ndarray) -> np.ndarray:
         """The images of batch ``index``, given the epoch's order."""
@@ -210,7 +274,7 @@ class CIFARLoader:
         epoch, start = self.epoch, self._resume
         self._resume, self._position = 0, start
         source = self._batches(epoch, start)
-        prefetcher = _Prefetcher(source) if self.prefetch else None
+        prefetcher = _Prefetcher(source) if self.prefetch and self.gpu is None else None
         batches = iter(prefetcher) if prefetcher is not None else source
         try:
             for batch in batches:

@@ -18,7 +18,8 @@ import numpy as np
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "Compose", "RandAugment", "RandomCrop",
-    "RandomHorizontalFlip", "Transform", "cutmix", "make_augment", "mixup", "one_hot",
+    "RandomHorizontalFlip", "Transform", "cutmix", "cutmix_draw", "make_augment", "mixup",
+    "normalise_coefficients", "one_hot",
     "standard_augment", "to_float_nchw",
 ]
 
@@ -43,11 +44,17 @@ class RandomCrop:
         b, h, w, _ = x.shape
         p, s = self.padding, self.size
         padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=self.fill)
-        oy = rng.integers(0, h + 2 * p - s + 1, b)
-        ox = rng.integers(0, w + 2 * p - s + 1, b)
+        oy, ox = self.draw(b, h, w, rng)
         rows = (oy[:, None] + np.arange(s))[:, :, None]
         cols = (ox[:, None] + np.arange(s))[:, None, :]
         return padded[np.arange(b)[:, None, None], rows, cols]
+
+    def draw(self, b: int, h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """The offsets ``(oy, ox)`` into the padded images, as ``__call__`` draws them."""
+        p, s = self.padding, self.size
+        oy = rng.integers(0, h + 2 * p - s + 1, b)
+        ox = rng.integers(0, w + 2 * p - s + 1, b)
+        return oy, ox
 
     def __repr__(self) -> str:
         return f"RandomCrop(size={self.size}, padding={self.padding})"
@@ -60,10 +67,14 @@ class RandomHorizontalFlip:
         self.p = p
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        flip = rng.random(len(x)) < self.p
+        flip = self.draw(len(x), rng)
         x = x.copy()
         x[flip] = x[flip, :, ::-1]
         return x
+
+    def draw(self, b: int, rng: np.random.Generator) -> np.ndarray:
+        """Which of ``b`` images to mirror, as ``__call__`` draws it."""
+        return rng.random(b) < self.p
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
@@ -231,15 +242,21 @@ def to_float_nchw(
     """uint8 ``(B, H, W, C)`` -> ``(x / 255 - mean) / std`` as C-contiguous ``(B, C, H, W)``.
     ``mean``/``std`` of None mean 0 and 1 (only the scaling to [0, 1])."""
     c = x.shape[-1]
-    mean_a = np.zeros(c) if mean is None else np.asarray(mean, np.float64)
-    std_a = np.ones(c) if std is None else np.asarray(std, np.float64)
-    scale = (1.0 / (255.0 * std_a)).astype(dtype).reshape(c, 1, 1)
-    shift = (-mean_a / std_a).astype(dtype).reshape(c, 1, 1)
+    scale, shift = (a.reshape(c, 1, 1) for a in normalise_coefficients(c, mean, std, dtype))
     out = np.empty((x.shape[0], c, *x.shape[1:3]), dtype)
     out[...] = x.transpose(0, 3, 1, 2)
     out *= scale
     out += shift
     return out
+
+
+def normalise_coefficients(c: int, mean: Sequence[float] | None, std: Sequence[float] | None,
+                           dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, shift)`` of shape ``(c,)`` such that ``x * scale + shift`` is
+    ``(x / 255 - mean) / std`` for uint8 pixel values ``x``."""
+    mean_a = np.zeros(c) if mean is None else np.asarray(mean, np.float64)
+    std_a = np.ones(c) if std is None else np.asarray(std, np.float64)
+    return (1.0 / (255.0 * std_a)).astype(dtype), (-mean_a / std_a).astype(dtype)
 
 
 def one_hot(y: np.ndarray, num_classes: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
@@ -260,18 +277,25 @@ def mixup(x: np.ndarray, targets: np.ndarray, alpha: float,
     return x_out, t_out
 
 
-def cutmix(x: np.ndarray, targets: np.ndarray, alpha: float,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Paste one random box (area about ``1 - lam``, ``lam ~ Beta(alpha, alpha)``) from a
-    permutation of the batch; targets are weighted by the actual pasted area (NCHW input)."""
+def cutmix_draw(b: int, h: int, w: int, alpha: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """CutMix's draws: the partner permutation and the box ``(y0, y1, x0, x1)``."""
     lam = float(rng.beta(alpha, alpha))
-    perm = rng.permutation(len(x))
-    h, w = x.shape[-2:]
+    perm = rng.permutation(b)
     r = math.sqrt(1 - lam)
     ch, cw = int(h * r), int(w * r)
     cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
     y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
     x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    return perm, (y0, y1, x0, x1)
+
+
+def cutmix(x: np.ndarray, targets: np.ndarray, alpha: float,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paste one random box (area about ``1 - lam``, ``lam ~ Beta(alpha, alpha)``) from a
+    permutation of the batch; targets are weighted by the actual pasted area (NCHW input)."""
+    h, w = x.shape[-2:]
+    perm, (y0, y1, x0, x1) = cutmix_draw(len(x), h, w, alpha, rng)
     x_out = x.copy()
     x_out[..., y0:y1, x0:x1] = x[perm, ..., y0:y1, x0:x1]
     lam_area = 1 - (y1 - y0) * (x1 - x0) / (h * w)

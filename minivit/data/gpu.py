@@ -1,0 +1,115 @@
+"""The CIFAR batch built on the GPU: the uint8 images live there, a batch is one small upload
+and one or two kernels.
+
+``GPUBatcher`` holds the dataset on the device (uploaded once). Per batch the host computes what
+is cheap and random (which images, the crop offsets, the flips, the mixup/cutmix partner and
+weights: the same NumPy draws as the CPU loader, from the same generator) and packs the integers
+into one ``(6, B)`` int64 array, the only host-to-device copy of the batch. Then
+
+- one kernel writes the float NCHW batch: each output pixel reads its image's pixel at the
+  crop offset (zero outside the 4-pixel padding), mirrored if the image is flipped, normalised
+  (``x * scale + shift``, as ``to_float_nchw``), and, with mixup or cutmix, mixed with its
+  partner's pixel (``wa * own + wb * partner``; cutmix takes the partner inside the box);
+- with mixup/cutmix, a second kernel writes the soft targets; without, the labels are a view
+  of the uploaded array (no launch).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import backend
+
+_KERNELS: dict = {}
+
+_IMAGE_BODY = """
+int w = i % W;
+int h = (i / W) % H;
+int c = (i / (W * H)) % C;
+int b = i / (W * H * C);
+bool inbox = h >= y0 && h < y1 && w >= x0 && w < x1;
+T wa = inbox ? wa_in : wa_out;
+T wb = inbox ? wb_in : wb_out;
+int sa = P[b];
+int ya = h + P[n + b] - pad;
+int xa = (P[3 * n + b] != 0 ? W - 1 - w : w) + P[2 * n + b] - pad;
+bool ina = ya >= 0 && ya < H && xa >= 0 && xa < W;
+T va = ina ? (T)X[((sa * H + max(0, min(H - 1, ya))) * W + max(0, min(W - 1, xa))) * C + c] : (T)0;
+int pb = P[4 * n + b];
+int sb = P[pb];
+int yb = h + P[n + pb] - pad;
+int xb = (P[3 * n + pb] != 0 ? W - 1 - w : w) + P[2 * n + pb] - pad;
+bool inb = yb >= 0 && yb < H && xb >= 0 && xb < W;
+T vb = inb ? (T)X[((sb * H + max(0, min(H - 1, yb))) * W + max(0, min(W - 1, xb))) * C + c] : (T)0;
+T na = va * scale[c];
+na = na + shift[c];
+T nb = vb * scale[c];
+nb = nb + shift[c];
+T ma = wa * na;
+T mb = wb * nb;
+out = ma + mb;
+"""
+
+_TARGET_BODY = """
+int b = i / K;
+int k = i % K;
+int pb = P[4 * n + b];
+T own = P[5 * n + b] == k ? (T)1 : (T)0;
+T other = P[5 * n + pb] == k ? (T)1 : (T)0;
+T ma = ta * own;
+T mb = tb * other;
+t = ma + mb;
+"""
+
+
+def _kernels():
+    if not _KERNELS:
+        cp = backend._import_cupy()
+        _KERNELS["image"] = cp.ElementwiseKernel(
+            "raw uint8 X, raw int64 P, raw T scale, raw T shift, int32 n, int32 H, int32 W, "
+            "int32 C, int32 pad, T wa_out, T wb_out, T wa_in, T wb_in, int32 y0, int32 y1, "
+            "int32 x0, int32 x1", "T out", _IMAGE_BODY, "minivit_data_batch")
+        _KERNELS["targets"] = cp.ElementwiseKernel(
+            "raw int64 P, int32 n, int32 K, T ta, T tb", "T t", _TARGET_BODY,
+            "minivit_data_targets")
+    return _KERNELS
+
+
+class GPUBatcher:
+    """The images ``x`` (uint8 NHWC) on the GPU, and the batch kernels over them.
+
+    ``scale``/``shift``: per-channel normalisation ``x * scale + shift`` (``dtype``)."""
+
+    def __init__(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray, dtype: np.dtype,
+                 padding: int) -> None:
+        cp = backend._import_cupy()
+        self.x = cp.asarray(np.ascontiguousarray(x))        # the one upload of the images
+        self.scale = cp.asarray(np.asarray(scale, dtype).reshape(-1))
+        self.shift = cp.asarray(np.asarray(shift, dtype).reshape(-1))
+        self.dtype, self.padding = np.dtype(dtype), int(padding)
+        self.shape = x.shape[1:]
+
+    def batch(self, idx, oy, ox, flip, labels, partner=None, weights=(1.0, 0.0),
+              box=(0, 0, 0, 0), target_weights=None, num_classes: int = 10):
+        """The batch of images ``idx``: crop at ``(oy, ox)`` of the padded image, mirrored
+        where ``flip``; mixed as ``weights[0] * own + weights[1] * partner`` (outside
+        ``box = (y0, y1, x0, x1)``; inside it the partner alone). ``target_weights``: soft
+        targets ``(B, num_classes)`` mixed with these weights, or None for int64 labels."""
+        cp = backend._import_cupy()
+        k = _kernels()
+        b = len(idx)
+        h, w, c = self.shape
+        p = np.empty((6, b), np.int64)
+        p[0], p[1], p[2], p[3], p[5] = idx, oy, ox, flip, labels
+        p[4] = np.arange(b) if partner is None else partner
+        p_dev = cp.asarray(p)                                  # the batch's one upload
+        t = self.dtype.type
+        out = cp.empty((b, c, h, w), self.dtype)
+        k["image"](self.x, p_dev, self.scale, self.shift, np.int32(b), np.int32(h),
+                   np.int32(w), np.int32(c), np.int32(self.padding), t(weights[0]),
+                   t(weights[1]), t(0), t(1), *(np.int32(v) for v in box), out)
+        if target_weights is None:
+            return out, p_dev[5]
+        targets = cp.empty((b, num_classes), self.dtype)
+        k["targets"](p_dev, np.int32(b), np.int32(num_classes), t(target_weights[0]),
+                     t(target_weights[1]), targets)
+        return out, targets
