@@ -108,6 +108,19 @@ def is_checkpoint(arrays: dict) -> bool:
     return _META in arrays
 
 
+def tree_leaves(tree, prefix: str = ""):
+    """(path, value) of every leaf of a nested dict/list checkpoint tree, paths joined by "/"
+    (``{"model": {"w": a}}`` gives ``("/model/w", a)``)."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from tree_leaves(v, f"{prefix}/{k}")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from tree_leaves(v, f"{prefix}/{i}")
+    else:
+        yield prefix, tree
+
+
 def checkpoint_tree(arrays: dict, path: Path) -> dict:
     """The tree ``save_checkpoint`` was given, from the arrays of its file (read by ``read_npz``)."""
     if not is_checkpoint(arrays):

@@ -15,7 +15,7 @@ import pytest
 
 import minivit
 from minivit import train
-from minivit.checkpoint import load_checkpoint
+from minivit.checkpoint import load_checkpoint, tree_leaves
 from minivit.data import CIFARLoader, load_dataset
 from minivit.train import TrainConfig, TrainingError, evaluate, fit
 
@@ -35,22 +35,10 @@ def quiet(*args, **kwargs):
     pass
 
 
-def leaves(tree, prefix=""):
-    """(path, value) of every leaf of a nested dict/list checkpoint tree."""
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from leaves(v, f"{prefix}/{k}")
-    elif isinstance(tree, list):
-        for i, v in enumerate(tree):
-            yield from leaves(v, f"{prefix}/{i}")
-    else:
-        yield prefix, tree
-
-
 def assert_trees_identical(a: dict, b: dict, skip=()) -> None:
     """Same structure, arrays equal bit for bit (dtype, shape, bytes), other leaves equal."""
-    la = dict(leaves(a))
-    lb = dict(leaves(b))
+    la = dict(tree_leaves(a))
+    lb = dict(tree_leaves(b))
     assert la.keys() == lb.keys()
     for key, va in la.items():
         if any(key.startswith(s) for s in skip):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minivit.checkpoint import load_checkpoint
+from minivit.checkpoint import load_checkpoint, tree_leaves
 from minivit.runfolder import check_folder, read_log
 
 MICRO = ["--model", "vit_cifar", "--model-arg", "depth=1", "--model-arg", "embed_dim=16",
@@ -79,24 +79,13 @@ def _without_timings(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
 
 
-def _leaves(tree, prefix=""):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _leaves(v, f"{prefix}/{k}")
-    elif isinstance(tree, list):
-        for i, v in enumerate(tree):
-            yield from _leaves(v, f"{prefix}/{i}")
-    else:
-        yield prefix, tree
-
-
 def differences(run: Path, reference: Path) -> list[str]:
     """Where a finished run differs from the reference run (timings and the folder name in
     the saved config aside): checkpoints bit for bit, the logs line for line."""
     found = []
     for name in ("last.npz", "best.npz"):
-        a = dict(_leaves(load_checkpoint(run / name)))
-        b = dict(_leaves(load_checkpoint(reference / name)))
+        a = dict(tree_leaves(load_checkpoint(run / name)))
+        b = dict(tree_leaves(load_checkpoint(reference / name)))
         if a.keys() != b.keys():
             found.append(f"{name}: entries differ")
             continue
