@@ -176,12 +176,15 @@ def _tiny(device, seed=0):
     return model, x, y
 
 
-def _scaled_step(model, opt, scaler, x, y, plant_inf=False):
-    loss = F.cross_entropy(model(x), y)
+def _scaled_step(model, opt, scaler, x, y, plant_inf=False, precision=None):
+    with minivit.autocast(precision or "fp16", enabled=precision is not None):
+        loss = F.cross_entropy(model(x), y)
     opt.zero_grad()
     scaler.scale(loss).backward()
     if plant_inf:
         model[2].weight.grad.data[0, 0] = np.inf
+    if precision is not None:
+        scaler.unscale_(opt)   # as the training loop does, before clipping and logging
     scaler.step(opt)
     scaler.update()
 
@@ -235,15 +238,7 @@ def test_an_fp16_step_does_not_synchronise(standin):
     _scaled_step(model, opt, scaler, x, y)   # the first step builds the flat buffers
     with cupy_standin.counting() as c, cupy_standin.no_sync():
         for plant in (False, True, False):
-            with minivit.autocast("fp16"):
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            scaler.scale(loss).backward()
-            if plant:
-                model[2].weight.grad.data[0, 0] = np.inf
-            scaler.unscale_(opt)
-            scaler.step(opt)
-            scaler.update()
+            _scaled_step(model, opt, scaler, x, y, plant_inf=plant, precision="fp16")
     assert c["syncs"] == 0 and c["d2h"] == 0
     # good (2 in a row: 2^17), inf (halved: 2^16, skipped), good
     assert (scaler.get_scale(), scaler.skipped_steps()) == (2.0 ** 16, 1)
