@@ -74,10 +74,20 @@ def test_fp16_rounding_overflows_to_inf_and_flushes_tiny_values_without_warnings
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_rounding_on_the_gpu_path_equals_the_cpu(cuda, precision):
-    x = np.random.default_rng(0).standard_normal(257).astype(np.float32) * 1e3
-    x[:3] = [np.inf, np.nan, 1e30]
+    """bf16: the one-launch kernel (kernels/cuda_rows.py) against the array code, on the
+    GPU and on the CPU; fp16: CuPy's and NumPy's float16 casts."""
+    from minivit.kernels import cuda as cuda_kernels  # noqa: PLC0415
+
+    x = np.random.default_rng(0).standard_normal((3, 257)).astype(np.float32) * 1e3
+    x[0, :6] = [np.inf, np.nan, 1e30, 3.4e38, -0.0, 1 + 2 ** -8]
+    x[1, :3] = np.array([0x7F800001, 0x7FFFFFFF, 0xFFC00001], np.uint32).view(np.float32)
     want = amp.round_to(x, precision)
-    np.testing.assert_array_equal(_host(amp.round_to(_on(cuda, x), precision)), want)
+    with cuda_kernels.fused_kernels(False):
+        plain = _host(amp.round_to(_on(cuda, x), precision))
+    fast = _host(amp.round_to(_on(cuda, x)[:, 1:], precision))   # a strided view too
+    np.testing.assert_array_equal(plain, want)
+    np.testing.assert_array_equal(fast, want[:, 1:])
+    assert np.isnan(fast[1, :2]).all() and np.isnan(want[1, :3]).all()
 
 
 # --- autocast --------------------------------------------------------------------------------------
