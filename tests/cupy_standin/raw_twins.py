@@ -1,4 +1,4 @@
-"""NumPy twins of minivit's RawKernels (``minivit/kernels/cuda_rows.py``), which the stand-in
+"""NumPy twins of minivit's RawKernels (``minivit/kernels/cuda_rows.py``, ``cuda_conv.py``), which the stand-in
 cannot interpret (threads, shared memory, warp shuffles).
 
 Each twin is registered with the SHA-256 prefix of the CUDA source it was written against: a
@@ -77,11 +77,93 @@ def softmax_rows(grid, block, args, shared_mem):
     _2d(p, rows, k)[...] = e * np.where(tot > 0, t(1) / np.where(tot > 0, tot, t(1)), t(1))
 
 
+# --- the depthwise convolution (cuda_conv.py): NHWC arrays, weight (C, 1, kh, kw) ----------
+
+def _geometry(args):
+    """The kernels' GEOMETRY arguments as Python ints."""
+    n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pl, dh, dw = (int(v) for v in args)
+    return n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pl, dh, dw
+
+
+def _threads_1d(grid, block):
+    if len(block) != 1 or int(block[0]) % 32 or not 32 <= int(block[0]) <= 1024 or \
+            int(grid[0]) < 1:
+        raise ValueError(f"bad launch: grid {grid}, block {block}")
+
+
+def _taps(geo):
+    """(i, j, rows, cols) per kernel offset: the output positions whose window reads inside
+    the input, and the input rows/cols they read (slices of the unpadded input)."""
+    n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pl, dh, dw = geo
+    out = []
+    for i in range(kh):
+        for j in range(kw):
+            ys = [y for y in range(ho) if 0 <= y * sh - pt + i * dh < h]
+            xs = [x for x in range(wo) if 0 <= x * sw - pl + j * dw < w]
+            if ys and xs:
+                out.append((i, j, slice(ys[0], ys[-1] + 1),
+                            slice(xs[0], xs[-1] + 1),
+                            slice(ys[0] * sh - pt + i * dh, ys[-1] * sh - pt + i * dh + 1, sh),
+                            slice(xs[0] * sw - pl + j * dw, xs[-1] * sw - pl + j * dw + 1, sw)))
+    return out
+
+
+def depthwise_fwd(grid, block, args, shared_mem):
+    x, wt, b, out = args[:4]
+    geo = _geometry(args[4:18])
+    has_b = int(args[18])
+    _threads_1d(grid, block)
+    n, h, w, c, ho, wo, kh, kw = geo[:8]
+    xa = x._a.reshape(-1)[:n * h * w * c].reshape(n, h, w, c)
+    wa = wt._a.reshape(-1)[:c * kh * kw].reshape(c, kh, kw)
+    acc = np.zeros((n, ho, wo, c), xa.dtype)
+    for i, j, oy, ox, iy, ix in _taps(geo):
+        acc[:, oy, ox] += wa[:, i, j] * xa[:, iy, ix]
+    if has_b:
+        acc += b._a.reshape(-1)[:c]
+    out._a.reshape(-1)[:acc.size] = acc.reshape(-1)
+
+
+def depthwise_bwd_input(grid, block, args, shared_mem):
+    g, wt, dx = args[:3]
+    geo = _geometry(args[3:17])
+    _threads_1d(grid, block)
+    n, h, w, c, ho, wo, kh, kw = geo[:8]
+    ga = g._a.reshape(-1)[:n * ho * wo * c].reshape(n, ho, wo, c)
+    wa = wt._a.reshape(-1)[:c * kh * kw].reshape(c, kh, kw)
+    acc = np.zeros((n, h, w, c), ga.dtype)
+    for i, j, oy, ox, iy, ix in _taps(geo):
+        acc[:, iy, ix] += wa[:, i, j] * ga[:, oy, ox]
+    dx._a.reshape(-1)[:acc.size] = acc.reshape(-1)
+
+
+def depthwise_bwd_weight(grid, block, args, shared_mem):
+    g, x, dw, db = args[:4]
+    geo = _geometry(args[4:18])
+    first = int(args[18])
+    n, h, w, c, ho, wo, kh, kw = geo[:8]
+    if tuple(block) != (32, 16) or int(grid[0]) != -(-c // 32) or \
+            first not in (0, kh * kw) or int(grid[1]) < 1 or first + int(grid[1]) > kh * kw + 1:
+        raise ValueError(f"bad launch: grid {grid}, block {block}, first {first}")
+    ga = g._a.reshape(-1)[:n * ho * wo * c].reshape(n, ho, wo, c)
+    xa = x._a.reshape(-1)[:n * h * w * c].reshape(n, h, w, c)
+    if first == 0:
+        gw = np.zeros((c, kh, kw), ga.dtype)
+        for i, j, oy, ox, iy, ix in _taps(geo):
+            gw[:, i, j] = np.einsum("nhwc,nhwc->c", ga[:, oy, ox], xa[:, iy, ix])
+        dw._a.reshape(-1)[:gw.size] = gw.reshape(-1)
+    if first + int(grid[1]) == kh * kw + 1:
+        db._a.reshape(-1)[:c] = ga.sum(axis=(0, 1, 2))
+
+
 TWINS = {
     "minivit_layer_norm_affine_grads": ("f8e0b8cbc3b15c4a", layer_norm_affine_grads),
     "minivit_layer_norm_fwd": ("c84ab6fb96f0825f", layer_norm_fwd),
     "minivit_layer_norm_bwd": ("bacdf9ecb3fae735", layer_norm_bwd),
     "minivit_softmax_rows": ("2328d40b879dea58", softmax_rows),
+    "minivit_depthwise_fwd": ("674725a37de088b4", depthwise_fwd),
+    "minivit_depthwise_bwd_input": ("50927cad92af5dce", depthwise_bwd_input),
+    "minivit_depthwise_bwd_weight": ("1cef556ed2b80402", depthwise_bwd_weight),
 }
 for _name, (_sha, _fn) in TWINS.items():
     _kernel.register_raw(_name, _fn, _sha)
