@@ -78,8 +78,9 @@ def test_same_numbers_and_gradients_as_the_nchw_conv(stride):
         np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("stride", [(2, 1), (1, 1)])   # the scatter's dx, the flipped conv's
 @pytest.mark.parametrize("block", [1, 40, 1 << 17])
-def test_image_blocks_and_threads_give_identical_results(monkeypatch, block):
+def test_image_blocks_and_threads_give_identical_results(monkeypatch, block, stride):
     """The work is cut into blocks of images; the weight gradient's per-block sums are added in
     block order, so every block size gives the same numbers as one block."""
     from minivit.kernels import cpu_conv_nhwc as dw_module
@@ -90,13 +91,13 @@ def test_image_blocks_and_threads_give_identical_results(monkeypatch, block):
 
     def run():
         t = [minivit.tensor(a, requires_grad=True) for a in arrays]
-        y = depthwise_conv2d_nhwc(*t, stride=(2, 1), padding=((0, 1), (1, 1)))
+        y = depthwise_conv2d_nhwc(*t, stride=stride, padding=((0, 1), (1, 1)))
         (y * y).sum().backward()
         return [y.numpy()] + [a.grad.numpy() for a in t]
 
     monkeypatch.setattr(dw_module, "CACHE_BLOCK", block)
     got = run()
-    expect = depthwise_nhwc_loop(*[a.astype(np.float64) for a in arrays], stride=(2, 1),
+    expect = depthwise_nhwc_loop(*[a.astype(np.float64) for a in arrays], stride=stride,
                                  padding=((0, 1), (1, 1)))
     np.testing.assert_allclose(got[0], expect, rtol=1e-4, atol=1e-4)
     monkeypatch.setattr(dw_module, "CACHE_BLOCK", 1 << 30)  # everything in one block

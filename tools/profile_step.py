@@ -16,8 +16,12 @@ import collections
 import functools
 import time
 
-import minivit  # before NumPy: it sets OpenBLAS's idle-thread timeout (see minivit/__init__.py)
-import numpy as np
+import os
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the ``minivit`` command: before NumPy
+import minivit  # noqa: E402
+import minivit.runtime  # noqa: E402
+import numpy as np  # noqa: E402
 from minivit import optim
 from minivit.autograd.flops import count_flops
 from minivit.autograd.function import Function
@@ -66,6 +70,7 @@ def main() -> None:
     ap.add_argument("--by-shape", action="store_true", help="one row per op and input shapes")
     args = ap.parse_args()
 
+    minivit.runtime.tune()   # the allocator settings training runs with (minivit/runtime.py)
     minivit.manual_seed(0)
     model = create_model(args.model, num_classes=10)
     rng = np.random.default_rng(0)

@@ -32,15 +32,19 @@ def _image_blocks(n: int, per_image: int, device: str) -> list[slice]:
 
 @register(DepthwiseConv2dNHWC)
 class DepthwiseConv2dNHWCFast(DepthwiseConv2dNHWC):
-    """No transposes: each kernel offset one multiply-add over whole rows of the padded
-    input, a few images at a time (a block of about 512 KiB stays in cache across the kh*kw
-    offsets), the blocks shared among the CPU threads. Each block's weight-gradient sums are
-    kept apart and added in block order at the end, so the result does not depend on the
-    number of threads::
+    """On the CPU, no copies but one zero-padded input: the kh*kw windows are one strided
+    view of it, (N, Ho, Wo, kh, kw, C) with the same memory read kh*kw times, and each
+    product-and-sum is one ``einsum`` sweep (no product array is written), a few images at a
+    time on all CPU threads::
 
-        out[window]       = Σ_(i,j) W[c, 0, i, j] * xpad[window(i, j)]
-        dxpad[window(i, j)] += W[c, 0, i, j] * dout       (for each offset (i, j))
-        dW[c, 0, i, j]    = Σ_(n,y,x) dout * window(i, j)
+        out[n, y, x, c]  = Σ_(i,j) xpad[n, y*s + i*d, x*s + j*d, c] W[c, 0, i, j]
+        dW[c, 0, i, j]   = Σ_(n,y,x) dout[n, y, x, c] xpad[n, y*s + i*d, x*s + j*d, c]
+        dx (stride 1)    = the same conv of dout, zero-padded by (k-1)d - p, with W flipped
+
+    With a stride, dx is the scatter instead: dxpad[window(i, j)] += W[c, 0, i, j] dout, per
+    kernel offset. Each block's weight-gradient sums are kept apart and added in block order
+    at the end, so no result depends on the number of threads. (The GPU runs the per-offset
+    loop: one multiply-add over whole rows per offset.)
     """
 
     def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=((0, 0), (0, 0)),
@@ -59,7 +63,8 @@ class DepthwiseConv2dNHWCFast(DepthwiseConv2dNHWC):
 
 def depthwise_forward(x, weight, bias, stride, padding, dilation):
     """(out, xpad, taps, geometry) of the depthwise conv of a checked (N, H, W, C) x; the NCHW
-    conv's depthwise path (``cpu_conv``) uses it too: the one fast depthwise convolution."""
+    conv's depthwise path (``cpu_conv``) uses it too: the one fast depthwise convolution.
+    ``taps`` is the weight as (kh, kw, C) on the CPU, (kh*kw, Wo, C) rows on the GPU."""
     if cuda.enabled(x): return cuda_conv.depthwise_fwd(x, weight, bias, stride, padding, dilation)
     n, h, w, c = x.shape
     kh, kw = weight.shape[2:]
@@ -67,18 +72,26 @@ def depthwise_forward(x, weight, bias, stride, padding, dilation):
     (pt, pb), (pl, pr) = padding
     add_flops(2 * n * ho * wo * c * kh * kw)
     xp = xp_of(x)
+    device = backend.device_of(x)
     xpad = xp.empty((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
+    out = xp.empty((n, ho, wo, c), dtype=x.dtype)
+    offsets = windows((kh, kw), stride, dilation, (ho, wo))
+    if device == "cpu":
+        taps = xp.ascontiguousarray(weight.reshape(c, kh, kw).transpose(1, 2, 0))  # (kh, kw, C)
+        blocks = _image_blocks(n, (h + pt + pb) * (w + pl + pr) * c, device)
+        _einsum_windows(x, xpad, taps, bias, padding, stride, dilation, out, blocks)
+        return out, xpad, taps, (x.shape, weight.shape, padding, stride, dilation, offsets,
+                                 blocks)
+    # the GPU: one multiply-add per kernel offset over whole rows, all images at once.
     # (kh*kw, Wo, C): each tap's C weights repeated along a row of the output, so that a
-    # product with a window runs as one loop over a whole output row of Wo*C numbers (a (C,)
-    # vector broadcast against (n, Ho, Wo, C) costs a loop per Wo position: 1.2-1.8x slower)
+    # product with a window runs as one loop over a whole output row of Wo*C numbers
     taps = xp.ascontiguousarray(xp.broadcast_to(weight.reshape(c, kh * kw).T[:, None, :],
                                                 (kh * kw, wo, c)))
-    offsets = windows((kh, kw), stride, dilation, (ho, wo))
-    out = xp.empty((n, ho, wo, c), dtype=x.dtype)
+    blocks = _image_blocks(n, ho * wo * c, device)
 
     def block(blk):
         o, xb = out[blk], xpad[blk]
-        _pad_into(xb, x[blk], pt, pl)   # the padded copy, block by block while in cache
+        _pad_into(xb, x[blk], pt, pl)
         tmp = xp.empty_like(o)
         for t, (rows, cols) in enumerate(offsets):
             if t == 0:
@@ -88,18 +101,55 @@ def depthwise_forward(x, weight, bias, stride, padding, dilation):
         if bias is not None:
             o += bias
 
-    blocks = _image_blocks(n, ho * wo * c, backend.device_of(x))
     parallel.for_each(block, blocks, threaded=_threaded(out))
-    return out, xpad, taps, (x.shape, weight.shape, (pt, pl), offsets, blocks)
+    geo = (x.shape, weight.shape, padding, stride, dilation, offsets, blocks)
+    return out, xpad, taps, geo
 
 
 def depthwise_backward(g, xpad, taps, geo, need):
     """(dx, dW, db) of ``depthwise_forward`` (each None where ``need`` says so)."""
     if cuda_conv.ran_on_gpu(geo): return cuda_conv.depthwise_bwd(g, xpad, taps, geo, need)
-    (n, h, w, c), w_shape, (pt, pl), offsets, blocks = geo
+    (n, h, w, c), w_shape, padding, stride, dilation, offsets, blocks = geo
+    (pt, pb), (pl, pr) = padding
+    kh, kw = w_shape[2:]
     xp = xp_of(g)
     g = xp.ascontiguousarray(g)
     need_x, need_w = need[0], need[1]
+    cpu = backend.device_of(g) == "cpu"
+    gw = gx = gb = None
+    if cpu and need_w:   # per block Σ dout * window(i, j), one einsum sweep, no product array
+        view = _window_view(xpad, (kh, kw), stride, dilation, g.shape[1:3])
+        partial = xp.empty((len(blocks), kh, kw, c), dtype=g.dtype)
+        parallel.for_each(lambda k: xp.einsum("nyxijc,nyxc->ijc", view[blocks[k]],
+                                              g[blocks[k]], out=partial[k]),
+                          range(len(blocks)), threaded=_threaded(g))
+        gw = partial.sum(axis=0).transpose(2, 0, 1).reshape(w_shape)
+    (dh, dw) = dilation
+    flip = (cpu and tuple(stride) == (1, 1) and max(pt, pb) <= (kh - 1) * dh
+            and max(pl, pr) <= (kw - 1) * dw)
+    if need_x and flip:   # dx: the stride-1 conv of dout, padded by (k-1)d - p, W flipped
+        back = (((kh - 1) * dh - pt, (kh - 1) * dh - pb), ((kw - 1) * dw - pl, (kw - 1) * dw - pr))
+        (bt, bb), (bl, br) = back
+        gpad = xp.empty((n, g.shape[1] + bt + bb, g.shape[2] + bl + br, c), dtype=g.dtype)
+        gx = xp.empty((n, h, w, c), dtype=g.dtype)
+        _einsum_windows(g, gpad, taps[::-1, ::-1], None, back, (1, 1), dilation, gx,
+                        _image_blocks(n, gpad[0].size, "cpu"))
+    if (need_x and not flip) or (need_w and not cpu):
+        gx_, gw_ = _depthwise_backward_scatter(g, xpad, taps, geo, need_x and not flip,
+                                               need_w and not cpu)
+        gx = gx if gx_ is None else gx_
+        gw = gw if gw_ is None else gw_
+    if len(need) > 2 and need[2]:
+        gb = parallel.sum_rows(lambda a: a, g.reshape(-1, c))
+    return gx, gw, gb
+
+
+def _depthwise_backward_scatter(g, xpad, taps, geo, need_x, need_w):
+    """dx by the scatter, dxpad[window(i, j)] += W[c, 0, i, j] dout per kernel offset (any
+    stride), and on the GPU dW per offset; a few images at a time."""
+    (n, h, w, c), w_shape, ((pt, _), (pl, _)), _, _, offsets, blocks = geo
+    xp = xp_of(g)
+    cpu = backend.device_of(g) == "cpu"
     dxpad = xp.empty(xpad.shape, dtype=g.dtype) if need_x else None
     gx = xp.empty((n, h, w, c), dtype=g.dtype) if need_x else None
     partial = xp.empty((len(blocks), len(offsets), c), dtype=g.dtype) if need_w else None
@@ -112,18 +162,42 @@ def depthwise_backward(g, xpad, taps, geo, need):
             dxb = dxpad[blk]
             dxb[...] = 0
         for t, (rows, cols) in enumerate(offsets):
-            if need_w:  # <dout, window(i, j)> per channel: einsum multiplies and sums in one
-                #          sweep, no product array (3x faster than multiply + a gemv)
+            if need_w:
                 partial[k, t] = xp.einsum("nhwc,nhwc->c", gb, xb[:, rows, cols])
             if need_x:
-                dxb[:, rows, cols] += xp.multiply(gb, taps[t], out=tmp)
+                tap = taps[t // taps.shape[1], t % taps.shape[1]] if cpu else taps[t]
+                dxb[:, rows, cols] += xp.multiply(gb, tap, out=tmp)
         if need_x:
             gx[blk] = dxb[:, pt:pt + h, pl:pl + w]
 
     parallel.for_each(block, range(len(blocks)), threaded=_threaded(g))
     gw = partial.sum(axis=0).T.reshape(w_shape) if need_w else None
-    gb = parallel.sum_rows(lambda a: a, g.reshape(-1, c)) if len(need) > 2 and need[2] else None
-    return gx, gw, gb
+    return gx, gw
+
+
+def _einsum_windows(x, xpad, taps, bias, padding, stride, dilation, out, blocks):
+    """out = Σ_(i,j) window(i, j) of xpad * taps[i, j] (+ bias) on the CPU, block by block:
+    the block's padded copy, then one einsum over its window view while it is in cache."""
+    (pt, _), (pl, _) = padding
+    view = _window_view(xpad, taps.shape[:2], stride, dilation, out.shape[1:3])
+
+    def block(blk):
+        _pad_into(xpad[blk], x[blk], pt, pl)
+        xp_of(x).einsum("nyxijc,ijc->nyxc", view[blk], taps, out=out[blk])
+        if bias is not None:
+            out[blk] += bias
+
+    parallel.for_each(block, blocks, threaded=_threaded(out))
+
+
+def _window_view(xpad, kernel, stride, dilation, out_hw):
+    """The (N, Ho, Wo, kh, kw, C) view of the padded input whose [n, y, x, i, j] is the pixel
+    under kernel offset (i, j) of output (y, x): a strided view, no copy."""
+    s = xpad.strides
+    (sh, sw), (dh, dw) = stride, dilation
+    shape = (xpad.shape[0], *out_hw, *kernel, xpad.shape[3])
+    strides = (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3])
+    return xp_of(xpad).lib.stride_tricks.as_strided(xpad, shape, strides)
 
 
 def _pad_into(dst, src, top: int, left: int) -> None:
