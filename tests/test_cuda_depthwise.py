@@ -20,19 +20,22 @@ from minivit.kernels import cuda_conv
 TOL = {"float64": dict(rtol=1e-11, atol=1e-12), "float32": dict(rtol=2e-5, atol=2e-5)}
 
 
+def _pair(lo, hi):
+    return st.tuples(st.integers(lo, hi), st.integers(lo, hi))
+
+
 @st.composite
 def cases(draw):
-    """Batch 1-3, channels 1-40 (more than one block of 32), size 1-8, kernel 1-4, stride 1-3,
-    padding 0-2 on each side, dilation 1-2, with or without bias."""
-    c, n = draw(st.integers(1, 40)), draw(st.integers(1, 3))
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(2))
-    h = draw(st.integers(max(1, dilation[0] * (kh - 1) + 1 - sum(padding[0])), 8))
-    w = draw(st.integers(max(1, dilation[1] * (kw - 1) + 1 - sum(padding[1])), 8))
-    bias = draw(st.booleans())
-    return (n, h, w, c), (kh, kw), bias, dict(stride=stride, padding=padding, dilation=dilation)
+    """Batch 1-3, channels 1-40 (around the weight kernel's blocks of 32), size 1-8, kernel
+    1-4, stride 1-3, padding 0-2 on each side, dilation 1-2, with or without bias."""
+    kernel = draw(_pair(1, 4))
+    geo = draw(st.fixed_dictionaries({"stride": _pair(1, 3), "dilation": _pair(1, 2),
+                                      "padding": st.tuples(_pair(0, 2), _pair(0, 2))}))
+    least = [max(1, d * (k - 1) + 1 - sum(p))          # the smallest input the kernel fits
+             for k, d, p in zip(kernel, geo["dilation"], geo["padding"])]
+    shape = (draw(st.integers(1, 3)), *(draw(st.integers(m, 8)) for m in least),
+             draw(st.sampled_from([1, 2, 5, 31, 32, 33, 40])))
+    return shape, kernel, draw(st.booleans()), geo
 
 
 def _run(fn, arrays, need, seed):

@@ -21,7 +21,6 @@ this source's hash, and ``tools/nvrtc_check.py`` compiles them.
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -29,7 +28,7 @@ import numpy as np
 from ..autograd import backend
 from ..autograd.flops import add_flops
 from ..nn.functional.depthwise import check_nhwc
-from .cuda_rows import _CTYPE
+from . import cuda_rows
 
 _INDEX = r"""
 // the geometry every depthwise kernel takes, after its arrays
@@ -38,29 +37,36 @@ _INDEX = r"""
 #define GRID_STRIDE(k, total) \
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < (total); \
          k += (long long)gridDim.x * blockDim.x)
+// the position (n, y, x, c) of flat index e in a C-contiguous (N, rows, cols, C) array
+struct Pos { long long n; int y, x, c; };
+__device__ Pos position(long long e, int rows, int cols, int C) {
+    Pos p;
+    p.c = e % C;
+    e /= C;
+    p.x = e % cols;
+    e /= cols;
+    p.y = e % rows;
+    p.n = e / rows;
+    return p;
+}
 """
 
 DEPTHWISE_FWD = _INDEX + r"""
 extern "C" __global__ void minivit_depthwise_fwd(
         const T* x, const T* w, const T* b, T* out, GEOMETRY, int has_b) {
-    GRID_STRIDE(o, (long long)N * Ho * Wo * C) {
-        int c = o % C;
-        long long p = o / C;
-        int xo = p % Wo;
-        p /= Wo;
-        int yo = p % Ho;
-        long long n = p / Ho;
+    GRID_STRIDE(e, (long long)N * Ho * Wo * C) {
+        Pos o = position(e, Ho, Wo, C);               // the output number of this thread
         T acc = 0;
         for (int i = 0; i < kh; ++i) {
-            int yi = yo * str_h - pad_t + i * dil_h;
+            int yi = o.y * str_h - pad_t + i * dil_h;
             if (yi < 0 || yi >= H) continue;
             for (int j = 0; j < kw; ++j) {
-                int xi = xo * str_w - pad_l + j * dil_w;
-                if (xi < 0 || xi >= W) continue;
-                acc += w[(c * kh + i) * kw + j] * x[((n * H + yi) * W + xi) * C + c];
+                int xi = o.x * str_w - pad_l + j * dil_w;
+                if (xi >= 0 && xi < W)
+                    acc += w[(o.c * kh + i) * kw + j] * x[((o.n * H + yi) * W + xi) * C + o.c];
             }
         }
-        out[o] = has_b ? acc + b[c] : acc;
+        out[e] = has_b ? acc + b[o.c] : acc;
     }
 }
 """
@@ -69,24 +75,17 @@ DEPTHWISE_BWD_INPUT = _INDEX + r"""
 extern "C" __global__ void minivit_depthwise_bwd_input(
         const T* g, const T* w, T* dx, GEOMETRY) {
     GRID_STRIDE(e, (long long)N * H * W * C) {
-        int c = e % C;
-        long long p = e / C;
-        int xi = p % W;
-        p /= W;
-        int yi = p % H;
-        long long n = p / H;
+        Pos p = position(e, H, W, C);                 // the input number of this thread
         T acc = 0;
         for (int i = 0; i < kh; ++i) {
-            int ty = yi + pad_t - i * dil_h;           // = yo * str_h for the output row yo
-            if (ty < 0 || ty % str_h) continue;
+            int ty = p.y + pad_t - i * dil_h;         // = yo * str_h for the output row yo
             int yo = ty / str_h;
-            if (yo >= Ho) continue;
+            if (ty < 0 || ty % str_h || yo >= Ho) continue;
             for (int j = 0; j < kw; ++j) {
-                int tx = xi + pad_l - j * dil_w;
-                if (tx < 0 || tx % str_w) continue;
+                int tx = p.x + pad_l - j * dil_w;
                 int xo = tx / str_w;
-                if (xo >= Wo) continue;
-                acc += w[(c * kh + i) * kw + j] * g[((n * Ho + yo) * Wo + xo) * C + c];
+                if (tx >= 0 && tx % str_w == 0 && xo < Wo)
+                    acc += w[(p.c * kh + i) * kw + j] * g[((p.n * Ho + yo) * Wo + xo) * C + p.c];
             }
         }
         dx[e] = acc;
@@ -113,14 +112,11 @@ extern "C" __global__ void minivit_depthwise_bwd_weight(
                 acc += gv;
                 continue;
             }
-            int xo = r % Wo;
-            long long q = r / Wo;
-            int yo = q % Ho;
-            long long n = q / Ho;
-            int yi = yo * str_h - pad_t + i * dil_h;
-            int xi = xo * str_w - pad_l + j * dil_w;
+            Pos o = position(r, Ho, Wo, 1);          // the output position (o.c = 0)
+            int yi = o.y * str_h - pad_t + i * dil_h;
+            int xi = o.x * str_w - pad_l + j * dil_w;
             if (yi >= 0 && yi < H && xi >= 0 && xi < W)
-                acc += gv * x[((n * H + yi) * W + xi) * C + c];
+                acc += gv * x[((o.n * H + yi) * W + xi) * C + c];
         }
     }
     part[threadIdx.y][threadIdx.x] = acc;
@@ -143,13 +139,11 @@ THREADS = 256   # per block of the one-thread-per-number kernels
 
 def source(name: str, dtype) -> str:
     """The CUDA source of kernel ``name`` for arrays of ``dtype``."""
-    return f"typedef {_CTYPE[np.dtype(dtype)]} T;\n" + SOURCES[name]
+    return cuda_rows.typed(SOURCES[name], dtype)
 
 
-@functools.cache
 def _kernel(name: str, dtype):
-    cp = backend._import_cupy()
-    return cp.RawKernel(source(name, dtype), name)
+    return cuda_rows.raw_kernel(source(name, dtype), name)
 
 
 class DepthwiseGeometry(NamedTuple):

@@ -80,9 +80,9 @@ def softmax_rows(grid, block, args, shared_mem):
 # --- the depthwise convolution (cuda_conv.py): NHWC arrays, weight (C, 1, kh, kw) ----------
 
 def _geometry(args):
-    """The kernels' GEOMETRY arguments as Python ints."""
-    n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pl, dh, dw = (int(v) for v in args)
-    return n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pl, dh, dw
+    """The kernels' GEOMETRY arguments as Python ints: N, H, W, C, Ho, Wo, kh, kw, the stride,
+    the top and left padding, the dilation."""
+    return tuple(int(v) for v in args)
 
 
 def _threads_1d(grid, block):
@@ -92,8 +92,9 @@ def _threads_1d(grid, block):
 
 
 def _taps(geo):
-    """(i, j, rows, cols) per kernel offset: the output positions whose window reads inside
-    the input, and the input rows/cols they read (slices of the unpadded input)."""
+    """(i, j, output rows, output cols, input rows, input cols) per kernel offset (i, j): the
+    output positions whose offset-(i, j) reads fall inside the input, and the input rows and
+    columns they read (slices of the unpadded input)."""
     n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pl, dh, dw = geo
     out = []
     for i in range(kh):
@@ -108,18 +109,32 @@ def _taps(geo):
     return out
 
 
+def _nhwc(a, shape):
+    return a._a.reshape(-1)[:int(np.prod(shape))].reshape(shape)
+
+
+def _gather_taps(src, wt, geo, into_output: bool):
+    """Σ over kernel offsets of W[c, i, j] times ``src`` read through each offset's window:
+    the forward (``src`` the input, summed into the output) or the input gradient (``src``
+    dout, summed back into the input's shape)."""
+    n, h, w, c, ho, wo, kh, kw = geo[:8]
+    wa = _nhwc(wt, (c, kh, kw))
+    acc = np.zeros((n, ho, wo, c) if into_output else (n, h, w, c), src.dtype)
+    for i, j, oy, ox, iy, ix in _taps(geo):
+        if into_output:
+            acc[:, oy, ox] += wa[:, i, j] * src[:, iy, ix]
+        else:
+            acc[:, iy, ix] += wa[:, i, j] * src[:, oy, ox]
+    return acc
+
+
 def depthwise_fwd(grid, block, args, shared_mem):
     x, wt, b, out = args[:4]
     geo = _geometry(args[4:18])
-    has_b = int(args[18])
     _threads_1d(grid, block)
-    n, h, w, c, ho, wo, kh, kw = geo[:8]
-    xa = x._a.reshape(-1)[:n * h * w * c].reshape(n, h, w, c)
-    wa = wt._a.reshape(-1)[:c * kh * kw].reshape(c, kh, kw)
-    acc = np.zeros((n, ho, wo, c), xa.dtype)
-    for i, j, oy, ox, iy, ix in _taps(geo):
-        acc[:, oy, ox] += wa[:, i, j] * xa[:, iy, ix]
-    if has_b:
+    n, h, w, c = geo[:4]
+    acc = _gather_taps(_nhwc(x, (n, h, w, c)), wt, geo, True)
+    if int(args[18]):
         acc += b._a.reshape(-1)[:c]
     out._a.reshape(-1)[:acc.size] = acc.reshape(-1)
 
@@ -128,12 +143,8 @@ def depthwise_bwd_input(grid, block, args, shared_mem):
     g, wt, dx = args[:3]
     geo = _geometry(args[3:17])
     _threads_1d(grid, block)
-    n, h, w, c, ho, wo, kh, kw = geo[:8]
-    ga = g._a.reshape(-1)[:n * ho * wo * c].reshape(n, ho, wo, c)
-    wa = wt._a.reshape(-1)[:c * kh * kw].reshape(c, kh, kw)
-    acc = np.zeros((n, h, w, c), ga.dtype)
-    for i, j, oy, ox, iy, ix in _taps(geo):
-        acc[:, iy, ix] += wa[:, i, j] * ga[:, oy, ox]
+    n, c, ho, wo = geo[0], geo[3], geo[4], geo[5]
+    acc = _gather_taps(_nhwc(g, (n, ho, wo, c)), wt, geo, False)
     dx._a.reshape(-1)[:acc.size] = acc.reshape(-1)
 
 
@@ -145,8 +156,7 @@ def depthwise_bwd_weight(grid, block, args, shared_mem):
     if tuple(block) != (32, 16) or int(grid[0]) != -(-c // 32) or \
             first not in (0, kh * kw) or int(grid[1]) < 1 or first + int(grid[1]) > kh * kw + 1:
         raise ValueError(f"bad launch: grid {grid}, block {block}, first {first}")
-    ga = g._a.reshape(-1)[:n * ho * wo * c].reshape(n, ho, wo, c)
-    xa = x._a.reshape(-1)[:n * h * w * c].reshape(n, h, w, c)
+    ga, xa = _nhwc(g, (n, ho, wo, c)), _nhwc(x, (n, h, w, c))
     if first == 0:
         gw = np.zeros((c, kh, kw), ga.dtype)
         for i, j, oy, ox, iy, ix in _taps(geo):
@@ -161,9 +171,9 @@ TWINS = {
     "minivit_layer_norm_fwd": ("c84ab6fb96f0825f", layer_norm_fwd),
     "minivit_layer_norm_bwd": ("bacdf9ecb3fae735", layer_norm_bwd),
     "minivit_softmax_rows": ("2328d40b879dea58", softmax_rows),
-    "minivit_depthwise_fwd": ("674725a37de088b4", depthwise_fwd),
-    "minivit_depthwise_bwd_input": ("50927cad92af5dce", depthwise_bwd_input),
-    "minivit_depthwise_bwd_weight": ("1cef556ed2b80402", depthwise_bwd_weight),
+    "minivit_depthwise_fwd": ("4d61133870fca0f3", depthwise_fwd),
+    "minivit_depthwise_bwd_input": ("ddd04ae3149bf092", depthwise_bwd_input),
+    "minivit_depthwise_bwd_weight": ("a22ab24081d5e8f3", depthwise_bwd_weight),
 }
 for _name, (_sha, _fn) in TWINS.items():
     _kernel.register_raw(_name, _fn, _sha)
