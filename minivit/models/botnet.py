@@ -56,10 +56,10 @@ class ConvNormAct(nn.Module):
     def out_size(self, size: int) -> int:
         return _conv_out(size, self.kernel_size, self.stride, self.padding)
 
-    def forward(self, x, residual=None, act=None):
-        """bn(conv(x)); ``residual`` and ``act`` go to the BatchNorm: act(BN(conv(x)) + residual)
-        in one op (``nn.BatchNormAct2d``)."""
-        return self.bn(self.conv(x), residual=residual, act=act)
+    def forward(self, x, residual=None, act=None, drop_path=None):
+        """bn(conv(x)); ``residual``, ``act`` and ``drop_path`` go to the BatchNorm:
+        act(residual + drop_path(BN(conv(x)))), one op where it can (``nn.BatchNormAct2d``)."""
+        return self.bn(self.conv(x), residual=residual, act=act, drop_path=drop_path)
 
 
 class Stem(nn.Module):
@@ -201,12 +201,10 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x):  # x: (B, H, W, C), channels last
         shortcut = self.shortcut(x)
-        if isinstance(self.drop_path, nn.Identity):
-            # the same act(BN(conv3_1x1(h)) + shortcut), its BatchNorm, add and ReLU in one op
-            return self.conv3_1x1(self.body(x), residual=shortcut, act=self.act)
-        x = self.conv3_1x1(self.body(x))
-        x = self.drop_path(x)
-        return self.act(x + shortcut)
+        # ReLU(shortcut + DropPath(BN(conv3_1x1(body(x))))): conv3_1x1's BatchNorm adds and
+        # activates (nn.BatchNormAct2d)
+        return self.conv3_1x1(self.body(x), residual=shortcut, drop_path=self.drop_path,
+                              act=self.act)
 
 
 class BottleneckBlock(_ResidualBlock):

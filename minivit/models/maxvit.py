@@ -151,10 +151,8 @@ class MbConvBlock(nn.Module):
         x = self.conv2_kxk(x)                                   # depthwise 3x3, the stride
         x = self.norm2(x)
         x = self.se(x)
-        if isinstance(self.drop_path, nn.Identity):   # shortcut + conv3(x), added in its bias pass
-            return self.conv3_1x1(x, residual=shortcut)
-        x = self.conv3_1x1(x)
-        return self.drop_path(x) + shortcut
+        # shortcut + DropPath(conv3_1x1(x)), the add inside the conv (nn.Conv2d)
+        return self.conv3_1x1(x, residual=shortcut, drop_path=self.drop_path)
 
 
 class RelPosBiasTf(nn.Module):
@@ -236,9 +234,8 @@ class PartitionAttention(nn.Module):
 
     def forward(self, x):
         x = x + self.drop_path(self._partition_attn(self.norm1(x)))
-        if isinstance(self.drop_path, nn.Identity):   # x + MLP(LN(x)), added in fc2's bias pass
-            return self.mlp(self.norm2(x), residual=x)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        # x + DropPath(MLP(LN(x))), the add inside the MLP (nn.Mlp)
+        x = self.mlp(self.norm2(x), residual=x, drop_path=self.drop_path)
         return x
 
 

@@ -64,13 +64,9 @@ class MixerBlock(nn.Module):
         self.mlp_channels = nn.Mlp(dim, channels_dim, act_layer=nn.GELU, drop=drop)
 
     def forward(self, x):                                              # x: (S, B, C)
-        if isinstance(self.drop_path, nn.Identity):
-            # the same two equations, each residual add done inside the MLP's fc2, in its bias
-            # pass (``nn.Mlp(..., residual=)``): one pass over the (S, B, C) stream fewer
-            x = self.mlp_tokens(self.norm1(x), residual=x)
-            return self.mlp_channels(self.norm2(x), residual=x)
-        x = x + self.drop_path(self.mlp_tokens(self.norm1(x)))         # mixes along S
-        x = x + self.drop_path(self.mlp_channels(self.norm2(x)))       # mixes along C
+        # x + DropPath(MLP(LN(x))), twice; each MLP adds its residual itself (nn.Mlp)
+        x = self.mlp_tokens(self.norm1(x), residual=x, drop_path=self.drop_path)     # along S
+        x = self.mlp_channels(self.norm2(x), residual=x, drop_path=self.drop_path)   # along C
         return x
 
 

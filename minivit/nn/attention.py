@@ -7,18 +7,19 @@
 from __future__ import annotations
 
 from . import functional as F
-from .layers import Dropout, Linear
+from .layers import Dropout, Linear, add_branch, passes_through
 from .module import Module
 
 
 class MultiheadSelfAttention(Module):
     """Self-attention over tokens (B, N, dim); children ``qkv`` (dim -> 3 dim) and ``proj``.
 
-    ``forward(x, attn_bias=None, residual=None)``: ``attn_bias`` is added to the scores
-    before the softmax (float, broadcastable to (B, heads, N, N): relative position bias) or
-    masks them (bool, True = attend). ``residual`` (B, N, dim) returns residual + attention,
-    the pre-norm block's ``x + attn(norm1(x))``, the add done in the projection's bias pass
-    (``Linear.forward(..., residual=)``) when no dropout follows the projection.
+    ``forward(x, attn_bias=None, residual=None, drop_path=None)``: ``attn_bias`` is added to
+    the scores before the softmax (float, broadcastable to (B, heads, N, N): relative position
+    bias) or masks them (bool, True = attend). ``residual`` (B, N, dim) returns residual +
+    drop_path(attention), the pre-norm block's ``x + drop_path(attn(norm1(x)))``, the add done
+    in the projection's bias pass (``Linear.forward(..., residual=, drop_path=)``) when no
+    dropout follows the projection and the drop path passes its input through.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True,
@@ -35,7 +36,7 @@ class MultiheadSelfAttention(Module):
         self.proj = Linear(dim, dim)
         self.proj_drop = Dropout(proj_drop)
 
-    def forward(self, x, attn_bias=None, residual=None):
+    def forward(self, x, attn_bias=None, residual=None, drop_path=None):
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"MultiheadSelfAttention(dim={self.dim}): expected input "
                              f"(B, N, {self.dim}), got {tuple(x.shape)}")
@@ -43,10 +44,9 @@ class MultiheadSelfAttention(Module):
         # qkv (B, N, 3C) is (B, N, 3, heads, head_dim): q, k, v of each head, split in the op
         out = F.self_attention(self.qkv(x), self.num_heads, attn_mask=attn_bias, dropout_p=p,
                                scale=self.scale)                            # (B, N, C)
-        if residual is not None and (self.proj_drop.p == 0 or not self.training):
-            return self.proj(out, residual=residual)           # the add in proj's bias pass
-        y = self.proj_drop(self.proj(out))
-        return y if residual is None else residual + y
+        if passes_through(self.proj_drop):     # nothing between proj and the residual add
+            return self.proj(out, residual=residual, drop_path=drop_path)
+        return add_branch(self, self.proj_drop(self.proj(out)), residual, drop_path)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"

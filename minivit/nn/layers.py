@@ -1,6 +1,15 @@
 """The layers (PyTorch's names, parameter layouts and default initialisation).
 
 Each layer owns its parameters and calls one function of ``minivit.nn.functional``.
+
+The layers that can end a residual branch (``Linear``, ``LinearColumns``, ``Conv2d``; ``Mlp``,
+``MultiheadSelfAttention`` and ``BatchNormAct*`` built on them) take ``residual=`` and
+``drop_path=`` and return ``residual + drop_path(layer(x))``, so a model writes its pre-norm
+block as ``x = self.mlp(self.norm2(x), residual=x, drop_path=self.drop_path)``. Where the drop
+path passes its input through (none, ``Identity``, rate 0, or eval: ``passes_through``) the
+layer adds the residual inside its own fused op (in the bias pass of ``F.linear``, in
+``F.batch_norm``'s one pass): the same numbers as the separate add, one pass over the
+activations and one GPU launch fewer. Otherwise it computes its output, drops it and adds.
 """
 from __future__ import annotations
 
@@ -12,7 +21,7 @@ from ..autograd.ops import pad
 from . import functional as F
 from . import init
 from .helpers import same_padding, to_2tuple
-from .module import Module, Parameter
+from .module import Identity, Module, Parameter
 
 
 def _empty(*shape) -> Parameter:
@@ -50,11 +59,14 @@ class Linear(Module):
             bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
             init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x, act: Module | None = None, residual=None):
+    def forward(self, x, act: Module | None = None, residual=None, drop_path=None):
         """x W^T + b. Two optional fusions, for the layers built on Linear (``Mlp``, attention):
         ``act``, an activation module: act(x W^T + b), one op (``F.linear(..., act=)``) when it
         is a GELU, whose bias add rides on the GELU's pass; ``residual`` (the output's shape):
-        residual + x W^T + b, the add done in the bias pass (``F.linear(..., residual=)``)."""
+        residual + drop_path(x W^T + b), the add done in the bias pass
+        (``F.linear(..., residual=)``) when ``drop_path`` passes through (``passes_through``)."""
+        if drops_samples(self, residual, drop_path):
+            return add_branch(self, self.forward(x, act), residual, drop_path)
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"{self!r}: expected input (..., {self.in_features}), "
                              f"got {tuple(x.shape)}")
@@ -80,7 +92,9 @@ class LinearColumns(Linear):
     a free reshape. The Mixer's token MLP runs on tokens-first (S, B, C) maps with it, so the
     MLP over the S axis needs no transpose."""
 
-    def forward(self, x, act: Module | None = None, residual=None):
+    def forward(self, x, act: Module | None = None, residual=None, drop_path=None):
+        if drops_samples(self, residual, drop_path):
+            return add_branch(self, self.forward(x, act), residual, drop_path)
         if x.ndim < 1 or x.shape[0] != self.in_features:
             raise ValueError(f"{self!r}: expected input ({self.in_features}, ...), "
                              f"got {tuple(x.shape)}")
@@ -122,12 +136,14 @@ class Conv2d(Module):
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
             init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x, residual=None):
-        """conv(x) (+ ``residual``, of the output's shape). With ``channels_last=True`` x is a
-        (N, H, W, C) map and so is the result: a 1x1 conv is then one Linear on the rows
-        (``F.linear``, the residual added in its bias pass), a depthwise conv
-        ``F.depthwise_conv2d_nhwc``, a dense one ``F.conv2d_nhwc``; the weight keeps its
-        (out, in / groups, kh, kw) shape either way."""
+    def forward(self, x, residual=None, drop_path=None):
+        """conv(x), or residual + drop_path(conv(x)) (``residual`` of the output's shape). With
+        ``channels_last=True`` x is a (N, H, W, C) map and so is the result: a 1x1 conv is then
+        one Linear on the rows (``F.linear``, the residual added in its bias pass when
+        ``drop_path`` passes through), a depthwise conv ``F.depthwise_conv2d_nhwc``, a dense one
+        ``F.conv2d_nhwc``; the weight keeps its (out, in / groups, kh, kw) shape either way."""
+        if drops_samples(self, residual, drop_path):
+            return add_branch(self, self.forward(x), residual, drop_path)
         if not self.channels_last:
             if x.ndim != 4 or x.shape[1] != self.in_channels:
                 raise ValueError(f"{self!r}: expected input (N, {self.in_channels}, H, W), "
@@ -474,6 +490,41 @@ class DropPath(Module):
         return s if self.batch_dim == 0 else f"{s}, batch_dim={self.batch_dim}"
 
 
+def passes_through(module: Module | None) -> bool:
+    """Whether ``module`` returns its input unchanged now: None, ``Identity``, or a
+    ``Dropout`` / ``DropPath`` with rate 0 or in eval mode. Any other module may change it."""
+    if module is None or isinstance(module, Identity):
+        return True
+    if isinstance(module, Dropout):
+        return module.p == 0.0 or not module.training
+    if isinstance(module, DropPath):
+        return module.drop_prob == 0.0 or not module.training
+    return False
+
+
+def drops_samples(layer: Module, residual, drop_path: Module | None) -> bool:
+    """For a layer that ends a residual branch, called as ``layer(x, residual=r,
+    drop_path=dp)``: True when ``dp`` will change the branch, so the layer must compute its
+    output, apply ``dp`` and then add ``r`` (``add_branch``); False when the add may go into
+    its fused op."""
+    _check_branch(layer, residual, drop_path)
+    return not passes_through(drop_path)
+
+
+def add_branch(layer: Module, y, residual, drop_path: Module | None):
+    """``residual + drop_path(y)`` the plain way, ``y`` itself when there is no residual."""
+    _check_branch(layer, residual, drop_path)
+    if residual is None:
+        return y
+    return residual + (y if drop_path is None else drop_path(y))
+
+
+def _check_branch(layer: Module, residual, drop_path) -> None:
+    if drop_path is not None and residual is None:
+        raise ValueError(f"{layer!r}: drop_path= drops a residual branch and needs residual=, "
+                         f"got residual=None")
+
+
 # --- pooling (functions in functional/pooling.py) ------------------------------------------
 
 class MaxPool2d(Module):
@@ -535,6 +586,7 @@ class CrossEntropyLoss(Module):
         return f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
 
 
-__all__ = ["Linear", "LinearColumns", "Conv2d", "Conv2dSame", "fused_act_name", "LayerNorm", "BatchNorm1d", "BatchNorm2d", "GELU", "ReLU",
-           "SiLU", "Sigmoid", "Tanh", "Softmax", "Flatten", "Dropout", "DropPath", "MaxPool2d",
-           "AvgPool2d", "AdaptiveAvgPool2d", "CrossEntropyLoss"]
+__all__ = ["Linear", "LinearColumns", "Conv2d", "Conv2dSame", "fused_act_name", "LayerNorm",
+           "BatchNorm1d", "BatchNorm2d", "GELU", "ReLU", "SiLU", "Sigmoid", "Tanh", "Softmax",
+           "Flatten", "Dropout", "DropPath", "passes_through", "drops_samples", "add_branch",
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "CrossEntropyLoss"]

@@ -3,12 +3,17 @@
     x -> fc1 -> act -> dropout -> fc2 -> dropout
 
 With a GELU, ``fc1`` and the activation run as one op (``Linear.forward(x, act=)`` ->
-``F.linear(..., act="gelu")``); ``residual=`` adds the block's residual stream in fc2's
-bias pass. Both are the same numbers as the separate steps.
+``F.linear(..., act="gelu")``). A pre-norm block ends its MLP branch with it:
+
+    x = self.mlp(self.norm2(x), residual=x, drop_path=self.drop_path)   # x + DropPath(MLP(LN(x)))
+
+and the MLP hands the add to fc2 (``Linear.forward(..., residual=, drop_path=)``), which does
+it in its bias pass whenever the drop path passes its input through (rate 0 or eval). The
+same numbers as the separate steps, one pass over the residual stream fewer.
 """
 from __future__ import annotations
 
-from .layers import GELU, Dropout, Linear
+from .layers import GELU, Dropout, Linear, add_branch, passes_through
 from .module import Module
 
 __all__ = ["Mlp"]
@@ -34,11 +39,10 @@ class Mlp(Module):
         self.fc2 = linear_layer(hidden_features, out_features, bias=bias)
         self.drop2 = Dropout(drop)
 
-    def forward(self, x, residual=None):
-        """drop(fc2(drop(act(fc1(x))))); with ``residual``, residual + that."""
+    def forward(self, x, residual=None, drop_path=None):
+        """drop(fc2(drop(act(fc1(x))))); with ``residual``, residual + drop_path(that)."""
         x = self.fc1(x, act=self.act)             # act(fc1(x)): one fused op for a GELU
         x = self.drop1(x)
-        if residual is not None and (self.drop2.p == 0 or not self.training):
-            return self.fc2(x, residual=residual)          # the add in fc2's bias pass
-        x = self.drop2(self.fc2(x))
-        return x if residual is None else residual + x
+        if passes_through(self.drop2):            # nothing between fc2 and the residual add
+            return self.fc2(x, residual=residual, drop_path=drop_path)
+        return add_branch(self, self.drop2(self.fc2(x)), residual, drop_path)

@@ -4,6 +4,8 @@
     bn = nn.BatchNormAct2d(64, act_layer=nn.GELU)     # GELU(BN(x)): F.batch_norm(..., act="gelu")
     y = bn(x)                                          # x (N, 64, H, W)
     y = bn(x, residual=r)                              # act(BN(x) + r), the end of a ResNet block
+    y = bn(x, residual=r, drop_path=dp)                # act(r + dp(BN(x))), the same one op unless
+                                                       # dp drops samples (training, rate > 0)
 
 ``channels_last=True`` takes (..., C) maps instead, channels on the last axis, with the same
 per-channel statistics over every other axis: models that keep NHWC maps or (B, N, C) tokens
@@ -11,7 +13,8 @@ normalise them without a transpose.
 """
 from __future__ import annotations
 
-from .layers import BatchNorm1d, BatchNorm2d, ReLU, fused_act_name
+from .layers import (BatchNorm1d, BatchNorm2d, ReLU, add_branch, drops_samples,
+                     fused_act_name)
 from .module import Identity
 
 __all__ = ["BatchNormAct1d", "BatchNormAct2d"]
@@ -24,14 +27,18 @@ class _NormActMixin:
         self.channels_last = channels_last
         self.act = act_layer() if apply_act and act_layer is not None else Identity()
 
-    def forward(self, x, residual=None, act=None):
-        """act(BN(x) + residual) (``residual`` optional, x's shape). One fused op
-        (``F.batch_norm(..., act=, residual=)``) for ReLU, GELU and no activation (the residual
-        with ReLU or none); any other activation module runs after the normalisation.
+    def forward(self, x, residual=None, act=None, drop_path=None):
+        """act(residual + drop_path(BN(x))) (``residual`` optional, x's shape; ``drop_path`` a
+        ``DropPath``, only with a residual). One fused op (``F.batch_norm(..., act=,
+        residual=)``) for ReLU, GELU and no activation (the residual with ReLU or none) while
+        the drop path passes its input through (none, rate 0, eval); any other activation
+        module runs after the normalisation, an active drop path between it and the add.
         ``act``, a module, stands in for the layer's own activation (a ResNet block's ReLU
         after the residual add, as ``Linear.forward(x, act=)``)."""
         norm = super().forward_channels_last if self.channels_last else super().forward
         act = self.act if act is None else act
+        if drops_samples(self, residual, drop_path):
+            return act(add_branch(self, norm(x), residual, drop_path))
         name = fused_act_name(act)
         plain = isinstance(act, Identity)
         if (plain or name in _BN_ACTS) and (residual is None or plain or name == "relu"):
