@@ -60,6 +60,8 @@ from . import kernels as _kernels
 _kernels.load()   # registers the fast bodies (minivit/kernels/cpu_*.py) against their ops
 
 from . import nn, optim  # noqa: E402  (minivit.nn and minivit.optim, as torch.nn and torch.optim)
+from . import amp  # noqa: E402  (minivit.amp.GradScaler, as torch.amp)
+from .autograd.autocast import autocast  # noqa: E402  (minivit.autocast("bf16"), torch.autocast)
 
 float32 = "float32"
 float64 = "float64"

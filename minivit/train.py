@@ -29,6 +29,7 @@ from .autograd import backend
 from .config_cli import format_value, is_recipe, option_name, setting
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint
 from .data import CIFARLoader, load_dataset
+from .amp import GradScaler, autocast
 from .finite import LossWatch, NonFiniteLoss, non_finite_state
 from .distributed import DataParallel
 from .models import create_model, list_models
@@ -109,6 +110,10 @@ class TrainConfig:
                               recipe=False)
     sync_bn: bool = setting(False, "data parallel (mpiexec): BatchNorm statistics over all "
                             "ranks' batches, not each rank's own")
+    amp: str = setting("none", "mixed precision: the matrix products (linear, attention, "
+                       "conv) in bfloat16 or float16 precision, float32 master weights, and "
+                       "for fp16 dynamic loss scaling (docs/gpu.md)",
+                       choices=("none", "bf16", "fp16"))
     tf32: bool = setting(False, "TF32 float32 matrix products on the GPU (Ampere or newer; "
                          "about 1e-3 relative error); no effect on the CPU", recipe=False)
     log_interval: int | None = setting(None, "every N steps, one JSON line in RUN/steps.jsonl: "
@@ -451,8 +456,8 @@ def read_config(run: Path) -> TrainConfig:
     return TrainConfig.from_json(d, source=show(file))
 
 
-def _checkpoint_tree(model, opt, sched, loader, epoch, best_acc, cfg) -> dict:
-    return {
+def _checkpoint_tree(model, opt, sched, loader, epoch, best_acc, cfg, scaler=None) -> dict:
+    tree = {
         "format": "minivit-checkpoint-1",
         "model_name": cfg.model,
         "config": cfg.to_json(),
@@ -464,6 +469,9 @@ def _checkpoint_tree(model, opt, sched, loader, epoch, best_acc, cfg) -> dict:
         "loader": loader.state_dict(),
         "rng": backend.get_rng_state(),
     }
+    if scaler is not None and scaler.is_enabled():   # --amp fp16: the loss scale, good steps
+        tree["scaler"] = scaler.state_dict()
+    return tree
 
 
 _CHECKPOINT_ENTRIES = {"model_name": (str, "a string"), "config": (dict, "an object"),
@@ -519,11 +527,16 @@ def load_run_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
     return ckpt
 
 
-def _restore(ckpt: dict, file: Path, opt, sched, loader) -> None:
-    """Optimizer, schedule, data order and RNG from a checkpoint, each refused by name if it
-    does not fit (a checkpoint edited by hand or crafted)."""
+def _restore(ckpt: dict, file: Path, opt, sched, loader, scaler=None) -> None:
+    """Optimizer, schedule, data order, RNG and (--amp fp16) loss scaler from a checkpoint,
+    each refused by name if it does not fit (a checkpoint edited by hand or crafted)."""
     parts = (("optimizer", opt.load_state_dict), ("schedule", sched.load_state_dict),
              ("loader", loader.load_state_dict), ("rng", backend.set_rng_state))
+    if scaler is not None and scaler.is_enabled():
+        if "scaler" not in ckpt:
+            raise CheckpointError(f"{show(file)}: the checkpoint has no 'scaler' entry (the "
+                                  f"loss scale of an --amp fp16 run)")
+        parts += (("scaler", scaler.load_state_dict),)
     for name, load in parts:
         try:
             load(ckpt[name])
@@ -618,10 +631,13 @@ def _train(cfg: TrainConfig, device: str, dp: DataParallel, folder: RunFolder | 
     model = model.to(device)
     opt = build_optimizer(model, cfg)
     sched = build_schedule(opt, cfg, len(train_loader))
+    # --amp: the products in bf16/fp16 precision inside autocast; fp16 scales the loss
+    precision = (lambda: autocast(cfg.amp)) if cfg.amp != "none" else contextlib.nullcontext
+    scaler = GradScaler(enabled=cfg.amp == "fp16")
     start_epoch, best_acc = 0, -1.0
     if resume is not None:
         ckpt = load_run_checkpoint(resume, model, cfg.model)
-        _restore(ckpt, resume, opt, sched, train_loader)
+        _restore(ckpt, resume, opt, sched, train_loader, scaler)
         start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt["best_acc"])
         if folder is not None:
             folder.committed_epoch = start_epoch
@@ -661,23 +677,27 @@ def _train(cfg: TrainConfig, device: str, dp: DataParallel, folder: RunFolder | 
         with tqdm(total=len(train_loader.x), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
                   leave=False, dynamic_ncols=True, disable=None if cfg.progress else True) as bar:
             for i, (xb, yb) in enumerate(train_loader):
-                logits = model(_to_device(xb, device))
-                target = _to_device(yb, device)
-                loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+                with precision():
+                    logits = model(_to_device(xb, device))
+                    target = _to_device(yb, device)
+                    loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
                 stats.add(loss.data, logits.data, target.data)
                 watch.add(loss.data, step)   # kept on the device, like the stats
                 if (i + 1) % read_every == 0 or i + 1 == len(train_loader):
                     _check_loss(watch, folder, epoch)   # names the first non-finite step
                     _read_stats(stats, bar, step, epoch, out)
                 opt.zero_grad()
-                dp.backward(loss, train_loader)   # loss.backward(); over N ranks: averaged
+                # loss.backward() (of loss * scale with fp16); over N ranks: averaged
+                dp.backward(scaler.scale(loss), train_loader)
+                scaler.unscale_(opt)   # fp16: the true gradients, for the log and clipping
                 if steps_log is not None:
                     logged = (step + 1) % steps_log.interval == 0   # the loss is read only then
                     steps_log.after_backward(step, float(loss.item()) if logged else math.nan,
                                              opt.param_groups[0]["lr"])
                 if cfg.clip_grad:
                     optim.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                opt.step()
+                scaler.step(opt)   # opt.step(); fp16: undone on the GPU if a gradient is inf/NaN
+                scaler.update()
                 sched.step()
                 step += 1
                 crash_point("step")
@@ -690,7 +710,8 @@ def _train(cfg: TrainConfig, device: str, dp: DataParallel, folder: RunFolder | 
         dp.before_eval(model)   # rank 0's BatchNorm running statistics on every rank
         # evaluation sums over the ranks: past it, every rank has finished the epoch, so the
         # checkpoint below (rank 0) is only written once all of them have
-        ev = evaluate(model, test_loader, device, dp=dp if dp.active else None)
+        with precision():
+            ev = evaluate(model, test_loader, device, dp=dp if dp.active else None)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "test_loss": ev["loss"], "test_acc": ev["acc"], "test_top5": ev["top5"],
                    "lr": float(sched.get_last_lr()[0]), "epoch_time_s": train_time,
@@ -711,7 +732,8 @@ def _train(cfg: TrainConfig, device: str, dp: DataParallel, folder: RunFolder | 
             append_record(folder.metrics, metrics)
             best = ev["acc"] > best_acc
             best_acc = max(best_acc, ev["acc"])
-            tree = _checkpoint_tree(model, opt, sched, train_loader, epoch + 1, best_acc, cfg)
+            tree = _checkpoint_tree(model, opt, sched, train_loader, epoch + 1, best_acc, cfg,
+                                    scaler)
             folder.commit(tree, improved=best)
         if stop_after_epochs is not None and stop_after_epochs <= epoch + 1 < cfg.epochs:
             log(f"stopped after epoch {epoch + 1} of {cfg.epochs} as asked"

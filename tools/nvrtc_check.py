@@ -6,10 +6,11 @@ no driver, so this catches syntax and type errors in the kernels on any machine:
     pip install nvidia-cuda-nvrtc-cu12
     python tools/nvrtc_check.py            # or --arch compute_75 --arch compute_90 ...
 
-The RawKernels (``minivit/kernels/cuda_rows.py``) are compiled as they are; an
-ElementwiseKernel or ReductionKernel body (``minivit/kernels/cuda.py``) is compiled inside a
-kernel of the shape CuPy generates for it (its parameters as ``T`` values or references, its
-statements in the loop body). Exits 1 naming the kernel and NVRTC's log on the first failure.
+The RawKernels (``minivit/kernels/cuda_rows.py``, ``cuda_conv.py``) are compiled as they are;
+an ElementwiseKernel or ReductionKernel body (``minivit/kernels/cuda.py``, the data kernels of
+``minivit/data/gpu.py``) is compiled inside a kernel of the shape CuPy generates for it (its
+parameters as ``T`` values or references, its statements in the loop body). Exits 1 naming the
+kernel and NVRTC's log on the first failure.
 """
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ import sysconfig
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from minivit.kernels import cuda_rows  # noqa: E402
+from minivit.data import gpu as data_gpu  # noqa: E402
+from minivit.kernels import cuda_conv, cuda_rows  # noqa: E402
 
-CTYPES = {"float32": "float", "float64": "double", "int32": "int", "bool": "bool"}
+CTYPES = {"float32": "float", "float64": "double", "int32": "int", "bool": "bool",
+          "int64": "long long", "uint8": "unsigned char"}
 
 
 def _libnvrtc():
@@ -94,6 +97,17 @@ def elementwise_kernels():
     return kernels
 
 
+def data_kernels():
+    """The ElementwiseKernels that build a batch on the GPU (``minivit.data.gpu.SPECS``)."""
+    return [{"name": name, "in": ins, "out": outs, "body": body}
+            for ins, outs, body, name in data_gpu.SPECS.values()]
+
+
+def raw_kernels():
+    """(module, kernel name) of every RawKernel."""
+    return [(mod, name) for mod in (cuda_rows, cuda_conv) for name in mod.SOURCES]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", action="append", help="e.g. compute_80 (default 75, 80, 90)")
@@ -103,13 +117,13 @@ def main(argv=None) -> int:
     n = 0
     for arch in archs:
         for t, dtype in (("float", "float32"), ("double", "float64")):
-            for name in cuda_rows.SOURCES:
-                log = compile_source(lib, cuda_rows.source(name, dtype), name, arch)
+            for mod, name in raw_kernels():
+                log = compile_source(lib, mod.source(name, dtype), name, arch)
                 if log:
                     print(f"FAILED {name} ({t}, {arch}):\n{log}")
                     return 1
                 n += 1
-            for k in elementwise_kernels():
+            for k in elementwise_kernels() + data_kernels():
                 log = compile_source(lib, elementwise_source(k, t), k["name"], arch)
                 if log:
                     print(f"FAILED {k['name']} ({t}, {arch}):\n{log}")

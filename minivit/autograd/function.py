@@ -137,6 +137,8 @@ class Function:
         """Run the op on Tensors (or constants) and, when grad is on, record it in the graph."""
         from .tensor import Tensor  # noqa: PLC0415 (tensor.py imports the ops, which import us)
 
+        if _autocast._state[0] is not None and cls in _autocast.CAST_INPUTS:
+            return _autocast.apply_autocast(cls, inputs, attrs)   # a product under autocast
         tensors = _as_tensors(cls, inputs, Tensor)
         # the op's fast body (a subclass registered in minivit/kernels) unless in reference mode
         ctx = cls() if REFERENCE[0] else FAST.get(cls, cls)()
@@ -195,3 +197,6 @@ def _as_tensors(cls, inputs, Tensor) -> tuple:
         raise TypeError(f"{cls.op_name()}: tensors of different float dtypes {names}; "
                         f"convert one with .float() or .double() (minivit never promotes silently)")
     return tuple(out)
+
+
+from . import autocast as _autocast  # noqa: E402  (autocast.py defines an op: imported last)

@@ -61,16 +61,22 @@ t = ma + mb;
 """
 
 
+# (in_params, out_params, body, name) of each ElementwiseKernel (``tools/nvrtc_check.py``
+# compiles them too)
+SPECS = {
+    "image": ("raw uint8 X, raw int64 P, raw T scale, raw T shift, int32 n, int32 H, int32 W, "
+              "int32 C, int32 pad, T wa_out, T wb_out, T wa_in, T wb_in, int32 y0, int32 y1, "
+              "int32 x0, int32 x1", "T out", _IMAGE_BODY, "minivit_data_batch"),
+    "targets": ("raw int64 P, int32 n, int32 K, T ta, T tb", "T t", _TARGET_BODY,
+                "minivit_data_targets"),
+}
+
+
 def _kernels():
     if not _KERNELS:
         cp = backend._import_cupy()
-        _KERNELS["image"] = cp.ElementwiseKernel(
-            "raw uint8 X, raw int64 P, raw T scale, raw T shift, int32 n, int32 H, int32 W, "
-            "int32 C, int32 pad, T wa_out, T wb_out, T wa_in, T wb_in, int32 y0, int32 y1, "
-            "int32 x0, int32 x1", "T out", _IMAGE_BODY, "minivit_data_batch")
-        _KERNELS["targets"] = cp.ElementwiseKernel(
-            "raw int64 P, int32 n, int32 K, T ta, T tb", "T t", _TARGET_BODY,
-            "minivit_data_targets")
+        for key, spec in SPECS.items():
+            _KERNELS[key] = cp.ElementwiseKernel(*spec)
     return _KERNELS
 
 

@@ -18,8 +18,9 @@ in code, or ``minivit train --reference``. ``tests/test_kernels.py`` checks ever
 against its reference on hypothesis-drawn inputs.
 
 The files: ``parallel.py`` (blocks and threads), ``cuda.py`` (CUDA ElementwiseKernels),
-``normal_cdf.py`` (the float32 Φ and erf approximations), and one ``cpu_*.py`` per family of
-ops: elementwise (Add, Mul, ReLU, Erf, GELU), reduce (Softmax), matmul, shape (Reshape),
+``cuda_rows.py`` and ``cuda_conv.py`` (CUDA RawKernels: row-wise LayerNorm and softmax, the
+depthwise convolution), ``normal_cdf.py`` (the float32 Φ and erf approximations), and one
+``cpu_*.py`` per family of ops: elementwise (Add, Mul, ReLU, Erf, GELU), reduce (Softmax), matmul, shape (Reshape),
 linear (Linear and LinearColumns with a fused GELU, bias and residual), norm (LayerNorm,
 BatchNorm with a fused activation and residual), attention, loss (CrossEntropy), conv (NCHW),
 conv_nhwc (the one fast im2col and the one fast depthwise conv, channels-last), pooling. This module imports nothing from the rest of minivit, so the engine can import it first;

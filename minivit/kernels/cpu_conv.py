@@ -146,9 +146,11 @@ def _threaded(a) -> bool:
 def to_chwn(x, padding, value: float = 0.0, block: int = 16):
     """NCHW -> (C, H + 2 ph, W + 2 pw, N), padded with ``value``: one transposing copy, done
     ``block`` images at a time (a cache-friendly transpose: 3-4x faster than one big copy),
-    the channels shared among the CPU threads. Only the border is filled with ``value``."""
+    the channels shared among the CPU threads. Only the border is filled with ``value``.
+    On the GPU all images at once (one copy kernel, whatever the batch)."""
     n, c, h, w = x.shape
     ph, pw = padding
+    block = block if backend.device_of(x) == "cpu" else max(n, 1)
     out = xp_of(x).empty((c, h + 2 * ph, w + 2 * pw, n), dtype=x.dtype)
     for border in (out[:, :ph], out[:, ph + h:], out[:, ph:ph + h, :pw], out[:, ph:ph + h, pw + w:]):
         border[...] = value

@@ -10,7 +10,7 @@ from ..autograd.flops import add_flops
 from ..nn.functional.conv import window_slice
 from ..nn.functional.conv_nhwc import Conv2dNHWC, check_conv_nhwc
 from ..nn.functional.depthwise import DepthwiseConv2dNHWC, check_depthwise, check_nhwc
-from . import parallel, register
+from . import cuda, cuda_conv, parallel, register
 
 xp_of = backend.get_array_module
 
@@ -65,6 +65,7 @@ def depthwise_forward(x, weight, bias, stride, padding, dilation):
     """(out, xpad, taps, geometry) of the depthwise conv of a checked (N, H, W, C) x; the NCHW
     conv's depthwise path (``cpu_conv``) uses it too: the one fast depthwise convolution.
     ``taps`` is the weight as (kh, kw, C) on the CPU, (kh*kw, Wo, C) rows on the GPU."""
+    if cuda.enabled(x): return cuda_conv.depthwise_fwd(x, weight, bias, stride, padding, dilation)
     n, h, w, c = x.shape
     kh, kw = weight.shape[2:]
     ho, wo = check_nhwc(x, (kh, kw), padding, stride, dilation)
@@ -107,6 +108,7 @@ def depthwise_forward(x, weight, bias, stride, padding, dilation):
 
 def depthwise_backward(g, xpad, taps, geo, need):
     """(dx, dW, db) of ``depthwise_forward`` (each None where ``need`` says so)."""
+    if cuda_conv.ran_on_gpu(geo): return cuda_conv.depthwise_bwd(g, xpad, taps, geo, need)
     (n, h, w, c), w_shape, padding, stride, dilation, offsets, blocks = geo
     (pt, pb), (pl, pr) = padding
     kh, kw = w_shape[2:]

@@ -266,9 +266,17 @@ def cross_entropy_backward(p, q, scale):
                                      xp.asarray(scale, dtype=p.dtype))
 
 
-def adam_step(p, g, m, v, *, lr, b1, b2, eps, wd, decoupled: bool, step: int) -> None:
-    """One Adam/AdamW update of p, m, v in place (the formulas of ``optim.adam.Adam._update``)."""
+def adam_step(p, g, m, v, *, lr, b1, b2, eps, wd, decoupled: bool, step: int,
+              t_offset=None) -> None:
+    """One Adam/AdamW update of p, m, v in place (the formulas of ``optim.adam.Adam._update``).
+    ``t_offset``: a 0-d float64 device array subtracted from ``step`` (the steps a GradScaler
+    undid); the bias corrections are then 0-d device arrays, read by the kernel as such."""
     l2 = 0.0 if decoupled else wd
     decay = 1.0 - lr * wd if decoupled else 1.0
-    _k()["adam"](g, l2, decay, b1, b2, lr / (1.0 - b1 ** step), (1.0 - b2 ** step) ** 0.5, eps,
-                 p, m, v)
+    if t_offset is None:
+        step_size, bc2_sqrt = lr / (1.0 - b1 ** step), (1.0 - b2 ** step) ** 0.5
+    else:
+        from ..optim.adam import bias_corrections  # noqa: PLC0415
+
+        step_size, bc2_sqrt = bias_corrections(lr, b1, b2, step - t_offset)
+    _k()["adam"](g, l2, decay, b1, b2, step_size, bc2_sqrt, eps, p, m, v)

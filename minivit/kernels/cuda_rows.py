@@ -150,15 +150,24 @@ SOURCES = {"minivit_layer_norm_affine_grads": LAYER_NORM_AFFINE_GRADS,"minivit_l
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
+def typed(body: str, dtype) -> str:
+    """A kernel source with ``T`` defined as the C type of ``dtype`` (float or double)."""
+    return f"typedef {_CTYPE[np.dtype(dtype)]} T;\n" + body
+
+
 def source(name: str, dtype) -> str:
     """The CUDA source of kernel ``name`` for arrays of ``dtype``."""
-    return f"typedef {_CTYPE[np.dtype(dtype)]} T;\n" + SOURCES[name]
+    return typed(SOURCES[name], dtype)
 
 
 @functools.cache
+def raw_kernel(src: str, name: str):
+    """The compiled RawKernel ``name`` of ``src`` (compiled once, on first use)."""
+    return backend._import_cupy().RawKernel(src, name)
+
+
 def _kernel(name: str, dtype):
-    cp = backend._import_cupy()
-    return cp.RawKernel(source(name, dtype), name)
+    return raw_kernel(source(name, np.dtype(dtype)), name)
 
 
 def _threads(n: int) -> int:

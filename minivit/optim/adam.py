@@ -72,7 +72,8 @@ class Adam(Optimizer):
         cuda_kernels.adam_step(flat.p, flat.g, flat.m, flat.v, lr=float(group["lr"]),
                                b1=float(group["betas"][0]), b2=float(group["betas"][1]),
                                eps=float(group["eps"]), wd=float(group["weight_decay"]),
-                               decoupled=self.decoupled_weight_decay, step=steps.pop() + 1)
+                               decoupled=self.decoupled_weight_decay, step=steps.pop() + 1,
+                               t_offset=self._t_offset)
         return True
 
     @property
@@ -93,7 +94,8 @@ class Adam(Optimizer):
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
         if cuda_kernels.enabled(p.data, g):  # the whole update below as one GPU kernel
             cuda_kernels.adam_step(p.data, g, m, v, lr=lr, b1=b1, b2=b2, eps=eps, wd=wd,
-                                   decoupled=self.decoupled_weight_decay, step=t)
+                                   decoupled=self.decoupled_weight_decay, step=t,
+                                   t_offset=self._t_offset)
             return
 
         if wd != 0.0:
@@ -110,13 +112,23 @@ class Adam(Optimizer):
         v *= b2
         v += tmp                                 # v = b2 v + (1 - b2) g^2
 
-        step_size = lr / (1.0 - b1 ** t)
+        if self._t_offset is None:
+            step_size, bc2_sqrt = lr / (1.0 - b1 ** t), math.sqrt(1.0 - b2 ** t)
+        else:   # under a GradScaler: t - (steps undone so far), a device scalar (no sync)
+            step_size, bc2_sqrt = (a.astype(p.data.dtype) for a in
+                                   bias_corrections(lr, b1, b2, t - self._t_offset))
         denom = xp.sqrt(v, out=tmp)
-        denom /= math.sqrt(1.0 - b2 ** t)
+        denom /= bc2_sqrt
         denom += eps                             # sqrt(v / (1 - b2^t)) + eps
         xp.divide(m, denom, out=denom)
         denom *= step_size
         p.data -= denom                          # p -= lr / (1 - b1^t) * m / denom
+
+
+def bias_corrections(lr, b1, b2, t):
+    """(lr / (1 - b1^t), sqrt(1 - b2^t)) for a step count ``t`` that is a 0-d device array."""
+    xp = get_array_module(t)
+    return lr / (1.0 - xp.power(b1, t)), xp.sqrt(1.0 - xp.power(b2, t))
 
 
 class AdamW(Adam):

@@ -137,6 +137,40 @@ class Optimizer:
                 self._update(p, g, self.state.setdefault(p, {}), group)
         return loss
 
+    # --- mixed precision: a step undone on the device (minivit.amp.GradScaler) -------------
+    _t_offset = None   # during step_masked: the device count of the steps undone before it
+
+    def step_masked(self, skip, undone=None) -> None:
+        """``step()``, then undone on the device where ``skip`` (a 0-d boolean array on the
+        parameters' device: "a gradient is inf or NaN") is true, with no host
+        synchronisation: the parameters and every state array are copied before the step
+        and copied back where ``skip`` holds (a state created by the step goes back to
+        zeros: Adam's moments as before their first step; SGD's momentum buffer then starts
+        from 0, the same as PyTorch's first step with the default dampening 0). ``undone``:
+        the 0-d count, on the device, of the steps undone before this one; the state's
+        ``step`` counts calls, and Adam's bias correction uses ``step - undone``, the steps
+        taken. ``GradScaler.step`` calls this."""
+        saved = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if grad_array(p) is None:
+                    continue
+                st = self.state.get(p, {})
+                saved.append((p, p.data.copy(), {k: v.copy() for k, v in st.items()
+                                                  if backend.is_array(v)}))
+        self._t_offset = undone
+        try:
+            with np.errstate(all="ignore"):   # inf/NaN gradients: a step about to be undone
+                self.step()
+        finally:
+            self._t_offset = None
+        for p, data, old in saved:
+            xp = backend.get_array_module(p.data)
+            xp.copyto(p.data, data, where=skip)   # p.data may be a new array (a flat buffer)
+            for k, v in self.state.get(p, {}).items():
+                if backend.is_array(v):
+                    xp.copyto(v, old[k] if k in old else xp.zeros_like(v), where=skip)
+
     def _step_group(self, group: dict) -> bool:
         """Update a whole group at once and return True (a subclass's fast path, such as
         one GPU kernel for all of a group's parameters), or return False: one ``_update``

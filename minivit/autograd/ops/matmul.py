@@ -5,6 +5,7 @@ import string
 
 from .. import backend
 from ..flops import add_flops
+from ..autocast import cast_inputs
 from ..function import Function
 
 xp_of = backend.get_array_module
@@ -138,6 +139,11 @@ class Einsum(Function):
                 gi = xp.broadcast_to(gi.reshape(shape), op.shape)
             grads.append(gi)
         return tuple(grads)
+
+
+# under minivit.autocast both products run in bf16/fp16 precision (minivit/autograd/autocast.py)
+cast_inputs(MatMul, None)
+cast_inputs(Einsum, None)
 
 
 def einsum(subscripts: str, *tensors):

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from ...autograd import backend
+from ...autograd.autocast import cast_inputs
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
 from ...autograd.ops.reduce import softmax_grad, softmax_value
@@ -140,6 +141,12 @@ class SelfAttention(Function):
         gq, gk, gv, ds = attention_backward(g4, q, k, v, p, drop, ctx.scale, ctx.dropout_p)
         gqkv = merge_heads(xp_of(g).stack([gq, gk, gv]))
         return (gqkv, ds) if ctx.has_bias else gqkv
+
+
+# under minivit.autocast q, k, v (not a float mask) are rounded to bf16/fp16, and the output;
+# the scores' softmax stays float32, as in a fused (flash) attention kernel
+cast_inputs(ScaledDotProductAttention, 3)
+cast_inputs(SelfAttention, 1)
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0,

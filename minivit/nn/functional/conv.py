@@ -22,6 +22,7 @@ without a GEMM, a pointwise path) are in ``minivit/kernels/cpu_conv.py``.
 from __future__ import annotations
 
 from ...autograd import backend
+from ...autograd.autocast import cast_inputs
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
 
@@ -175,6 +176,11 @@ class ChannelsLastConv(Function):
         gx, gw, gb = conv_backward(g.transpose(0, 3, 1, 2), cols, weight, *ctx.geo, need)
         gx = None if gx is None else gx.transpose(0, 2, 3, 1)
         return (gx, gw, gb) if ctx.has_bias else (gx, gw)
+
+
+# under minivit.autocast x, the weight and the bias are rounded to bf16/fp16, and the output
+# (minivit/autograd/autocast.py)
+cast_inputs(Conv2d, None)
 
 
 def _check_conv(x, weight, bias, padding, dilation, groups) -> None:

@@ -10,6 +10,7 @@ keeps PyTorch's layout (O, C, kh, kw), so state dicts are unchanged. Dense convo
 """
 from __future__ import annotations
 
+from ...autograd.autocast import cast_inputs
 from .conv import ChannelsLastConv, pair
 from .depthwise import _padding, check_nhwc, expect_nhwc
 
@@ -59,3 +60,5 @@ def conv2d_nhwc(x, weight, bias=None, stride=1, padding=0, dilation=1):
         return Conv2dNHWC.apply(x, weight, **attrs)
     return Conv2dNHWC.apply(x, weight, bias, **attrs)
 
+
+cast_inputs(Conv2dNHWC, None)   # bf16/fp16 under minivit.autocast (autograd/autocast.py)

@@ -14,6 +14,7 @@ time on all cores) is in ``minivit/kernels/cpu_conv_nhwc.py``.
 """
 from __future__ import annotations
 
+from ...autograd.autocast import cast_inputs
 from .conv import ChannelsLastConv, out_size, pair
 
 __all__ = ["depthwise_conv2d_nhwc"]
@@ -90,3 +91,6 @@ def depthwise_conv2d_nhwc(x, weight, bias=None, stride=1, padding=0, dilation=1)
     if bias is None:
         return DepthwiseConv2dNHWC.apply(x, weight, **attrs)
     return DepthwiseConv2dNHWC.apply(x, weight, bias, **attrs)
+
+
+cast_inputs(DepthwiseConv2dNHWC, None)   # bf16/fp16 under minivit.autocast (autograd/autocast.py)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...autograd import backend
+from ...autograd.autocast import cast_inputs
 from ...autograd.flops import add_flops
 from ...autograd.function import Function
 from ...autograd.ops.elementwise import gelu_derivative, gelu_value
@@ -121,6 +122,16 @@ class LinearColumns(Function):
         gw = g @ x.T if need[1] else None
         gb = g.sum(axis=1) if ctx.has_bias and need[2] else None
         return linear_grads(ctx, gx, gw, gb, g_out)
+
+
+def _operands(attrs) -> int:
+    return 3 if attrs.get("has_bias", True) else 2   # x, w and the bias; not the residual
+
+
+# under minivit.autocast: x, w, b rounded to bf16/fp16, the product's result too, the residual
+# added in float32 after it (minivit/autograd/autocast.py)
+cast_inputs(Linear, _operands, residual=True)
+cast_inputs(LinearColumns, _operands, residual=True)
 
 
 def linear_grads(ctx, gx, gw, gb, g):
