@@ -94,11 +94,10 @@ class GradScaler:
     def _grad_arrays(self, optimizer):
         """Every gradient array of the optimizer's parameters (a group's flat gradient buffer
         when AdamW keeps one on the GPU: one launch for the whole group)."""
-        flats = getattr(optimizer, "_flat", {}) if "_flat_groups" in optimizer.__dict__ else {}
         for group in optimizer.param_groups:
-            flat = flats.get(id(group))
-            if (flat is not None and flat.holds(group["params"], optimizer.state)
-                    and all(grad_array(p) is gv for p, gv in zip(group["params"], flat.grads))):
+            flat = optimizer._flat_group(group) if hasattr(optimizer, "_flat_group") else None
+            if flat is not None and all(grad_array(p) is gv
+                                        for p, gv in zip(group["params"], flat.grads)):
                 yield flat.g
                 continue
             for p in group["params"]:

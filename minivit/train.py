@@ -710,8 +710,8 @@ def _train(cfg: TrainConfig, device: str, dp: DataParallel, folder: RunFolder | 
         dp.before_eval(model)   # rank 0's BatchNorm running statistics on every rank
         # evaluation sums over the ranks: past it, every rank has finished the epoch, so the
         # checkpoint below (rank 0) is only written once all of them have
-        with precision():
-            ev = evaluate(model, test_loader, device, dp=dp if dp.active else None)
+        # in float32 with --amp too: the master weights' accuracy, the same as `minivit eval`
+        ev = evaluate(model, test_loader, device, dp=dp if dp.active else None)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "test_loss": ev["loss"], "test_acc": ev["acc"], "test_top5": ev["top5"],
                    "lr": float(sched.get_last_lr()[0]), "epoch_time_s": train_time,

@@ -1,5 +1,6 @@
 """Mixed precision (issue 29): ``minivit.autocast``, ``minivit.amp.GradScaler`` and
 ``minivit train --amp``, on the CPU and the CUDA path (``[cuda-standin]`` without a GPU)."""
+import json
 import math
 import subprocess
 import sys
@@ -74,10 +75,20 @@ def test_fp16_rounding_overflows_to_inf_and_flushes_tiny_values_without_warnings
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_rounding_on_the_gpu_path_equals_the_cpu(cuda, precision):
-    x = np.random.default_rng(0).standard_normal(257).astype(np.float32) * 1e3
-    x[:3] = [np.inf, np.nan, 1e30]
+    """bf16: the one-launch kernel (kernels/cuda_rows.py) against the array code, on the
+    GPU and on the CPU; fp16: CuPy's and NumPy's float16 casts."""
+    from minivit.kernels import cuda as cuda_kernels  # noqa: PLC0415
+
+    x = np.random.default_rng(0).standard_normal((3, 257)).astype(np.float32) * 1e3
+    x[0, :6] = [np.inf, np.nan, 1e30, 3.4e38, -0.0, 1 + 2 ** -8]
+    x[1, :3] = np.array([0x7F800001, 0x7FFFFFFF, 0xFFC00001], np.uint32).view(np.float32)
     want = amp.round_to(x, precision)
-    np.testing.assert_array_equal(_host(amp.round_to(_on(cuda, x), precision)), want)
+    with cuda_kernels.fused_kernels(False):
+        plain = _host(amp.round_to(_on(cuda, x), precision))
+    fast = _host(amp.round_to(_on(cuda, x)[:, 1:], precision))   # a strided view too
+    np.testing.assert_array_equal(plain, want)
+    np.testing.assert_array_equal(fast, want[:, 1:])
+    assert np.isnan(fast[1, :2]).all() and np.isnan(want[1, :3]).all()
 
 
 # --- autocast --------------------------------------------------------------------------------------
@@ -350,3 +361,36 @@ def test_amp_command_line_option():
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
     assert "amp (--amp) must be one of 'none', 'bf16', 'fp16', got 'fp8'" in last
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_tf32_adds_no_error_to_autocast_products(cuda, precision):
+    """TF32 keeps 10 mantissa bits and the operands under autocast are bf16 (7) or fp16 (10)
+    values, so --tf32 rounds them exactly: the same products (on the stand-in, which rounds
+    product operands as cuBLAS's TF32 does, and on a GPU up to the order of the sums)."""
+    rng = np.random.default_rng(0)
+    a, b = (_on(cuda, rng.standard_normal(s).astype(np.float32)) for s in ((48, 64), (64, 16)))
+    results = []
+    for on in (False, True):
+        backend.set_tf32(on)
+        try:
+            with minivit.autocast(precision):
+                results.append(_host(minivit.matmul(minivit.Tensor(a), minivit.Tensor(b))))
+        finally:
+            backend.set_tf32(False)
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-5)
+
+
+def test_minivit_train_amp_on_the_gpu_path(cuda, tmp_path):
+    from minivit import cli  # noqa: PLC0415
+
+    tiny = ["--model", "vit_cifar", "--model-arg", "depth=1", "--model-arg", "embed_dim=32",
+            "--model-arg", "num_heads=2", "--batch-size", "16", "--train-limit", "32",
+            "--test-limit", "16", "--no-progress", "--epochs", "1"]
+    assert cli.main(["train", *tiny, "--device", "cuda", "--amp", "fp16", "--clip-grad", "1.0",
+                     "--log-interval", "1", "--out", str(tmp_path / "r")]) == 0
+    assert '"amp": "fp16"' in (tmp_path / "r" / "config.json").read_text()
+    lines = (tmp_path / "r" / "steps.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    # the step log and the clipping see the unscaled gradients (scaled ones: norms of ~1e5)
+    assert 0 < json.loads(lines[0])["grad_norm"] < 100

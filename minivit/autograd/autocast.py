@@ -91,7 +91,11 @@ def round_bf16(x):
     bfloat16 is the top 16 bits of a float32 (sign, 8 exponent bits, 7 mantissa bits): add
     0x7FFF plus the lowest kept bit to the bit pattern, then clear the low 16 bits; a carry
     rounds up, into the exponent if need be (the largest values become inf, as bfloat16's
-    own overflow). NaN stays NaN."""
+    own overflow). NaN stays NaN. On the GPU: one kernel, ``kernels/cuda_rows.py``."""
+    from ..kernels import cuda as cuda_kernels  # noqa: PLC0415
+
+    if cuda_kernels.enabled(x) and x.dtype == np.float32:
+        return cuda_kernels.cuda_rows.round_bf16(x)
     xp = backend.get_array_module(x)
     x = xp.ascontiguousarray(x, dtype=xp.float32)
     u = x.view(xp.uint32)

@@ -224,8 +224,12 @@ class Conv2dNHWCFast(Conv2dNHWC):
         dxpad[n, y*s + i*d, x*s + j*d, c] += dcols[n, y, x, i, j, c]   (col2im, one add per (i, j))
 
     ``Wm`` is a small transposed copy of the weight. A 1x1 stride-1 conv without padding is a
-    plain Linear on the (N*H*W, C) rows. Copies and col2im run a few images at a time on all
-    CPU threads."""
+    plain Linear on the (N*H*W, C) rows. Without dilation along W, the kw pixels of one kernel
+    row and all their channels lie side by side in memory, so im2col copies one run of kw*C
+    numbers per kernel row (kh copies, not kh*kw). At stride 1, dx is the same kind of conv of
+    dout, zero-padded by (k-1)d - p, with W flipped and its two channel axes swapped (the
+    transposed convolution), which costs an im2col copy where the col2im costs kh*kw adds.
+    Copies and col2im run a few images at a time on all CPU threads."""
 
     def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=((0, 0), (0, 0)),
                 dilation=(1, 1)):
@@ -258,6 +262,14 @@ def conv_forward(x, weight, bias, stride, padding, dilation):
     return y.reshape(n, ho, wo, o), cols, wm, geo
 
 
+def _transposed_conv_padding(padding, kernel, dilation):
+    """The padding of dout under which the stride-1 conv with the flipped kernel gives dx,
+    (k-1)d - p per side; None where some p exceeds (k-1)d (then col2im gives dx)."""
+    back = tuple(((k - 1) * d - p0, (k - 1) * d - p1)
+                 for (p0, p1), k, d in zip(padding, kernel, dilation))
+    return back if min(min(b) for b in back) >= 0 else None
+
+
 def conv_backward(g, cols, wm, geo, need):
     """(dx, dW, db) of ``conv_forward`` (each None where ``need`` says so)."""
     x_shape, w_shape, padding, stride, dilation, (ho, wo), pointwise = geo
@@ -267,7 +279,14 @@ def conv_backward(g, cols, wm, geo, need):
     if need[1]:
         gw = parallel.t_matmul(cols, g2)            # ((i, j, c), O): the wide side first
         gw = xp_of(g).ascontiguousarray(gw.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
-    if need[0]:
+    back = _transposed_conv_padding(padding, (kh, kw), dilation)
+    if need[0] and not pointwise and tuple(stride) == (1, 1) and back is not None \
+            and backend.device_of(g) == "cpu":
+        # dx[n, y, x, c] = Σ_(i,j,o) dout_pad[n, y + i*d, x + j*d, o] W[o, c, kh-1-i, kw-1-j]
+        wt = wm.reshape(o, kh, kw, c)[:, ::-1, ::-1].transpose(3, 1, 2, 0).reshape(c, -1)
+        gx = (_im2col(g, (kh, kw), back, (1, 1), dilation, x_shape[1:3]) @ wt.T)
+        gx = gx.reshape(x_shape)
+    elif need[0]:
         dcols = g2 @ wm
         gx = dcols.reshape(x_shape) if pointwise else _col2im(
             dcols, x_shape, (kh, kw), padding, stride, dilation, (ho, wo))
@@ -281,9 +300,29 @@ def _im2col(x, kernel, padding, stride, dilation, out_hw):
     xp = xp_of(x)
     n, h, w, c = x.shape
     (kh, kw), ((pt, pb), (pl, pr)), (ho, wo) = kernel, padding, out_hw
+    device = backend.device_of(x)
+    blocks = _image_blocks(n, (h + pt + pb) * (w + pl + pr) * c, device)
+    if device == "cpu" and dilation[1] == 1:
+        # cols[n, y, x, i, (j, c)] = xpad[n, y*s + i*d, x*s + (j, c)]: kernel row i's kw
+        # pixels are one run of kw*C numbers in xpad, so a strided view holds all the columns
+        padded = bool(pt or pb or pl or pr)
+        xpad = (xp.empty((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype) if padded
+                else xp.ascontiguousarray(x))
+        st = xpad.strides
+        view = xp.lib.stride_tricks.as_strided(
+            xpad, (n, ho, wo, kh, kw * c),
+            (st[0], st[1] * stride[0], st[2] * stride[1], st[1] * dilation[0], st[3]))
+        cols = xp.empty((n, ho, wo, kh, kw * c), dtype=x.dtype)
+
+        def rows_block(blk):
+            if padded:
+                _pad_into(xpad[blk], x[blk], pt, pl)
+            cols[blk] = view[blk]
+
+        parallel.for_each(rows_block, blocks, threaded=_threaded(cols))
+        return cols.reshape(n * ho * wo, kh * kw * c)
     offsets = windows(kernel, stride, dilation, out_hw)
     cols = xp.empty((n, ho, wo, kh * kw, c), dtype=x.dtype)
-    blocks = _image_blocks(n, (h + pt + pb) * (w + pl + pr) * c, backend.device_of(x))
 
     def block(blk):
         xb = x[blk]

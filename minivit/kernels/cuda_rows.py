@@ -12,6 +12,11 @@ formulas are the array code's (``nn/functional/norm.py``, ``kernels/cpu_reduce.p
                    -inf only),  e = exp(c s - m),  p = e / Σe
                    (a fully masked row gives 0, as the array code)
 
+One more kernel here is elementwise, ``minivit_round_bf16`` (autocast's rounding of float32
+values to bfloat16, ``minivit/autograd/autocast.py``): it works on the bit pattern, which the
+stand-in's ElementwiseKernel interpreter does not read, so it is a RawKernel with a twin; one
+launch where the array code takes seven.
+
 ``T`` is float or double (one compiled kernel per dtype, made on first use and cached by
 CuPy). The CPU never runs these; without a GPU the tests run them on the CuPy stand-in, whose
 NumPy twin of each kernel is registered against this source's hash (``tests/cupy_standin``),
@@ -145,8 +150,23 @@ extern "C" __global__ void minivit_layer_norm_affine_grads(
 }
 """
 
+ROUND_BF16 = r"""
+// y = x rounded to bfloat16 (round to nearest, ties to even), stored float: add 0x7fff plus
+// the lowest kept bit to the bit pattern, clear the low 16 bits (a carry rounds up, into the
+// exponent if need be: the largest values become inf); a NaN is kept as it is. float only.
+extern "C" __global__ void minivit_round_bf16(const float* x, float* y, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        unsigned int u = __float_as_uint(x[i]);
+        if ((u & 0x7fffffffu) > 0x7f800000u) { y[i] = x[i]; continue; }
+        u += 0x7fffu + ((u >> 16) & 1u);
+        y[i] = __uint_as_float(u & 0xffff0000u);
+    }
+}
+"""
+
 SOURCES = {"minivit_layer_norm_affine_grads": LAYER_NORM_AFFINE_GRADS,"minivit_layer_norm_fwd": LAYER_NORM_FWD, "minivit_layer_norm_bwd": LAYER_NORM_BWD,
-           "minivit_softmax_rows": SOFTMAX}
+           "minivit_softmax_rows": SOFTMAX, "minivit_round_bf16": ROUND_BF16}
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
@@ -226,3 +246,15 @@ def softmax_rows(s, scale: float = 1.0):
         s = xp.ascontiguousarray(s)
         _launch("minivit_softmax_rows", rows, k, (s, p, np.int32(k), np.float64(scale)), s.dtype)
     return p
+
+
+def round_bf16(x):
+    """float32 x rounded to bfloat16 values (kept float32), in one launch."""
+    xp = backend.get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    y = xp.empty_like(x)
+    if x.size:
+        blocks = min(-(-x.size // 256), 4096)   # a grid-stride loop covers the rest
+        _kernel("minivit_round_bf16", np.dtype(np.float32))((blocks,), (256,),
+                                                              (x, y, np.int64(x.size)))
+    return y

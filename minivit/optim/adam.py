@@ -76,6 +76,17 @@ class Adam(Optimizer):
                                t_offset=self._t_offset)
         return True
 
+    def _flat_group(self, group: dict):
+        """The group's ``_FlatGroup`` if it still holds the group's arrays, else None."""
+        flat = self._flat.get(id(group))
+        return flat if flat is not None and flat.holds(group["params"], self.state) else None
+
+    def _flat_buffers(self, group: dict) -> tuple:
+        flat = self._flat_group(group)
+        if flat is None or any(grad_array(p) is None for p in group["params"]):
+            return ()
+        return flat.p, flat.m, flat.v
+
     @property
     def _flat(self) -> dict:
         if "_flat_groups" not in self.__dict__:

@@ -150,8 +150,12 @@ class Optimizer:
         the 0-d count, on the device, of the steps undone before this one; the state's
         ``step`` counts calls, and Adam's bias correction uses ``step - undone``, the steps
         taken. ``GradScaler.step`` calls this."""
-        saved = []
+        saved, flats = [], []
         for group in self.param_groups:
+            buffers = self._flat_buffers(group)
+            if buffers:   # a group kept in flat buffers (AdamW on the GPU): one copy each
+                flats.append((buffers, [b.copy() for b in buffers]))
+                continue
             for p in group["params"]:
                 if grad_array(p) is None:
                     continue
@@ -164,12 +168,20 @@ class Optimizer:
                 self.step()
         finally:
             self._t_offset = None
+        for buffers, old in flats:   # the same buffers: the step did not rebuild a group
+            for b, o in zip(buffers, old):
+                backend.get_array_module(b).copyto(b, o, where=skip)
         for p, data, old in saved:
             xp = backend.get_array_module(p.data)
             xp.copyto(p.data, data, where=skip)   # p.data may be a new array (a flat buffer)
             for k, v in self.state.get(p, {}).items():
                 if backend.is_array(v):
                     xp.copyto(v, old[k] if k in old else xp.zeros_like(v), where=skip)
+
+    def _flat_buffers(self, group: dict) -> tuple:
+        """The flat buffers that hold all of a group's parameters and state (a subclass that
+        keeps them, for ``step_masked``), or () when there are none."""
+        return ()
 
     def _step_group(self, group: dict) -> bool:
         """Update a whole group at once and return True (a subclass's fast path, such as

@@ -77,6 +77,16 @@ def softmax_rows(grid, block, args, shared_mem):
     _2d(p, rows, k)[...] = e * np.where(tot > 0, t(1) / np.where(tot > 0, tot, t(1)), t(1))
 
 
+def round_bf16(grid, block, args, shared_mem):
+    x, y, n = args
+    if int(grid[0]) < 1 or int(block[0]) < 1:
+        raise ValueError(f"bad launch: grid {grid}, block {block}")
+    u = x._a.reshape(-1)[:int(n)].view(np.uint32)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    r = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    y._a.reshape(-1)[:int(n)] = np.where(nan, u, r).view(np.float32)
+
+
 # --- the depthwise convolution (cuda_conv.py): NHWC arrays, weight (C, 1, kh, kw) ----------
 
 def _geometry(args):
@@ -171,6 +181,7 @@ TWINS = {
     "minivit_layer_norm_fwd": ("c84ab6fb96f0825f", layer_norm_fwd),
     "minivit_layer_norm_bwd": ("bacdf9ecb3fae735", layer_norm_bwd),
     "minivit_softmax_rows": ("2328d40b879dea58", softmax_rows),
+    "minivit_round_bf16": ("990820924d40c611", round_bf16),
     "minivit_depthwise_fwd": ("4d61133870fca0f3", depthwise_fwd),
     "minivit_depthwise_bwd_input": ("ddd04ae3149bf092", depthwise_bwd_input),
     "minivit_depthwise_bwd_weight": ("a22ab24081d5e8f3", depthwise_bwd_weight),
