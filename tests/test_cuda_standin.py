@@ -94,6 +94,42 @@ def test_counters(standin):
         bool(b.any())
 
 
+def test_streams_events_and_pinned_memory(standin):
+    """Streams and events offer only real CuPy's names; a pinned upload on a side stream is
+    counted as such, and reading it needs an event between the streams."""
+    for cls, key in ((standin.cuda.Stream, "Stream"), (standin.cuda.Event, "Event")):
+        public = {n for n in dir(cls) if not n.startswith("_")}
+        assert public <= set(cupy_standin.NAMES["classes"][key]), (key, public)
+    host = __import__("cupyx").empty_pinned((2, 3), np.float32)
+    assert type(host) is np.ndarray
+    host[...] = 1
+    dev = standin.empty((2, 3), np.float32)
+    with pytest.raises(TypeError, match="float64 array cannot be set to float32"):
+        dev.set(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        dev.set(np.ones(6, np.float32))
+    side = standin.cuda.Stream(non_blocking=True)
+    with cupy_standin.counting() as c:
+        dev.set(host, stream=side)
+        dev2 = standin.empty((2, 3), np.float32)
+        dev2.set(np.ones((2, 3), np.float32))     # pageable, on the default stream
+    assert (c["h2d"], c["h2d_pinned"], c["h2d_async"], c["syncs"]) == (2, 1, 1, 0)
+    with pytest.raises(cupy_standin.StreamOrderError, match="not ordered before"):
+        dev * 2
+    copied = standin.cuda.Event()
+    copied.record(side)
+    assert copied.done    # a query, no synchronisation
+    standin.cuda.get_current_stream().wait_event(copied)
+    np.testing.assert_array_equal((dev * 2).get(), np.full((2, 3), 2, np.float32))
+    with pytest.raises(cupy_standin.StreamOrderError, match="may still be reading"):
+        dev.set(host, stream=side)   # the kernel above read dev: the side stream must wait
+    side.wait_event(standin.cuda.get_current_stream().record())
+    dev.set(host, stream=side)
+    with cupy_standin.counting() as c:
+        copied.synchronize()
+    assert c["syncs"] == 1
+
+
 # --- the stand-in catches the bugs it is for ---------------------------------------------------
 
 def _tiny_step(device, model=None):

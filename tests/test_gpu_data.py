@@ -84,31 +84,121 @@ def test_normalisation_and_no_augment(cuda):
     np.testing.assert_allclose(_host(xb), want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("kw, launches", [(dict(augment="standard"), 1),
-                                          (dict(augment="standard", mixup=0.8, cutmix=1.0), 2)])
-def test_few_launches_one_small_upload_no_sync_per_batch(standin, kw, launches):
+def _counted(kw):
+    """(the loader's construction, each batch of two epochs): what each did on the GPU, a
+    synchronisation while making a batch raising."""
     x, y = _data()
-    with cupy_standin.counting() as c:
+    with cupy_standin.counting() as made:
         loader = CIFARLoader(x, y, batch_size=16, seed=3, device="cuda", **kw)
-    assert c["h2d"] == 3 and c["launches"] == 0   # images, scale, shift: once
+    per_batch = []
     for epoch in range(2):
         loader.set_epoch(epoch)
         it = iter(loader)
         for _ in range(len(loader)):
             with cupy_standin.counting() as c, cupy_standin.no_sync():
                 next(it)
-            # one upload: indices, offsets, flips, partners and labels in one int64 array
-            assert (c["launches"], c["h2d"], c["d2h"], c["syncs"]) == (launches, 1, 0, 0)
+            per_batch.append(c)
+    return made, per_batch
 
 
-def test_randaugment_keeps_the_cpu_path(cuda):
+@pytest.mark.parametrize("kw, launches", [(dict(augment="standard"), 1),
+                                          (dict(augment="standard", mixup=0.8, cutmix=1.0), 2)])
+def test_few_launches_one_small_upload_no_sync_per_batch(standin, kw, launches):
+    made, per_batch = _counted(kw)
+    assert made["h2d"] == 3 and made["launches"] == 0   # images, scale, shift: once
+    for c in per_batch:
+        # one upload: indices, offsets, flips, partners and labels in one int64 array
+        assert (c["launches"], c["h2d"], c["d2h"], c["syncs"]) == (launches, 1, 0, 0)
+
+
+def test_bad_device_is_refused():
     x, y = _data()
-    loader = CIFARLoader(x, y, batch_size=16, augment="randaugment", device="cuda",
-                         prefetch=False)
-    xb, _ = next(iter(loader))
-    assert loader.gpu is None and isinstance(xb, np.ndarray)
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'tpu'"):
         CIFARLoader(x, y, device="tpu")
+
+
+# --- RandAugment: augmented on the host, uploaded through pinned memory --------------------
+
+def _flip_every_other(x, rng):
+    """A custom augment callable (host side): mirror the even images, shifted by rng's draw."""
+    x = x.copy()
+    x[::2] = x[::2, :, ::-1]
+    return np.roll(x, int(rng.integers(0, 3)), axis=1)
+
+
+RANDAUGMENT_CASES = [dict(augment="randaugment"), dict(augment="randaugment", mixup=0.8),
+                     dict(augment="randaugment", cutmix=1.0),
+                     dict(augment=_flip_every_other, mixup=0.5, cutmix=1.0)]
+RANDAUGMENT_IDS = ["randaugment", "mixup", "cutmix", "callable-both"]
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("kw", RANDAUGMENT_CASES, ids=RANDAUGMENT_IDS)
+def test_host_augmented_batches_equal_the_cpu_loaders(cuda, kw, prefetch):
+    """The batches (augmented in the prefetch thread, or not) equal the CPU loader's for the
+    same seed; the uploader's buffers take turns, so batches held on to stay intact."""
+    gpu, cpu = _pair(prefetch=prefetch, batch_size=8, **kw)
+    assert gpu.gpu is None and gpu.uploader is not None
+    for epoch in (0, 3):
+        gpu.set_epoch(epoch)
+        cpu.set_epoch(epoch)
+        held = list(gpu)   # every batch of the epoch kept: more batches than buffers
+        assert len(held) > gpu.uploader.SLOTS
+        for (xg, yg), (xc, yc) in zip(held, cpu, strict=True):
+            assert backend.device_of(xg) == "cuda" and xg.dtype == xc.dtype
+            np.testing.assert_allclose(_host(xg), xc, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(_host(yg), yc, rtol=1e-6, atol=1e-7)
+    x, y = gpu.make_batch(1, 2)   # a batch made directly, as in the sharded loader
+    np.testing.assert_allclose(_host(x), cpu.make_batch(1, 2)[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(_host(y), cpu.make_batch(1, 2)[1])
+
+
+@pytest.mark.parametrize("kw", [dict(augment="randaugment"),
+                                dict(augment="randaugment", mixup=0.8, cutmix=1.0)])
+def test_host_augmented_batch_is_one_async_pinned_copy_and_no_sync(standin, kw):
+    """Per batch: one host-to-device copy, from pinned memory on a stream of its own, two
+    launches (the batch kernel, and the labels' copy or the soft targets), no sync."""
+    made, per_batch = _counted(kw)
+    assert made["h2d"] == 2 and made["launches"] == 0   # scale and shift, once
+    for c in per_batch:
+        assert (c["h2d"], c["h2d_pinned"], c["h2d_async"]) == (1, 1, 1)
+        assert (c["launches"], c["d2h"], c["syncs"]) == (2, 0, 0)
+
+
+def test_the_copy_is_ordered_by_events_on_the_gpu(standin, monkeypatch):
+    """Without the compute stream's wait for the copy's event, or the copy stream's wait for
+    the kernel that last read a buffer, the stand-in refuses the batch (StreamOrderError)."""
+    x, y = _data()
+    for skip in ("copy", "read"):
+        loader = CIFARLoader(x, y, batch_size=8, seed=1, device="cuda",
+                             augment="randaugment", prefetch=False)
+        up = loader.uploader
+        if skip == "copy":   # the compute stream does not wait for the upload
+            monkeypatch.setattr(type(standin.cuda.get_current_stream()), "wait_event",
+                                lambda self, event: None)
+        else:                # the copy stream does not wait for the kernel that read a buffer
+            monkeypatch.setattr(up.stream, "wait_event", lambda event: None, raising=False)
+        with pytest.raises(standin.StreamOrderError):
+            list(loader)
+        monkeypatch.undo()
+
+
+def test_randaugment_training_does_not_synchronise_in_a_step(standin):
+    """``minivit train --device cuda --augment randaugment``: twice the steps, no more syncs."""
+    from minivit.train import TrainConfig, fit  # noqa: PLC0415
+
+    def syncs(train_limit):
+        cfg = TrainConfig(model="vit_cifar", model_args={"depth": 1, "embed_dim": 16,
+                                                         "num_heads": 2},
+                          epochs=1, batch_size=8, eval_batch_size=16, train_limit=train_limit,
+                          test_limit=16, progress=False, device="cuda", augment="randaugment")
+        with cupy_standin.counting() as c:
+            fit(cfg, log=lambda *a: None)
+        return c["syncs"], c["h2d_async"]
+
+    backend.is_cupy_available()   # its one-time probe reads a value back
+    (s16, a16), (s48, a48) = syncs(16), syncs(48)
+    assert s16 == s48 and (a16, a48) == (2, 6)   # one pinned asynchronous copy per batch
 
 
 def test_resume_mid_epoch_and_sharding_are_exact(cuda):

@@ -20,7 +20,8 @@ MODULES = ("cupy", "cupy.random", "cupy.linalg", "cupy.fft", "cupy.cuda", "cupy.
 CLASSES = {"ndarray": "cupy.ndarray", "RandomState": "cupy.random.RandomState",
            "Device": "cupy.cuda.Device", "MemoryPool": "cupy.cuda.MemoryPool",
            "ElementwiseKernel": "cupy.ElementwiseKernel",
-           "ReductionKernel": "cupy.ReductionKernel", "RawKernel": "cupy.RawKernel"}
+           "ReductionKernel": "cupy.ReductionKernel", "RawKernel": "cupy.RawKernel",
+           "Stream": "cupy.cuda.Stream", "Event": "cupy.cuda.Event"}
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "cupy_standin" / "cupy_names.json"
 
 

@@ -16,7 +16,9 @@ there (``minivit/data/gpu.py``): the host makes the same draws from the same gen
 the CPU (order, crop offsets, flips, mixup/cutmix), uploads them with the indices and labels in
 one small copy, and one kernel crops, flips, normalises (and mixes) the batch; a second writes
 mixup/cutmix's soft targets. Batches then equal the CPU's up to float rounding. RandAugment or a
-custom ``augment`` callable keeps the CPU path (the batch is uploaded by the caller).
+custom ``augment`` callable augments on the CPU (in the prefetch thread, as for CPU batches);
+the uint8 batch then goes up through a pinned buffer in an asynchronous copy on a stream of
+its own (``gpu.PinnedUploader``), and the same kernel normalises and mixes it.
 """
 
 from __future__ import annotations
@@ -124,11 +126,13 @@ class CIFARLoader:
             ``(B, num_classes)`` in ``dtype``; otherwise int64 labels.
         num_classes: width of the soft targets.
         prefetch: build the next batch in a background thread while the current one is used
-            (CPU batches only: a GPU batch is a few asynchronous launches).
+            (the host's work: CPU batches, and the augmentation of GPU batches with RandAugment
+            or a custom callable; a GPU-made batch is a few asynchronous launches).
         dtype: float dtype of the images (and soft targets).
         device: ``"cpu"``, or ``"cuda"``: the images live on the GPU and crop, flip, normalise
-            and mixing run there (not with RandAugment or a custom callable: those batches are
-            made on the CPU as before).
+            and mixing run there (with RandAugment or a custom callable the augmentation runs
+            on the CPU and the uint8 batch is copied up asynchronously through pinned memory;
+            normalising and mixing still run on the GPU).
 
     Yields:
         ``x``: ``(B, C, H, W)`` C-contiguous ``dtype``; ``y``: int64 ``(B,)`` or soft targets.
@@ -171,7 +175,7 @@ class CIFARLoader:
         self.num_classes, self.prefetch, self.dtype = num_classes, prefetch, np.dtype(dtype)
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        self.device, self.gpu = device, None
+        self.device, self.gpu, self.uploader = device, None, None
         plan = _gpu_plan(self.augment, x.shape)
         if device == "cuda" and plan is not None:
             from .gpu import GPUBatcher  # noqa: PLC0415
@@ -180,6 +184,11 @@ class CIFARLoader:
             scale, shift = normalise_coefficients(x.shape[-1], mean, std, self.dtype)
             padding = 0 if self._crop is None else self._crop.padding
             self.gpu = GPUBatcher(x, scale, shift, self.dtype, padding)
+        elif device == "cuda":   # augmented on the host, uploaded through pinned memory
+            from .gpu import PinnedUploader  # noqa: PLC0415
+
+            scale, shift = normalise_coefficients(x.shape[-1], mean, std, self.dtype)
+            self.uploader = PinnedUploader(x.shape[1:], batch_size, scale, shift, self.dtype)
         self.epoch = 0
         self._position = 0  # batches handed out in the current epoch
         self._resume = 0  # where the next iteration starts (set by load_state_dict)
@@ -223,6 +232,8 @@ class CIFARLoader:
         idx, rng = self.batch_indices(index, order), self.batch_rng(epoch, index)
         if self.gpu is not None:
             return self._gpu_batch(idx, rng)
+        if self.uploader is not None:
+            return self.uploader.batch(**self._host_augmented(idx, rng))
         x = self.x[idx]
         if self.augment is not None:
             x = self.augment(x, rng)
@@ -245,17 +256,28 @@ class CIFARLoader:
             oy, ox = self._crop.draw(b, h, w, rng)
         flip = np.zeros(b, bool) if self._flip is None else self._flip.draw(b, rng)
         args = dict(idx=idx, oy=oy, ox=ox, flip=flip, labels=self.y[idx])
-        if self.mixup > 0 or self.cutmix > 0:
-            if self.cutmix > 0 and (self.mixup == 0 or rng.random() < 0.5):
-                perm, box = cutmix_draw(b, h, w, self.cutmix, rng)
-                lam = 1 - (box[1] - box[0]) * (box[3] - box[2]) / (h * w)
-                args.update(partner=perm, weights=(1.0, 0.0), box=box)
-            else:
-                lam = float(rng.beta(self.mixup, self.mixup))
-                perm = rng.permutation(b)
-                args.update(partner=perm, weights=(lam, 1 - lam))
-            args.update(target_weights=(lam, 1 - lam), num_classes=self.num_classes)
-        return self.gpu.batch(**args)
+        return self.gpu.batch(**args, **self._mixing_draws(b, rng))
+
+    def _host_augmented(self, idx: np.ndarray, rng: np.random.Generator) -> dict:
+        """The uint8 batch augmented on the host and the mixing draws, in the CPU path's
+        order from ``rng``: ``PinnedUploader.batch``'s arguments."""
+        x = np.ascontiguousarray(self.augment(self.x[idx], rng))
+        return dict(x=x, labels=self.y[idx], **self._mixing_draws(len(idx), rng))
+
+    def _mixing_draws(self, b: int, rng: np.random.Generator) -> dict:
+        """Mixup's or CutMix's draws (the partner, the weights, the box), as the CPU path's."""
+        if not (self.mixup > 0 or self.cutmix > 0):
+            return {}
+        h, w = self.x.shape[1:3]
+        if self.cutmix > 0 and (self.mixup == 0 or rng.random() < 0.5):
+            perm, box = cutmix_draw(b, h, w, self.cutmix, rng)
+            lam = 1 - (box[1] - box[0]) * (box[3] - box[2]) / (h * w)
+            args = dict(partner=perm, weights=(1.0, 0.0), box=box)
+        else:
+            lam = float(rng.beta(self.mixup, self.mixup))
+            perm = rng.permutation(b)
+            args = dict(partner=perm, weights=(lam, 1 - lam))
+        return dict(args, target_weights=(lam, 1 - lam), num_classes=self.num_classes)
 
     def batch_indices(self, index: int, order: np.ndarray) -> np.ndarray:
         """The images of batch ``index``, given the epoch's order."""
@@ -268,7 +290,11 @@ class CIFARLoader:
     def _batches(self, epoch: int, start: int) -> Iterator[Batch]:
         order = self.order(epoch)
         for index in range(start, len(self)):
-            yield self.make_batch(epoch, index, order)
+            if self.uploader is None:
+                yield self.make_batch(epoch, index, order)
+            else:   # the host's part (augmenting), in the prefetch thread where there is one
+                idx = self.batch_indices(index, order)
+                yield self._host_augmented(idx, self.batch_rng(epoch, index))
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, start = self.epoch, self._resume
@@ -278,6 +304,8 @@ class CIFARLoader:
         batches = iter(prefetcher) if prefetcher is not None else source
         try:
             for batch in batches:
+                if self.uploader is not None:   # the GPU's part, queued from this thread
+                    batch = self.uploader.batch(**batch)
                 self._position += 1
                 yield batch
             self.epoch, self._position = epoch + 1, 0

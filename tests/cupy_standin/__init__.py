@@ -17,7 +17,16 @@ so that code passing here does what it should on a real GPU:
   an assignment converts to the output's type.
 * ``COUNTS`` tallies kernel launches, host-to-device and device-to-host copies and
   synchronisations (a device-to-host read is one); ``counting()`` measures a block and
-  ``no_sync()`` makes any synchronisation inside a block raise ``SyncError``.
+  ``no_sync()`` makes any synchronisation inside a block raise ``SyncError``. Host-to-device
+  copies from page-locked memory (``cupyx.empty_pinned``) are counted apart (``h2d_pinned``),
+  and those of them on a stream other than the default one (``h2d_async``).
+* Streams are ordered as on a GPU, strictly: an array written by an asynchronous copy on a
+  side stream may be read on another stream only after that stream waited for an event
+  recorded after the copy (``Stream.wait_event``), and a side stream may overwrite an array
+  only after it waited for the kernels of other streams that read it; otherwise
+  ``StreamOrderError``. (On a GPU the default stream would wait for a *blocking* side stream by
+  itself; the stand-in asks for the event in every case.) ``Event.done`` is True (everything
+  has run), and asking it is not a synchronisation; ``Event.synchronize()`` is one.
 
 A launch is one CuPy call or operator whose result is a new array (views, ``empty`` and
 shape queries launch nothing), one kernel call, one random draw.
@@ -30,7 +39,9 @@ import json
 import math
 import pathlib
 import sys
+import threading
 import types
+import weakref
 
 import numpy as np
 
@@ -54,6 +65,7 @@ TRACE = [False]
 
 
 def launch(name: str, n: int = 1) -> None:
+    _current_stream()._seq += n
     COUNTS["launches"] += n
     BY_OP[name] += n
     if TRACE[0]:
@@ -79,13 +91,14 @@ def reset_counts() -> None:
 @contextlib.contextmanager
 def counting():
     """``with counting() as c:`` ... then ``c["launches"]``, ``c["h2d"]``, ``c["d2h"]``,
-    ``c["syncs"]`` and ``c["by_op"]`` hold what the block did."""
+    ``c["syncs"]``, ``c["h2d_pinned"]``, ``c["h2d_async"]`` and ``c["by_op"]`` hold what the
+    block did."""
     before, before_ops = COUNTS.copy(), BY_OP.copy()
     out = {}
     try:
         yield out
     finally:
-        for k in ("launches", "h2d", "d2h", "syncs"):
+        for k in ("launches", "h2d", "d2h", "syncs", "h2d_pinned", "h2d_async"):
             out[k] = COUNTS[k] - before[k]
         out["by_op"] = BY_OP - before_ops
 
@@ -157,12 +170,12 @@ def _call(name, fn, args, kwargs, this=None):
     out = kwargs.get("out")
     ukw = {k: _un(v) for k, v in kwargs.items()}
     r = fn(*uargs, **ukw)
-    if out is not None:
+    used = list(_arrays_in(args)) + ([] if this is None else [this])
+    if out is not None or _new_buffers(r, used):   # a kernel ran (a view is no use of data)
+        if _SIDE_WRITTEN:
+            stream_reads(used + list(_arrays_in(list(kwargs.values()))))
         launch(name)
-        return out
-    if _new_buffers(r, list(_arrays_in(args)) + ([] if this is None else [this])):
-        launch(name)
-    return _wrap(r)
+    return out if out is not None else _wrap(r)
 
 
 class ndarray:
@@ -191,8 +204,20 @@ class ndarray:
 
     def set(self, arr, stream=None):
         if not isinstance(arr, np.ndarray):
-            raise TypeError("set() takes a numpy.ndarray")
+            raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
+        if self._a.dtype != arr.dtype:
+            raise TypeError(f"{arr.dtype} array cannot be set to {self._a.dtype} array")
+        if self._a.shape != arr.shape:
+            raise ValueError(f"Shape mismatch. Old shape: {self._a.shape}, new shape: "
+                             f"{arr.shape}")
+        if not self._a.flags.c_contiguous:
+            raise RuntimeError("Cannot set to non-contiguous array")
+        s = _current_stream() if stream is None else stream
         COUNTS["h2d"] += 1
+        if _is_pinned(arr):
+            COUNTS["h2d_pinned"] += 1
+            COUNTS["h2d_async"] += s is not _Stream.null
+        _stream_writes(self._a, s)
         self._a[...] = arr
 
     def _read(self, what, convert, *args):
@@ -239,6 +264,8 @@ class ndarray:
             COUNTS["h2d"] += 1
         else:
             value = _un(value)
+        if _SIDE_WRITTEN:
+            stream_reads([self._a] + ([value] if isinstance(value, np.ndarray) else []))
         self._a[_un(_index(key))] = value
         launch("setitem")
 
@@ -293,6 +320,8 @@ def _binary(name):
             b = to_tf32(b) if isinstance(b, np.ndarray) and b.dtype == np.float32 else b
             launch(name)
             return _wrap(getattr(a, name)(b))
+        if _SIDE_WRITTEN:
+            stream_reads([self._a] + list(_arrays_in([other])))
         r = getattr(self._a, name)(_un(other))
         if r is NotImplemented:
             return NotImplemented
@@ -584,14 +613,119 @@ class _Device(_Context):
         return "90"
 
 
+class StreamOrderError(RuntimeError):
+    """An array used on one stream while an asynchronous copy on another is not ordered
+    against it by an event."""
+
+
 class _Stream(_Context):
+    """A CUDA stream: ``_seq`` counts the work queued on it, ``_waited`` how far into each other
+    stream's work it waits (``wait_event``). The stand-in runs everything at once; these
+    numbers only decide whether a use of an array is ordered after a copy on another stream."""
+
     null = None
 
-    def __init__(self, null=False, non_blocking=False, ptds=False):
-        pass
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+        self._seq, self._waited = 0, {}
+        self.ptr = 0 if null else id(self)
+
+    def __enter__(self):
+        _STREAMS.__dict__.setdefault("stack", []).append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _STREAMS.stack.pop()
+        return False
+
+    def use(self):
+        _STREAMS.__dict__.setdefault("stack", [])[:] = [self]
+        return self
+
+    def wait_event(self, event):
+        if event._stream is not None and event._stream is not self:
+            self._waited[event._stream] = max(self._waited.get(event._stream, 0), event._seq)
+
+    def record(self, event=None):
+        event = _Event() if event is None else event
+        event.record(self)
+        return event
+
+    @property
+    def done(self):
+        return True
+
+
+class _Event:
+    """A CUDA event: the point of its stream's work where it was recorded."""
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self._stream, self._seq = None, 0
+
+    def record(self, stream=None):
+        self._stream = _current_stream() if stream is None else stream
+        self._seq = self._stream._seq
+
+    def synchronize(self):
+        sync("Event.synchronize()")
+
+    @property
+    def done(self):   # a query, not a wait: everything has run on the stand-in
+        return True
 
 
 _Stream.null = _Stream(null=True)
+_STREAMS = threading.local()   # each host thread's stack of current streams (as CuPy's)
+
+
+def _current_stream():
+    stack = getattr(_STREAMS, "stack", None)
+    return stack[-1] if stack else _Stream.null
+
+
+# Arrays written by an asynchronous copy on a side stream: id of the underlying NumPy buffer ->
+# [the writing stream and its seq, {stream: seq of its last use of the array}]
+_SIDE_WRITTEN: dict = {}
+
+
+def _root(a):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _stream_writes(a, s) -> None:
+    """A copy into ``a`` queued on stream ``s``."""
+    root = _root(a)
+    entry = _SIDE_WRITTEN.get(id(root))
+    if s is _Stream.null and entry is None:
+        return
+    if entry is None:
+        entry = _SIDE_WRITTEN[id(root)] = [None, {}]
+        weakref.finalize(root, _SIDE_WRITTEN.pop, id(root), None)
+    for other, seq in entry[1].items():
+        if other is not s and s._waited.get(other, 0) < seq:
+            raise StreamOrderError("an asynchronous copy overwrites an array that a kernel on "
+                                   "another stream may still be reading (record an Event "
+                                   "after that kernel and wait_event it on the copy's stream)")
+    s._seq += 1
+    entry[0] = (s, s._seq)
+
+
+def stream_reads(arrays) -> None:
+    """Kernels on the current stream use ``arrays``: each copy into them on another stream
+    must be ordered before (``StreamOrderError`` if not)."""
+    here = _current_stream()
+    for a in arrays:
+        entry = _SIDE_WRITTEN.get(id(_root(a)))
+        if entry is None:
+            continue
+        if entry[0] is not None:
+            s, seq = entry[0]
+            if s is not here and here._waited.get(s, 0) < seq:
+                raise StreamOrderError("a kernel reads an array whose asynchronous copy on "
+                                       "another stream is not ordered before it (record an "
+                                       "Event after the copy and wait_event it)")
+        entry[1][here] = here._seq + 1
 
 
 def _get_device_properties(device):
@@ -603,8 +737,9 @@ runtime = _Module("cupy.cuda.runtime", None, {
     "deviceSynchronize": lambda: sync("runtime.deviceSynchronize()"),
     "runtimeGetVersion": lambda: 12090, "driverGetVersion": lambda: 12090})
 cuda = _Module("cupy.cuda", None, {
-    "Device": _Device, "Stream": _Stream, "runtime": runtime, "MemoryPool": _MemoryPool,
-    "get_current_stream": lambda: _Stream.null, "is_available": lambda: True})
+    "Device": _Device, "Stream": _Stream, "Event": _Event, "runtime": runtime,
+    "MemoryPool": _MemoryPool, "get_current_stream": _current_stream,
+    "is_available": lambda: True})
 
 stride_tricks = _Module("cupy.lib.stride_tricks", None, {
     "as_strided": lambda x, shape=None, strides=None: _wrap(
@@ -638,13 +773,30 @@ def _special(fn):
 special = _Module("cupyx.scipy.special", None, {"erf": _special(math.erf),
                                                  "erfc": _special(math.erfc)})
 scipy = _Module("cupyx.scipy", None, {"special": special})
-cupyx = _Module("cupyx", None, {"scatter_add": _scatter_add, "scipy": scipy})
+_PINNED = weakref.WeakValueDictionary()   # page-locked host buffers, by id
+
+
+def _empty_pinned(shape, dtype=float, order="C"):
+    """A NumPy array in page-locked host memory (here: remembered as such)."""
+    a = np.empty(shape, dtype=dtype, order=order)
+    _PINNED[id(a)] = a
+    return a
+
+
+def _is_pinned(a) -> bool:
+    root = _root(a)
+    return _PINNED.get(id(root)) is root
+
+
+cupyx = _Module("cupyx", None, {"scatter_add": _scatter_add, "scipy": scipy,
+                                 "empty_pinned": _empty_pinned})
 
 _self = _Module("cupy", np, {**_OVERRIDES, "random": random, "cuda": cuda, "lib": lib,
                              "_core": _core,
                              "linalg": linalg, "fft": fft, "__version__": VERSION,
                              "STANDIN": True, "COUNTS": COUNTS, "counting": counting,
-                             "no_sync": no_sync, "SyncError": SyncError})
+                             "no_sync": no_sync, "SyncError": SyncError,
+                             "StreamOrderError": StreamOrderError})
 _self.__version__ = VERSION
 _self.STANDIN = True
 

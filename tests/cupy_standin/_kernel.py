@@ -255,8 +255,10 @@ class ElementwiseKernel(_Base):
         self.no_return, self.return_tuple = no_return, return_tuple
 
     def __call__(self, *args, size=None, block_size=None, stream=None):
-        from . import _wrap, launch, ndarray  # noqa: PLC0415
+        from . import _SIDE_WRITTEN, _wrap, launch, ndarray, stream_reads  # noqa: PLC0415
 
+        if _SIDE_WRITTEN:
+            stream_reads([a._a for a in args if type(a) is ndarray])
         n_in = len(self.ins)
         if len(args) not in (n_in, n_in + len(self.outs)):
             raise TypeError(f"Wrong number of arguments for {self.name!r}")
@@ -321,7 +323,10 @@ class ReductionKernel(_Base):
         self.reduce_type = reduce_type
 
     def __call__(self, *args, out=None, axis=None, keepdims=False, stream=None):
-        from . import _wrap, launch  # noqa: PLC0415
+        from . import _SIDE_WRITTEN, _wrap, launch, ndarray, stream_reads  # noqa: PLC0415
+
+        if _SIDE_WRITTEN:
+            stream_reads([a._a for a in args + (out,) if type(a) is ndarray])
 
         env, types = self._bind(self.ins, args[:len(self.ins)])
         ty = self.outs[0][1]
@@ -373,7 +378,10 @@ class RawKernel:
                                "tests/cupy_standin/raw_twins.py against it and update the hash")
 
     def __call__(self, grid, block, args, *, shared_mem=0):
-        from . import _refuse, launch, ndarray  # noqa: PLC0415
+        from . import _SIDE_WRITTEN, _refuse, launch, ndarray, stream_reads  # noqa: PLC0415
+
+        if _SIDE_WRITTEN:
+            stream_reads([a._a for a in args if type(a) is ndarray])
 
         for a in args:
             if isinstance(a, np.ndarray):
