@@ -125,6 +125,10 @@ class GradScaler:
         inv = (1.0 / self._scale.astype(np.float64)).astype(np.float32)
         found = xp.zeros((), dtype=np.bool_)
         for g in self._grad_arrays(optimizer):
+            if g.dtype == np.float16:   # PyTorch refuses these too: fp16 masters lose updates
+                raise ValueError("GradScaler.unscale_: the gradients are float16; keep the "
+                                 "parameters float32 (master weights) and run the products "
+                                 "in float16 with minivit.autocast('fp16')")
             g *= inv.astype(g.dtype)
             found |= ~xp.isfinite(g).all()
         state["found_inf"] = found

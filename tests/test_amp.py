@@ -285,6 +285,13 @@ def test_scaler_state_round_trips_and_bad_values_are_one_line_errors():
             pass
     with pytest.raises(ValueError, match="the state has no 'scale'"):
         amp.GradScaler().load_state_dict({"growth_factor": 2.0})
+    half = minivit.Tensor(np.ones(3, np.float16), requires_grad=True)   # fp16 "masters"
+    scaler = amp.GradScaler(init_scale=4.0)
+    opt = optim.SGD([half], lr=0.1)
+    scaler.scale((half * half).sum()).backward()
+    with pytest.raises(ValueError, match="the gradients are float16; keep the parameters "
+                                         "float32"):
+        scaler.step(opt)
 
 
 # --- training ------------------------------------------------------------------------------------

@@ -297,17 +297,19 @@ def test_resumed_gpu_run_with_dropout_continues_exactly(cuda, tmp_path):
         np.testing.assert_array_equal(v, cut["model"][k], err_msg=k)
 
 
-def test_training_steps_do_not_synchronise(standin, tmp_path):
+@pytest.mark.parametrize("amp", ["none", "fp16"])
+def test_training_steps_do_not_synchronise(standin, tmp_path, amp):
     """Item 6 in the training loop: the loss, the accuracy and the NaN check wait on the
     device and are read every --log-interval steps and at the epoch's end, so running twice
-    as many steps adds no synchronisation (the evaluation's are the same in both runs)."""
+    as many steps adds no synchronisation (the evaluation's are the same in both runs); with
+    --amp fp16 the loss scaler's checks and updates stay on the device too."""
     from minivit.train import TrainConfig, fit  # noqa: PLC0415
 
     def syncs(train_limit):
         cfg = TrainConfig(model="vit_cifar", model_args={"depth": 1, "embed_dim": 32,
                                                          "num_heads": 2},
                           epochs=1, batch_size=8, eval_batch_size=16, train_limit=train_limit,
-                          test_limit=16, progress=False, device="cuda")
+                          test_limit=16, progress=False, device="cuda", amp=amp)
         with cupy_standin.counting() as c:
             fit(cfg, log=lambda *a: None)
         return c["syncs"]
