@@ -23,8 +23,8 @@ cupy_standin = pytest.importorskip("cupy_standin")
 BUDGET = {"vit_cifar": 350, "mlp_mixer_cifar": 350, "botnet_cifar": 900, "maxvit_cifar": 900,
           "ceit_cifar": 1200}
 # the counts reached (batch 2), kept from growing
-REACHED = {"vit_cifar": 347, "mlp_mixer_cifar": 348, "botnet_cifar": 766, "maxvit_cifar": 870,
-           "ceit_cifar": 1035}
+REACHED = {"vit_cifar": 347, "mlp_mixer_cifar": 348, "botnet_cifar": 766, "maxvit_cifar": 807,
+           "ceit_cifar": 909}
 
 
 _COUNTED: dict = {}

@@ -185,7 +185,9 @@ class BatchNormFast(BatchNorm):
             scale = rstd * wb[0] if has_w else rstd
             shift = -mean * scale + wb[-1] if has_b else -mean * scale
         a, c = _per_channel(scale, col), _per_channel(shift, col)
-        if act in ("gelu", "gelu_tanh"):  # y = gelu(z), z = x a + c; Φ(z) or s kept
+        if act in ("gelu", "gelu_tanh") and cuda.enabled(x):   # the same in one launch
+            y, kept = cuda.scale_shift_gelu(xv, a, c, act)
+        elif act in ("gelu", "gelu_tanh"):  # y = gelu(z), z = x a + c; Φ(z) or s kept
             gelu = _GELU[act][0]
             y, kept = parallel.blockwise(lambda v, out: gelu(_scale_shift(v, a, c), out=out), xv,
                                          out=parallel.empty_like(xv, 2))
