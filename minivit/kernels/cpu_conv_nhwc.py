@@ -64,8 +64,11 @@ class DepthwiseConv2dNHWCFast(DepthwiseConv2dNHWC):
 def depthwise_forward(x, weight, bias, stride, padding, dilation):
     """(out, xpad, taps, geometry) of the depthwise conv of a checked (N, H, W, C) x; the NCHW
     conv's depthwise path (``cpu_conv``) uses it too: the one fast depthwise convolution.
-    ``taps`` is the weight as (kh, kw, C) on the CPU, (kh*kw, Wo, C) rows on the GPU."""
-    if cuda.enabled(x): return cuda_conv.depthwise_fwd(x, weight, bias, stride, padding, dilation)
+    ``taps`` is the weight as (kh, kw, C) on the CPU. On the GPU the fused kernels of
+    ``cuda_conv`` take over (one launch; they return (out, x, W, their geometry)); with fused
+    kernels switched off the GPU runs the per-offset loop below, ``taps`` as (kh*kw, Wo, C)."""
+    if cuda.enabled(x):
+        return cuda_conv.depthwise_fwd(x, weight, bias, stride, padding, dilation)
     n, h, w, c = x.shape
     kh, kw = weight.shape[2:]
     ho, wo = check_nhwc(x, (kh, kw), padding, stride, dilation)
@@ -108,7 +111,8 @@ def depthwise_forward(x, weight, bias, stride, padding, dilation):
 
 def depthwise_backward(g, xpad, taps, geo, need):
     """(dx, dW, db) of ``depthwise_forward`` (each None where ``need`` says so)."""
-    if cuda_conv.ran_on_gpu(geo): return cuda_conv.depthwise_bwd(g, xpad, taps, geo, need)
+    if cuda_conv.ran_on_gpu(geo):
+        return cuda_conv.depthwise_bwd(g, xpad, taps, geo, need)
     (n, h, w, c), w_shape, padding, stride, dilation, offsets, blocks = geo
     (pt, pb), (pl, pr) = padding
     kh, kw = w_shape[2:]

@@ -1,6 +1,6 @@
 """The depthwise convolution on the GPU: one launch forward, two backward, where the array code
 takes a multiply and an add per kernel offset (and as many again, with an einsum each, in
-backward): about 75 launches per 3x3 conv and training step, 3 here.
+backward): about 70 launches per 3x3 conv and training step, 3 here.
 
 Channels-last (N, H, W, C) arrays, the weight in PyTorch's layout (C, 1, kh, kw); padding
 (top, bottom), (left, right), stride s, dilation d, as ``depthwise_conv2d_nhwc``::
