@@ -41,6 +41,15 @@ def cuda_backend():
     cupy_standin.uninstall()
 
 
+@pytest.fixture
+def standin(cuda_backend):
+    """The stand-in module, for tests of the stand-in itself or of what its counters count
+    (launches, copies, synchronisations); skipped where a real GPU is in use."""
+    if not getattr(cuda_backend, "STANDIN", False):
+        pytest.skip("a real GPU is in use: this test checks the stand-in or counts with it")
+    return cuda_backend
+
+
 @pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu, id=CUDA_ID)])
 def cuda(request):
     """For tests that only run on the GPU: ``"cuda"``, with CuPy or the stand-in in place."""

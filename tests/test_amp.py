@@ -255,13 +255,6 @@ def test_an_fp16_step_does_not_synchronise(standin):
     assert (scaler.get_scale(), scaler.skipped_steps()) == (2.0 ** 16, 1)
 
 
-@pytest.fixture
-def standin(cuda_backend):
-    if not getattr(cuda_backend, "STANDIN", False):
-        pytest.skip("a real GPU is in use: this counts the stand-in's synchronisations")
-    return cuda_backend
-
-
 def test_scaler_state_round_trips_and_bad_values_are_one_line_errors():
     scaler = amp.GradScaler(init_scale=8.0, growth_interval=5)
     model, x, y = _tiny("cpu")

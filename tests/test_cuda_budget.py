@@ -53,13 +53,6 @@ def step_counts(name: str, batch: int = 2) -> dict:
     return c
 
 
-@pytest.fixture
-def standin(cuda_backend):
-    if not getattr(cuda_backend, "STANDIN", False):
-        pytest.skip("counting needs the stand-in")
-    return cuda_backend
-
-
 def test_the_counts_reached_are_within_the_budgets():
     assert all(REACHED[name] <= BUDGET[name] for name in BUDGET)
 

@@ -112,9 +112,7 @@ def test_nchw_depthwise_conv_runs_on_the_kernels(cuda, mult, stride):
     _assert_agree(fast, ref, "float64")
 
 
-def test_one_launch_forward_and_two_backward(cuda_backend):
-    if not getattr(cuda_backend, "STANDIN", False):
-        pytest.skip("counting needs the stand-in")
+def test_one_launch_forward_and_two_backward(standin):
     import cupy_standin  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
@@ -133,10 +131,8 @@ def test_one_launch_forward_and_two_backward(cuda_backend):
     assert not fwd["syncs"] + bwd["syncs"] + fwd["h2d"] + bwd["h2d"]
 
 
-def test_a_changed_kernel_source_is_refused_on_the_stand_in(cuda_backend):
+def test_a_changed_kernel_source_is_refused_on_the_stand_in(standin):
     """The stand-in runs a twin only for the source it was written against."""
-    if not getattr(cuda_backend, "STANDIN", False):
-        pytest.skip("a stand-in property")
     src = cuda_conv.source("minivit_depthwise_fwd", np.float32).replace("acc +=", "acc -=")
     with pytest.raises(RuntimeError, match="changed"):
-        cuda_backend.RawKernel(src, "minivit_depthwise_fwd")
+        standin.RawKernel(src, "minivit_depthwise_fwd")

@@ -11,13 +11,6 @@ from minivit.distributed import ShardedLoader
 import cupy_standin
 
 
-@pytest.fixture
-def standin(cuda_backend):
-    if not getattr(cuda_backend, "STANDIN", False):
-        pytest.skip("a real GPU is in use: launch counting needs the stand-in")
-    return cuda_backend
-
-
 def _data(n=40, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
