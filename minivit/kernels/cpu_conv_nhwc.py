@@ -114,7 +114,6 @@ def depthwise_backward(g, xpad, taps, geo, need):
     if cuda_conv.ran_on_gpu(geo):
         return cuda_conv.depthwise_bwd(g, xpad, taps, geo, need)
     (n, h, w, c), w_shape, padding, stride, dilation, offsets, blocks = geo
-    (pt, pb), (pl, pr) = padding
     kh, kw = w_shape[2:]
     xp = xp_of(g)
     g = xp.ascontiguousarray(g)
@@ -128,21 +127,19 @@ def depthwise_backward(g, xpad, taps, geo, need):
                                               g[blocks[k]], out=partial[k]),
                           range(len(blocks)), threaded=_threaded(g))
         gw = partial.sum(axis=0).transpose(2, 0, 1).reshape(w_shape)
-    (dh, dw) = dilation
-    flip = (cpu and tuple(stride) == (1, 1) and max(pt, pb) <= (kh - 1) * dh
-            and max(pl, pr) <= (kw - 1) * dw)
-    if need_x and flip:   # dx: the stride-1 conv of dout, padded by (k-1)d - p, W flipped
-        back = (((kh - 1) * dh - pt, (kh - 1) * dh - pb), ((kw - 1) * dw - pl, (kw - 1) * dw - pr))
+    # dx at stride 1: the stride-1 conv of dout, padded by (k-1)d - p, with W flipped
+    back = (_transposed_conv_padding(padding, (kh, kw), dilation)
+            if cpu and tuple(stride) == (1, 1) else None)
+    if need_x and back is not None:
         (bt, bb), (bl, br) = back
         gpad = xp.empty((n, g.shape[1] + bt + bb, g.shape[2] + bl + br, c), dtype=g.dtype)
         gx = xp.empty((n, h, w, c), dtype=g.dtype)
         _einsum_windows(g, gpad, taps[::-1, ::-1], None, back, (1, 1), dilation, gx,
                         _image_blocks(n, gpad[0].size, "cpu"))
-    if (need_x and not flip) or (need_w and not cpu):
-        gx_, gw_ = _depthwise_backward_scatter(g, xpad, taps, geo, need_x and not flip,
-                                               need_w and not cpu)
-        gx = gx if gx_ is None else gx_
-        gw = gw if gw_ is None else gw_
+    scatter_x, scatter_w = need_x and back is None, need_w and not cpu
+    if scatter_x or scatter_w:
+        sx, sw = _depthwise_backward_scatter(g, xpad, taps, geo, scatter_x, scatter_w)
+        gx, gw = (sx if scatter_x else gx), (sw if scatter_w else gw)
     if len(need) > 2 and need[2]:
         gb = parallel.sum_rows(lambda a: a, g.reshape(-1, c))
     return gx, gw, gb
