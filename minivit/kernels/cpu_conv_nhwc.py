@@ -303,17 +303,15 @@ def _im2col(x, kernel, padding, stride, dilation, out_hw):
     (kh, kw), ((pt, pb), (pl, pr)), (ho, wo) = kernel, padding, out_hw
     device = backend.device_of(x)
     blocks = _image_blocks(n, (h + pt + pb) * (w + pl + pr) * c, device)
-    if device == "cpu" and dilation[1] == 1:
-        # cols[n, y, x, i, (j, c)] = xpad[n, y*s + i*d, x*s + (j, c)]: kernel row i's kw
-        # pixels are one run of kw*C numbers in xpad, so a strided view holds all the columns
+    if device == "cpu":
+        # cols[n, y, x, i, j, c] = xpad[n, y*s + i*d, x*s + j*d, c] is a strided view of the
+        # padded input; without dilation along W, kernel row i's kw pixels are one run of kw*C
+        # numbers there, so the copy below moves whole runs
         padded = bool(pt or pb or pl or pr)
         xpad = (xp.empty((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype) if padded
                 else xp.ascontiguousarray(x))
-        st = xpad.strides
-        view = xp.lib.stride_tricks.as_strided(
-            xpad, (n, ho, wo, kh, kw * c),
-            (st[0], st[1] * stride[0], st[2] * stride[1], st[1] * dilation[0], st[3]))
-        cols = xp.empty((n, ho, wo, kh, kw * c), dtype=x.dtype)
+        view = _window_view(xpad, kernel, stride, dilation, out_hw)
+        cols = xp.empty(view.shape, dtype=x.dtype)
 
         def rows_block(blk):
             if padded:
