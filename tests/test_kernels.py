@@ -12,6 +12,7 @@ gradchecks (``minivit.gradcheck`` runs on reference bodies).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +143,21 @@ def test_fast_float32_normal_cdf_error():
     x = np.linspace(-12, 12, 24001).astype(np.float32)
     want = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
     assert np.abs(normal_cdf.normal_cdf_block(x) - want).max() < 1.2e-7
+
+
+def test_fit_normal_cdf_reproduces_the_shipped_coefficients():
+    """tools/fit_normal_cdf.py, which normal_cdf.py names as the source of its polynomial,
+    runs and gives the coefficients the fast GELU uses (to 1e-9 relative: the fit's own
+    least-squares rounding), with Φ's float32 error as stated."""
+    import importlib.util  # noqa: PLC0415
+    path = Path(__file__).resolve().parents[1] / "tools" / "fit_normal_cdf.py"
+    spec = importlib.util.spec_from_file_location("fit_normal_cdf", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    c = tool.fit(6, 5.5)
+    shipped = np.array(normal_cdf._CDF32_TANH_P)
+    assert np.abs(c - shipped).max() <= 1e-9 * np.abs(shipped).max() + 1e-15
+    assert tool.float32_error(c) < 1.2e-7
 
 
 # --- softmax, matmul, reshape -----------------------------------------------------------------

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from minivit.autograd.backend import _polynomial
+from minivit.kernels.normal_cdf import _polynomial
 
 
 def fit(degree: int, limit: float, iterations: int = 200) -> np.ndarray:
