@@ -153,8 +153,10 @@ class BatchNormFast(BatchNorm):
     With ``act``, backward first turns the incoming gradient into g' = g act'(z), z
     recomputed from x in cache (GELU also keeps its Φ(z) or s from the forward), in the same
     sweep that takes the two sums. Against a separate activation op this skips passes over
-    the map and never stores the normalised map z. With a residual and a ReLU, the ReLU's
-    mask comes from the output (y > 0 exactly where x a + c + r > 0).
+    the map and never stores the normalised map z. The ReLU's mask comes from the kept output
+    (y > 0 exactly where x a + c (+ r) > 0), which the next layer keeps as its input anyway.
+    The sums Σ g' and Σ g' (x - μ) are one gemv and one einsum per block (no product array),
+    and the input gradient is (g' + x α + β) k in four in-place passes.
     """
 
     def forward(ctx, x, *wb, mean=None, var=None, eps=1e-5, has_w=True, has_b=True,
@@ -197,7 +199,9 @@ class BatchNormFast(BatchNorm):
 
             rv = (r.reshape(xv.shape),) if has_r else ()
             y = parallel.blockwise(scale_shift, xv, *rv, out=parallel.empty_like(xv))
-            kept = y if has_r and act else None   # with r, the ReLU's mask is y > 0
+            # the ReLU's mask is y > 0 (z > 0 exactly where max(z, 0) > 0, with r too): the
+            # output is kept rather than z recomputed in backward (the next layer keeps it too)
+            kept = y if act else None
         ctx.batch_stats, ctx.has_w, ctx.has_b, ctx.act = batch_stats, has_w, has_b, act
         ctx.has_r, ctx.count = has_r, count
         ctx.sum_across = sum_across if batch_stats else None
@@ -226,31 +230,31 @@ class BatchNormFast(BatchNorm):
             masked, (a, c, kept) = xp_of(g).empty(xv.shape, g.dtype), affine
             act = ctx.act
 
-            def act_grad_and_sums(g_, v, gm, k=None):  # gm: this block's view of ``masked``
-                if act == "relu":   # z > 0, z recomputed, or the kept output y > 0 (residual)
-                    z = _scale_shift(v, a, c) if k is None else k
-                    xp_of(g_).multiply(g_, z > 0, out=gm)
-                else:
-                    z = _scale_shift(v, a, c)
-                    _GELU[act][1](g_, z, k, out=(gm,))
-                return gm, gm * (v - mu)
+            def act_grad_and_sums(g_, v, gm, k):  # gm: this block's view of ``masked``
+                xp = xp_of(g_)
+                if act == "relu":   # relu'(z) = [y > 0], y the kept output
+                    xp.multiply(g_, k > 0, out=gm)
+                else:   # GELU'(z) from z recomputed while v is in cache and its kept Φ(z) or s
+                    _GELU[act][1](g_, _scale_shift(v, a, c), k, out=(gm,))
+                return _sum_and_centred_dot(gm, v, mu, col)
 
-            blocks = (gv, xv, masked) if kept is None else (gv, xv, masked, kept)
-            sum_g, sum_gxc = _channel_sums(act_grad_and_sums, *blocks, col)
+            sum_g, sum_gxc = _channel_sums(act_grad_and_sums, gv, xv, masked, kept, col,
+                                           sums=col)
             sum_gx = sum_gxc * rstd
             gv = masked
         elif ctx.batch_stats and need[0] or need_w or need_b:
-            sum_g, sum_gxc = _channel_sums(lambda g_, v: (g_, g_ * (v - mu)), gv, xv, col)
+            sum_g, sum_gxc = _channel_sums(lambda g_, v: _sum_and_centred_dot(g_, v, mu, col),
+                                           gv, xv, col, sums=col)
             sum_gx = sum_gxc * rstd                                # sum g x̂ = sum g (x - μ) / σ
         gx = None
         if need[0]:
             k = rstd if w is None else rstd * w                    # w / σ per channel
-            if ctx.batch_stats:  # (g - mean(g) - x̂ mean(g x̂)) k  =  g k + x α + β
+            if ctx.batch_stats:  # (g - mean(g) - x̂ mean(g x̂)) k  =  (g + x α + β) k
                 count, all_g, all_gx = ctx.count, sum_g, sum_gx
                 if ctx.sum_across is not None:   # means over every rank's batch (w, b: local)
                     all_g, all_gx = sum_over_ranks(ctx.sum_across, (sum_g, sum_gx))
-                q = all_gx / count * rstd * k
-                alpha, beta = -q, mean * q - all_g / count * k
+                q = all_gx / count * rstd       # x̂ = (x - μ)/σ: x̂ mean(g x̂) = x q - μ q
+                alpha, beta = -q, mean * q - all_g / count
                 kc, ac, bc = (_per_channel(v, col) for v in (k, alpha, beta))
                 gx = parallel.blockwise(lambda g_, v, out: _input_grad(g_, v, kc, ac, bc, out[0]),
                                         gv, xv, out=parallel.empty_like(gv))
@@ -291,12 +295,24 @@ def _scale_shift(v, a, c, out=None, relu=False, residual=None):
     return out
 
 
+def _sum_and_centred_dot(g, v, mu, col=True):
+    """(Σ g, Σ g (v - μ)) down the rows of a (rows, C) block, per channel, the second as one
+    einsum over (v - μ) so that no product array is written; for a (n, C, L) block (``col``
+    False) the two arrays (g, g (v - μ)) that ``_channel_sums`` sums along L."""
+    xp = xp_of(g)
+    if not col:
+        return g, g * (v - mu)
+    d = xp.subtract(v, mu)
+    return parallel.column_sums(g), xp.einsum("ij,ij->j", g, d)
+
+
 def _input_grad(g, v, k, alpha, beta, out):
-    """out = g k + (v α + β) (per-channel k, α, β): the batch-statistics input gradient."""
-    t = v * alpha
-    t += beta
-    xp_of(g).multiply(g, k, out=out)
-    out += t
+    """out = (g + v α + β) k (per-channel k, α, β): the batch-statistics input gradient, four
+    passes in place with no temporary array."""
+    xp_of(g).multiply(v, alpha, out=out)
+    out += g
+    out += beta
+    out *= k
     return out
 
 
@@ -310,11 +326,12 @@ def _per_channel(v, col: bool):
     return v if col else v[:, None]
 
 
-def _channel_sums(fn, *arrays_and_col):
-    """Per-channel sums of ``fn(*blocks)`` (one array or a tuple) over every axis but C."""
+def _channel_sums(fn, *arrays_and_col, sums=False):
+    """Per-channel sums of ``fn(*blocks)`` (one array or a tuple) over every axis but C;
+    ``sums``: ``fn`` returns its block's per-channel sums itself (the (N, C) view only)."""
     *arrays, col = arrays_and_col
     if col:
-        return _tuple(parallel.sum_rows(fn, *arrays))
+        return _tuple(parallel.sum_rows(fn, *arrays, summed=sums))
     def sums_along_l(*blocks):  # (n, C, L) -> (n, C): sums of contiguous runs of L, as gemvs
         return tuple(parallel.row_sums(r.reshape(-1, r.shape[-1])).reshape(r.shape[:2])
                      for r in _tuple(fn(*blocks)))

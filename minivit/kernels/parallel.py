@@ -301,7 +301,7 @@ def column_sums(a):
     return np.ones(a.shape[0], a.dtype) @ a
 
 
-def sum_rows(fn, *arrays):
+def sum_rows(fn, *arrays, summed: bool = False):
     """The column sums ``fn(*arrays).sum(axis=0)`` (``fn`` may return a tuple: one sum each),
     computed on fixed blocks of rows on all cores and added up in block order.
 
@@ -309,11 +309,14 @@ def sum_rows(fn, *arrays):
     threads, so neither does the result (it may differ from one whole-array sum in the last
     bits: the rows are added in another order). CuPy arrays and small arrays take the plain
     call. ``sum_rows(lambda g, x: (g * x, g), g, x)`` gives a weight and a bias gradient.
+    ``summed=True``: ``fn`` returns its block's column sums itself (an einsum that never
+    writes the product array, say), which are then only added up.
     """
+    colsums = (lambda r: r) if summed else column_sums
     a0 = arrays[0]
     if (NUM_THREADS == 0 or a0.ndim < 2 or a0.size < MIN_ELEMENTS
             or not all(isinstance(a, np.ndarray) for a in arrays)):
-        return _tuple_or_one(tuple(column_sums(r) for r in _as_tuple(fn(*arrays))))
+        return _tuple_or_one(tuple(colsums(r) for r in _as_tuple(fn(*arrays))))
     n = a0.shape[0]
     rows = max(1, BLOCK_ELEMENTS // (a0.size // n))
     starts = list(range(0, n, rows))
@@ -321,7 +324,7 @@ def sum_rows(fn, *arrays):
 
     def run(k):
         s = starts[k]
-        parts[k] = tuple(column_sums(r) for r in _as_tuple(fn(*[a[s:s + rows] for a in arrays])))
+        parts[k] = tuple(colsums(r) for r in _as_tuple(fn(*[a[s:s + rows] for a in arrays])))
 
     for_each(run, range(len(starts)))
     return _tuple_or_one(tuple(np.sum(np.stack(col), axis=0) for col in zip(*parts)))
