@@ -2,7 +2,8 @@
 ``minivit/nn/functional/pooling.py``): the input copied once into the padded, batch-innermost
 (C, Hp, Wp, N) layout of the fast NCHW convolution (long contiguous runs), then a loop over
 the kh*kw kernel offsets combines one strided slice per offset; the backward adds the
-gradient back with one strided slice addition per offset.
+gradient back with one strided slice addition per offset. Both loops run on slabs of
+channels, shared among the CPU threads.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from ..autograd import backend
 from ..nn.functional.pooling import AvgPool2d, MaxPool2d, avg_divisor, check_pool
-from . import register
+from . import parallel, register
 from .cpu_conv import Geometry, from_chwn, out_size, to_chwn
 
 xp_of = backend.get_array_module
@@ -32,13 +33,31 @@ def _offsets(geo: Geometry):
             yield i * geo.kw + j, geo.rows(i), geo.cols(j)
 
 
+def _channel_slabs(geo: Geometry, like):
+    """Slices of the channel axis for ``parallel.for_each``: each offset loop below runs on
+    one slab of channels at a time (a block of about ``BLOCK_ELEMENTS`` outputs, in cache
+    across the kh*kw offsets), the slabs shared among the CPU threads; on the GPU, all
+    channels in one slab (one launch per operation)."""
+    if backend.device_of(like) != "cpu":
+        return [slice(0, geo.c)]
+    per_channel = max(1, geo.ho * geo.wo * geo.n)
+    step = max(1, min(geo.c, parallel.BLOCK_ELEMENTS // per_channel))
+    return [slice(c0, min(c0 + step, geo.c)) for c0 in range(0, geo.c, step)]
+
+
 def _add_back(geo: Geometry, contribution, like):
-    """Adjoint of reading the windows: add ``contribution(k)`` (C, Ho, Wo, N) back where
-    offset k read it; return the NCHW gradient of the unpadded input."""
+    """Adjoint of reading the windows: add ``contribution(k, chans)`` (its channels of
+    (C, Ho, Wo, N)) back where offset k read it; return the NCHW gradient of the unpadded
+    input."""
     ph, pw = geo.padding
     dxt = xp_of(like).zeros((geo.c, geo.h + 2 * ph, geo.w + 2 * pw, geo.n), dtype=like.dtype)
-    for k, rows, cols in _offsets(geo):
-        dxt[:, rows, cols, :] += contribution(k)
+
+    def slab(chans):   # the threads write disjoint channels of dxt
+        for k, rows, cols in _offsets(geo):
+            dxt[chans, rows, cols, :] += contribution(k, chans)
+
+    slabs = _channel_slabs(geo, like)
+    parallel.for_each(slab, slabs, threaded=len(slabs) > 1)
     return from_chwn(dxt, padding=geo.padding)
 
 
@@ -51,18 +70,24 @@ class MaxPool2dFast(MaxPool2d):
         geo = ctx.geo = _pool_geometry(x, kernel, stride, padding, dilation)
         xp = xp_of(x)
         xt = to_chwn(x, padding, value=-np.inf)
-        out = arg = None
-        for k, rows, cols in _offsets(geo):
-            window = xt[:, rows, cols, :]
-            if out is None:
-                out = window.copy()
-                arg = xp.zeros(out.shape, dtype=xp.uint8 if geo.kh * geo.kw <= 256 else xp.int32)
-            else:  # arg = k where strictly greater (a tie keeps the first maximum); as k only
-                # grows, that is max(arg, k * better): arithmetic, much faster than a masked copy
-                step = (window > out).astype(arg.dtype)
-                step *= k
-                xp.maximum(arg, step, out=arg)
-                xp.maximum(out, window, out=out)        # (maximum propagates NaN)
+        out = xp.empty((geo.c, geo.ho, geo.wo, geo.n), dtype=x.dtype)
+        arg = xp.zeros(out.shape, dtype=xp.uint8 if geo.kh * geo.kw <= 256 else xp.int32)
+
+        def slab(chans):   # the threads fill disjoint channels of out and arg
+            o, a = out[chans], arg[chans]
+            for k, rows, cols in _offsets(geo):
+                window = xt[chans, rows, cols, :]
+                if k == 0:
+                    o[...] = window
+                else:  # arg = k where strictly greater (a tie keeps the first maximum); as k
+                    # only grows, that is max(arg, k * better): faster than a masked copy
+                    step = (window > o).astype(a.dtype)
+                    step *= k
+                    xp.maximum(a, step, out=a)
+                    xp.maximum(o, window, out=o)        # (maximum propagates NaN)
+
+        slabs = _channel_slabs(geo, x)
+        parallel.for_each(slab, slabs, threaded=len(slabs) > 1)
         ctx.save_for_backward(arg)
         return from_chwn(out)
 
@@ -70,7 +95,7 @@ class MaxPool2dFast(MaxPool2d):
         (arg,) = ctx.saved_tensors
         gt = to_chwn(g, (0, 0))
         # a product with the mask (faster than where); the winner of each window gets dy
-        return _add_back(ctx.geo, lambda k: gt * (arg == k), g)
+        return _add_back(ctx.geo, lambda k, chans: gt[chans] * (arg[chans] == k), g)
 
 
 @register(AvgPool2d)
@@ -87,14 +112,23 @@ class AvgPool2dFast(AvgPool2d):
         ctx.scale = scale if np.isscalar(scale) else \
             xp.asarray(scale[:, :, None], dtype=x.dtype)      # (Ho, Wo, 1) against (C, Ho, Wo, N)
         xt = to_chwn(x, padding)
-        total = None
-        for _, rows, cols in _offsets(geo):
-            window = xt[:, rows, cols, :]
-            total = window.copy() if total is None else xp.add(total, window, out=total)
+        total = xp.empty((geo.c, geo.ho, geo.wo, geo.n), dtype=x.dtype)
+
+        def slab(chans):   # the threads fill disjoint channels of total
+            t = total[chans]
+            for k, rows, cols in _offsets(geo):
+                window = xt[chans, rows, cols, :]
+                if k == 0:
+                    t[...] = window
+                else:
+                    xp.add(t, window, out=t)
+
+        slabs = _channel_slabs(geo, x)
+        parallel.for_each(slab, slabs, threaded=len(slabs) > 1)
         return from_chwn(total * ctx.scale)
 
     def backward(ctx, g):
         gs = to_chwn(g, (0, 0)) * ctx.scale
-        return _add_back(ctx.geo, lambda k: gs, g)
+        return _add_back(ctx.geo, lambda k, chans: gs[chans], g)
 
 
