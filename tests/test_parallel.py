@@ -295,6 +295,28 @@ def test_binary_broadcasting_along_rows_is_bit_identical(threads):
     np.testing.assert_array_equal(parallel.binary(np.subtract, gate, x), gate - x)
 
 
+def test_blocks_are_sized_by_the_widest_result(threads, monkeypatch):
+    """An outer-sum broadcast (BoTNet's relative logits, (N, 8, 8, 8, 1) + (N, 8, 8, 1, 8))
+    has a result 8x wider than either input: its blocks hold about BLOCK_ELEMENTS of the
+    result, so it is cut into several blocks (and threads), with the plain call's numbers."""
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 1 << 12)
+    monkeypatch.setattr(parallel, "BLOCK_ELEMENTS", 1 << 12)
+    rng = np.random.default_rng(5)
+    h = rng.standard_normal((64, 8, 8, 8, 1)).astype(np.float32)
+    w = rng.standard_normal((64, 8, 8, 1, 8)).astype(np.float32)
+    seen = []
+    real_add = np.add
+
+    def add(a, b):
+        seen.append(a.shape[0])
+        return real_add(a, b)
+
+    got = parallel.blockwise(add, h, w)
+    np.testing.assert_array_equal(got, h + w)
+    assert max(seen[1:]) == (1 << 12) // 4096 and sum(seen[1:]) == 64   # after the 1-row probe
+    np.testing.assert_array_equal(parallel.add(w, h), w + h)
+
+
 def test_sum_to_on_all_cores_matches_numpy(threads):
     from minivit.autograd.engine import sum_to
     rng = np.random.default_rng(14)

@@ -163,10 +163,15 @@ def blockwise(fn, *arrays, out=None):
     """
     a0 = arrays[0]
     n = a0.shape[0] if a0.ndim else 0
-    if (NUM_THREADS == 0 or a0.size < MIN_ELEMENTS or n < 2
+    if (NUM_THREADS == 0 or max(a.size for a in arrays) < MIN_ELEMENTS or n < 2
             or not all(isinstance(a, np.ndarray) and a.shape[:1] == (n,) for a in arrays)):
         return fn(*arrays) if out is None else fn(*arrays, out=out)
-    rows = max(1, BLOCK_ELEMENTS // (a0.size // n))
+    # one row of the results, for their dtypes and shapes
+    probe = _as_tuple(fn(*[a[:1] for a in arrays])) if out is None else ()
+    # a block holds about BLOCK_ELEMENTS of the widest operand or result (a broadcast's result,
+    # such as (N, 8, 8, 1) + (N, 8, 1, 8), is wider than either input)
+    per_row = [a.size // n for a in arrays + tuple(out or ())] + [p.size for p in probe]
+    rows = max(1, BLOCK_ELEMENTS // max(max(per_row), 1))
     starts = list(range(0, n, rows))
     if out is not None:
         def run(block_starts):
@@ -175,7 +180,6 @@ def blockwise(fn, *arrays, out=None):
 
         _run_split(run, starts)
         return out if len(out) > 1 else out[0]
-    probe = _as_tuple(fn(*[a[:1] for a in arrays]))  # one row: the outputs' dtypes and shapes
     outs = tuple(np.empty((n,) + p.shape[1:], p.dtype) for p in probe)
 
     def run(block_starts):
@@ -205,9 +209,7 @@ def binary(op, a, b):
     if (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == b.ndim >= 1
             and a.shape[0] == b.shape[0] and a.dtype == b.dtype
             and max(a.size, b.size) >= MIN_ELEMENTS):
-        if a.size >= b.size:
-            return blockwise(op, a, b)
-        return blockwise(lambda y, x: op(x, y), b, a)   # blockwise sizes blocks by its first
+        return blockwise(op, a, b)
     return op(a, b)
 
 
