@@ -448,3 +448,25 @@ def test_custom_function_with_needs_input_grad():
     Scale.apply(x, minivit.tensor(np.array([5.0, 6.0]))).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [5, 6])
     assert math.isclose(Scale.apply(x, 2.0).sum().item(), 6.0)
+
+
+def test_forward_sees_needs_input_grad():
+    """As PyTorch's ctx.needs_input_grad: set before forward, so a body can skip work only
+    backward needs; all False when nothing is recorded (no_grad, or no input needs grad)."""
+    seen = []
+
+    class Probe(Function):
+        def forward(ctx, a, b):
+            seen.append(ctx.needs_input_grad)
+            return a * b
+
+        def backward(ctx, g):
+            return g, g
+
+    a = minivit.tensor([1.0, 2.0], requires_grad=True)
+    b = minivit.tensor([3.0, 4.0])
+    Probe.apply(a, b)
+    Probe.apply(b, b)
+    with minivit.no_grad():
+        Probe.apply(a, b)
+    assert seen == [(True, False), (False, False), (False, False)]

@@ -410,3 +410,23 @@ def test_minivit_reference_environment_variable():
 def test_register_insists_on_a_subclass():
     with pytest.raises(TypeError, match="must subclass the op"):
         kernels.register(minivit.autograd.ops.GELU)(type("NotAnOp", (), {}))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_fast_gelu_keeps_only_its_derivative(approximate):
+    """The CPU fast GELU computes dy/dx in its forward pass and keeps that one array (not x
+    and Φ(x)): it equals the reference derivative to float32 rounding; a fused Linear+GELU
+    keeps x, W and it; without a gradient the forward gives the same y."""
+    from minivit.autograd.ops.elementwise import gelu_derivative  # noqa: PLC0415
+    x0 = np.random.default_rng(3).standard_normal((64, 48)).astype(np.float32) * 3
+    x = minivit.tensor(x0, requires_grad=True)
+    y = F.gelu(x, approximate=approximate)
+    (d,) = y.grad_fn.saved_tensors
+    want = gelu_derivative(x0.astype(np.float64), approximate)
+    np.testing.assert_allclose(d.reshape(x0.shape), want, rtol=1e-5, atol=1e-6)
+    with minivit.no_grad():
+        np.testing.assert_array_equal(F.gelu(minivit.tensor(x0), approximate=approximate).numpy(),
+                                      y.numpy())
+    w = minivit.tensor(np.ones((5, 48), np.float32) * 0.01, requires_grad=True)
+    h = F.linear(x, w, minivit.zeros(5), act="gelu" if approximate == "none" else "gelu_tanh")
+    assert len(h.grad_fn.saved_tensors) == 3

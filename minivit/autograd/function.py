@@ -142,6 +142,10 @@ class Function:
         tensors = _as_tensors(cls, inputs, Tensor)
         # the op's fast body (a subclass registered in minivit/kernels) unless in reference mode
         ctx = cls() if REFERENCE[0] else FAST.get(cls, cls)()
+        record = is_grad_enabled() and any(t.requires_grad for t in tensors)
+        # as PyTorch's ctx.needs_input_grad, known in forward: a body may skip work that only
+        # backward needs (all False when nothing is recorded)
+        ctx.needs_input_grad = tuple(record and t.requires_grad for t in tensors)
         try:
             raw = ctx.forward(*[t.data for t in tensors], **attrs)
         except ValueError as exc:
@@ -152,12 +156,10 @@ class Function:
             raise ValueError(f"{msg} (input shapes {shapes})") from None
         many = isinstance(raw, tuple)
         arrays = raw if many else (raw,)
-        record = is_grad_enabled() and any(t.requires_grad for t in tensors)
         outputs = tuple(Tensor._from_op(a, record) for a in arrays)
         if record:
             ctx.inputs = tuple(t if t.creator is None and t.requires_grad else Edge(t)
                                for t in tensors)
-            ctx.needs_input_grad = tuple(t.requires_grad for t in tensors)
             ctx.generation = max(t.generation for t in tensors)
             ctx.output_meta = tuple((a.shape, a.dtype, backend.get_array_module(a)) for a in arrays)
             ctx.outputs = tuple(weakref.ref(t) for t in outputs)

@@ -12,7 +12,7 @@ import math
 from ..autograd import backend
 from ..autograd.ops.elementwise import GELU_TANH_C, Add, Erf, GELU, Mul, ReLU
 from . import cuda, normal_cdf, parallel
-from . import register
+from . import grad_wanted, register
 
 xp_of = backend.get_array_module
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -61,34 +61,33 @@ class ErfFast(Erf):
 
 # --- GELU --------------------------------------------------------------------------------
 # Each pass takes ``out``, the arrays it fills (given by ``parallel.blockwise`` one block at a
-# time, so no block result is copied into place); without it, it makes new ones. Forward keeps
-# Φ(x) (or s) for backward, so the exp runs once per element.
+# time, so no block result is copied into place); without it, it makes new ones. When a
+# gradient will be wanted, the forward also computes the derivative dy/dx while x is in cache
+# and keeps it instead of x and Φ(x): the backward is then one product, g dy/dx, and only one
+# array of x's size stays alive between the passes. (Without a gradient the second array
+# holds Φ(x) or s, and nobody reads it.)
 
-def gelu_exact_block(x, out=None):
-    """y = x Φ(x) and Φ(x) (``normal_cdf.normal_cdf_block``), kept for backward."""
-    y, cdf = out if out is not None else (xp_of(x).empty_like(x), xp_of(x).empty_like(x))
-    normal_cdf.normal_cdf_block(x, out=cdf)
-    xp_of(x).multiply(x, cdf, out=y)
-    return y, cdf
-
-
-def gelu_exact_grad_block(g, x, cdf, out=None):
-    """g (Φ(x) + x φ(x))."""
+def gelu_exact_block(x, out=None, grad=True):
+    """y = x Φ(x) (Φ by ``normal_cdf.normal_cdf_block``) and, with ``grad``, its derivative
+    Φ(x) + x φ(x), φ(x) = exp(-x²/2) / √(2π)."""
     xp = xp_of(x)
-    d = out[0] if out is not None else xp.empty_like(x)
-    xp.multiply(x, x, out=d)
-    d *= -0.5
-    xp.exp(d, out=d)
-    d *= INV_SQRT_2PI      # φ(x)
-    d *= x
-    d += cdf
-    d *= g
-    return d
+    y, d = out if out is not None else (xp.empty_like(x), xp.empty_like(x))
+    normal_cdf.normal_cdf_block(x, out=d)       # Φ(x), then the derivative in the same array
+    xp.multiply(x, d, out=y)
+    if grad:
+        t = xp.multiply(x, x)
+        t *= -0.5
+        xp.exp(t, out=t)
+        t *= INV_SQRT_2PI      # φ(x)
+        t *= x
+        d += t
+    return y, d
 
 
-def gelu_tanh_block(x, out=None):
-    """y = x s and s = (1 + tanh(z)) / 2, z = √(2/π) (x + 0.044715 x³), kept for backward,
-    computed as the same number written as a sigmoid, s = 1 / (1 + exp(-2z))."""
+def gelu_tanh_block(x, out=None, grad=True):
+    """y = x s, s = (1 + tanh(z)) / 2, z = √(2/π) (x + 0.044715 x³), computed as the same
+    number written as a sigmoid, s = 1 / (1 + exp(-2z)); with ``grad``, its derivative
+    s (1 + 2 x (1 - s) z'), z' = √(2/π) (1 + 3·0.044715 x²), using 1 - tanh² = 4 s (1 - s)."""
     xp = xp_of(x)
     y, s = out if out is not None else (xp.empty_like(x), xp.empty_like(x))
     with backend.overflow_to_inf():   # exp(-2z) = inf far left (x³ too, |x| > 1e13): s = 0
@@ -100,53 +99,51 @@ def gelu_tanh_block(x, out=None):
     s += 1
     xp.divide(1.0, s, out=s)
     xp.multiply(x, s, out=y)
+    if grad:
+        t = xp.multiply(x, x)
+        t *= 2 * SQRT_2_OVER_PI * 3 * GELU_TANH_C
+        t += 2 * SQRT_2_OVER_PI  # 2 z'
+        t *= x
+        t *= 1 - s
+        t += 1
+        s *= t                   # s becomes the derivative
     return y, s
 
 
-def gelu_tanh_grad_block(g, x, s, out=None):
-    """g s (1 + 2 x (1 - s) u'), u' = √(2/π) (1 + 3·0.044715 x²), using 1 - t² = 4 s (1 - s)."""
-    xp = xp_of(x)
-    d = out[0] if out is not None else xp.empty_like(x)
-    xp.multiply(x, x, out=d)
-    d *= 2 * SQRT_2_OVER_PI * 3 * GELU_TANH_C
-    d += 2 * SQRT_2_OVER_PI  # 2 u'
-    d *= x
-    d *= 1 - s
-    d += 1
-    d *= s
-    d *= g
-    return d
+def gelu_grad_block(g, d, out=None):
+    """dL/dx = g dy/dx, from the derivative the forward kept."""
+    return xp_of(g).multiply(g, d, out=None if out is None else out[0])
 
 
-# approximate -> (forward block, backward block), for the ops that fuse a GELU
-GELU_BLOCKS = {"none": (gelu_exact_block, gelu_exact_grad_block),
-               "tanh": (gelu_tanh_block, gelu_tanh_grad_block)}
+# approximate -> the forward block, for the ops that fuse a GELU (backward: ``gelu_grad_block``)
+GELU_BLOCKS = {"none": gelu_exact_block, "tanh": gelu_tanh_block}
 
 
-def gelu_forward(x, approximate: str = "none"):
-    """(y, saved) of a raw array, saved = Φ(x) (exact) or s (tanh) for ``gelu_backward``."""
+def gelu_forward(x, approximate: str = "none", grad: bool = True):
+    """(y, saved) of a raw array: ``saved`` is what ``gelu_backward`` needs, a tuple of arrays,
+    on the CPU (dy/dx,) (nothing of use without ``grad``), on the GPU (x, Φ(x) or s)."""
     if cuda.enabled(x):
-        return cuda.gelu_forward(x, approximate)
-    return parallel.blockwise(GELU_BLOCKS[approximate][0], x, out=parallel.empty_like(x, 2))
+        y, kept = cuda.gelu_forward(x, approximate)
+        return y, (x, kept)
+    fn = GELU_BLOCKS[approximate]
+    y, d = parallel.blockwise(lambda a, out: fn(a, out, grad), x, out=parallel.empty_like(x, 2))
+    return y, (d,)
 
 
-def gelu_backward(g, x, saved, approximate: str = "none"):
-    """dL/dx of ``gelu_forward`` from its x and saved array."""
+def gelu_backward(g, saved, approximate: str = "none"):
+    """dL/dx of ``gelu_forward`` from the ``saved`` it returned."""
     if cuda.enabled(g):
-        return cuda.gelu_backward(g, x, saved, approximate)
-    return parallel.blockwise(GELU_BLOCKS[approximate][1], g, x, saved,
-                              out=parallel.empty_like(x))
+        return cuda.gelu_backward(g, *saved, approximate)
+    return parallel.blockwise(gelu_grad_block, g, saved[0], out=parallel.empty_like(g))
 
 
 @register(GELU)
 class GELUFast(GELU):
     def forward(ctx, x, approximate="none"):
         ctx.approximate = approximate
-        xf = x.reshape(-1)
-        y, saved = gelu_forward(xf, approximate)
-        ctx.save_for_backward(xf, saved)
+        y, saved = gelu_forward(x.reshape(-1), approximate, grad=grad_wanted(ctx))
+        ctx.save_for_backward(*saved)
         return y.reshape(x.shape)
 
     def backward(ctx, g):
-        xf, saved = ctx.saved_tensors
-        return gelu_backward(g.reshape(-1), xf, saved, ctx.approximate).reshape(g.shape)
+        return gelu_backward(g.reshape(-1), ctx.saved_tensors, ctx.approximate).reshape(g.shape)

@@ -1,66 +1,68 @@
 """Fast bodies of Linear and LinearColumns: the bias add, the GELU and the residual add ride
-on one blocked pass over y (on all cores), and in backward the bias gradient is summed in the
-GELU derivative's pass over each block."""
+on one blocked pass over y (on all cores), which also computes the GELU's derivative for
+backward; in backward the bias gradient is summed in the pass that applies it."""
 from __future__ import annotations
 
 from ..autograd import backend
 from ..autograd.flops import add_flops
 from ..nn.functional.linear import (GELU_ACTS, Linear, LinearColumns, check_linear_args,
                                     linear_grads)
-from . import cuda, parallel, register
-from .cpu_elementwise import GELU_BLOCKS, gelu_backward, gelu_forward
+from . import cuda, grad_wanted, parallel, register
+from .cpu_elementwise import GELU_BLOCKS, gelu_backward, gelu_forward, gelu_grad_block
 
 xp_of = backend.get_array_module
 
 
-def gelu_forward_with_bias(x, approximate: str, bias, bias_layout: str):
-    """(GELU(x + bias), saved) of a 2-D x, bias added *in place* in the same pass over each
-    block, so x ends up holding the GELU's input. ``bias_layout="row"``: one bias per column,
-    shape (F,) for x (N, F), as Linear's; ``"column"``: one per row, shape (N,), as
-    LinearColumns'."""
+def gelu_forward_with_bias(x, approximate: str, bias, bias_layout: str, grad: bool = True):
+    """(GELU(x + bias), saved) of a 2-D x, as ``gelu_forward``: the bias is added *in place*
+    in the same pass over each block, so x ends up holding the GELU's input.
+    ``bias_layout="row"``: one bias per column, shape (F,) for x (N, F), as Linear's;
+    ``"column"``: one per row, shape (N,), as LinearColumns'."""
     if bias_layout == "column":
         bias = bias[:, None]
     if cuda.enabled(x):
         x += bias
-        return cuda.gelu_forward(x, approximate)
-    fn = GELU_BLOCKS[approximate][0]
+        return gelu_forward(x, approximate)
+    fn = GELU_BLOCKS[approximate]
     out = parallel.empty_like(x, 2)
     if bias_layout == "column":          # the bias is cut into blocks with x's rows
         def shifted(xb, bb, out):
             xb += bb
-            return fn(xb, out=out)
+            return fn(xb, out, grad)
 
-        return parallel.blockwise(shifted, x, bias, out=out)
+        y, d = parallel.blockwise(shifted, x, bias, out=out)
+        return y, (d,)
 
     def shifted_row(xb, out):            # every block gets the whole row of biases
         xb += bias
-        return fn(xb, out=out)
+        return fn(xb, out, grad)
 
-    return parallel.blockwise(shifted_row, x, out=out)
+    y, d = parallel.blockwise(shifted_row, x, out=out)
+    return y, (d,)
 
 
-def gelu_backward_with_bias_grad(g, x, saved, approximate: str, bias_grad: str):
+def gelu_backward_with_bias_grad(g, saved, approximate: str, bias_grad: str):
     """(dL/dx, the bias gradient) of ``gelu_forward_with_bias``: ``bias_grad="row"`` sums dx
     down the columns, ``"column"`` along the rows, each block by block in the same pass."""
     if cuda.enabled(g):
-        gx = cuda.gelu_backward(g, x, saved, approximate)
+        gx = gelu_backward(g, saved, approximate)
         return gx, (parallel.column_sums(gx) if bias_grad == "row" else parallel.row_sums(gx))
-    fn = GELU_BLOCKS[approximate][1]
+    d = saved[0]
     if bias_grad == "row":
-        gx = parallel.empty_like(x)[0]
+        gx = parallel.empty_like(g)[0]
 
-        def fill(gb, xb, sb, ob):
-            return fn(gb, xb, sb, out=(ob,))
+        def fill(gb, db, ob):
+            return gelu_grad_block(gb, db, out=(ob,))
 
-        return gx, parallel.sum_rows(fill, g, x, saved, gx)
-    gx, gb = parallel.empty_like(x)[0], xp_of(x).empty(x.shape[0], x.dtype)
+        return gx, parallel.sum_rows(fill, g, d, gx)
+    gx, gb = parallel.empty_like(g)[0], xp_of(g).empty(g.shape[0], g.dtype)
 
-    def fill_and_sum(gb_, xb, sb, out):
-        fn(gb_, xb, sb, out=out[:1])
+    def fill_and_sum(gb_, db, out):
+        gelu_grad_block(gb_, db, out=out[:1])
         out[1][...] = parallel.row_sums(out[0])
         return out
 
-    parallel.blockwise(fill_and_sum, g, x, saved, out=(gx, gb))
+    parallel.blockwise(fill_and_sum, g, d, out=(gx, gb))
     return gx, gb
 
 
@@ -94,11 +96,11 @@ def _grad_before_act(ctx, g, bias_layout: str):
     GELU (db summed in that same pass), else g itself; db is None when not wanted."""
     want_bias = ctx.has_bias and ctx.needs_input_grad[2]
     if ctx.act is not None:
-        y, saved = ctx.saved_tensors[2:]
+        saved = ctx.saved_tensors[2:]     # what gelu_backward needs (gelu_forward's ``saved``)
         approximate = GELU_ACTS[ctx.act]
         if want_bias:
-            return gelu_backward_with_bias_grad(g, y, saved, approximate, bias_layout)
-        return gelu_backward(g, y, saved, approximate), None
+            return gelu_backward_with_bias_grad(g, saved, approximate, bias_layout)
+        return gelu_backward(g, saved, approximate), None
     if not want_bias:
         return g, None
     return g, (parallel.sum_rows(lambda a: a, g) if bias_layout == "row" else parallel.row_sums(g))
@@ -114,11 +116,12 @@ class LinearFast(Linear):
         ctx.x_shape, ctx.has_bias, ctx.act = x.shape, b is not None, act
         ctx.residual_shape = None if r is None else r.shape
         if act is not None:
+            grad = grad_wanted(ctx)
             if b is None:
-                h, saved = gelu_forward(y, GELU_ACTS[act])
+                h, saved = gelu_forward(y, GELU_ACTS[act], grad)
             else:               # y += b in place, h = GELU(y)
-                h, saved = gelu_forward_with_bias(y, GELU_ACTS[act], b, "row")
-            ctx.save_for_backward(x2, w, y, saved)
+                h, saved = gelu_forward_with_bias(y, GELU_ACTS[act], b, "row", grad)
+            ctx.save_for_backward(x2, w, *saved)
             return h.reshape(out_shape)
         if r is not None:
             _add_bias_and_residual_(y, b, r.reshape(y.shape), "row")   # y += b + r
@@ -148,11 +151,12 @@ class LinearColumnsFast(LinearColumns):
         ctx.has_bias, ctx.act = b is not None, act
         ctx.residual_shape = None if r is None else r.shape
         if act is not None:               # y += b[:, None] in place, h = GELU(y)
+            grad = grad_wanted(ctx)
             if b is None:
-                h, saved = gelu_forward(y, GELU_ACTS[act])
+                h, saved = gelu_forward(y, GELU_ACTS[act], grad)
             else:
-                h, saved = gelu_forward_with_bias(y, GELU_ACTS[act], b, "column")
-            ctx.save_for_backward(x, w, y, saved)
+                h, saved = gelu_forward_with_bias(y, GELU_ACTS[act], b, "column", grad)
+            ctx.save_for_backward(x, w, *saved)
             return h
         if r is not None:
             _add_bias_and_residual_(y, b, r, "column")   # y += b[:, None] + r

@@ -9,8 +9,8 @@ import math
 
 from ..autograd import backend
 from ..nn.functional.norm import BatchNorm, LayerNorm, sum_over_ranks
-from . import cuda, cuda_rows, parallel, register
-from .cpu_elementwise import GELU_BLOCKS
+from . import cuda, cuda_rows, grad_wanted, parallel, register
+from .cpu_elementwise import GELU_BLOCKS, gelu_grad_block
 
 xp_of = backend.get_array_module
 
@@ -150,15 +150,15 @@ class BatchNormFast(BatchNorm):
     mean(ĝ) = w mean(g) and mean(ĝ x̂) = w mean(g x̂): the statistics' gradient needs the same
     two sums as the bias and weight gradients.
 
-    With ``act``, backward first turns the incoming gradient into g' = g act'(z), z
-    recomputed from x in cache (GELU also keeps its Φ(z) or s from the forward), in the same
-    sweep that takes the two sums. Against a separate activation op this skips passes over
-    the map and never stores the normalised map z. The ReLU's mask comes from the kept output
-    (y > 0 exactly where x a + c (+ r) > 0), which the next layer mostly keeps as its input
-    anyway (where none does, y stays alive until backward: ``botnet_cifar``'s peak memory
-    671 -> 686 MB, for two passes fewer).
-    The sums Σ g' and Σ g' (x - μ) are one gemv and one einsum per block (no product array),
-    and the input gradient is (g' + x α + β) k in four in-place passes.
+    With ``act``, backward first turns the incoming gradient into g' = g act'(z), in the same
+    sweep that takes the two sums; GELU's derivative at z = x a + c is computed by the forward
+    while z is in cache and kept (one array, as a separate GELU would keep). Against a
+    separate activation op this skips passes over the map and never stores z. The ReLU's
+    mask comes from the kept output (y > 0 exactly where x a + c (+ r) > 0), which the next
+    layer mostly keeps as its input anyway (where none does, y stays alive until backward:
+    ``botnet_cifar``'s peak memory 671 -> 686 MB, for two passes fewer). The sums Σ g' and
+    Σ g' (x - μ) are one gemv and one einsum per block (no product array), and the input
+    gradient is (g' + x α + β) k in four in-place passes.
     """
 
     def forward(ctx, x, *wb, mean=None, var=None, eps=1e-5, has_w=True, has_b=True,
@@ -191,10 +191,10 @@ class BatchNormFast(BatchNorm):
         a, c = _per_channel(scale, col), _per_channel(shift, col)
         if act in ("gelu", "gelu_tanh") and cuda.enabled(x):   # the same in one launch
             y, kept = cuda.scale_shift_gelu(xv, a, c, act)
-        elif act in ("gelu", "gelu_tanh"):  # y = gelu(z), z = x a + c; Φ(z) or s kept
-            gelu = _GELU[act][0]
-            y, kept = parallel.blockwise(lambda v, out: gelu(_scale_shift(v, a, c), out=out), xv,
-                                         out=parallel.empty_like(xv, 2))
+        elif act in ("gelu", "gelu_tanh"):  # y = gelu(z), z = x a + c; its derivative kept
+            gelu, grad = _GELU[act], grad_wanted(ctx)
+            y, kept = parallel.blockwise(lambda v, out: gelu(_scale_shift(v, a, c), out, grad),
+                                         xv, out=parallel.empty_like(xv, 2))
         else:  # x̂ w + b = x a + c (+ r, added in the same pass), then the ReLU if asked
             def scale_shift(v, *rb, out):   # rb: this block of r, when there is one
                 return _scale_shift(v, a, c, out[0], act == "relu", *rb)
@@ -233,11 +233,12 @@ class BatchNormFast(BatchNorm):
             act = ctx.act
 
             def act_grad_and_sums(g_, v, gm, k):  # gm: this block's view of ``masked``
-                xp = xp_of(g_)
                 if act == "relu":   # relu'(z) = [y > 0], y the kept output
-                    xp.multiply(g_, k > 0, out=gm)
-                else:   # GELU'(z) from z recomputed while v is in cache and its kept Φ(z) or s
-                    _GELU[act][1](g_, _scale_shift(v, a, c), k, out=(gm,))
+                    xp_of(g_).multiply(g_, k > 0, out=gm)
+                elif cuda.enabled(g_):   # the GPU's forward kept Φ(z) or s: its own kernels
+                    gm[...] = cuda.bn_act_grad(g_, v, a, c, k, act)
+                else:   # GELU'(z), kept by the forward
+                    gelu_grad_block(g_, k, out=(gm,))
                 return _sum_and_centred_dot(gm, v, mu, col)
 
             sum_g, sum_gxc = _channel_sums(act_grad_and_sums, gv, xv, masked, kept, col,
@@ -281,7 +282,7 @@ def _bn_grads(ctx, need, need_w, need_b, gv, g, gx, dw, db):
     return tuple(grads)
 
 
-# the GELU passes a BatchNorm can fuse: (forward, backward), both taking ``out``
+# the GELU forward passes a BatchNorm can fuse (the value and the derivative, into ``out``)
 _GELU = {"gelu": GELU_BLOCKS["none"], "gelu_tanh": GELU_BLOCKS["tanh"]}
 
 

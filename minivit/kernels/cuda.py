@@ -199,9 +199,8 @@ def linear_backward(ctx, g, g2, x2, w, gelu_backward):
     from ..nn.functional.linear import GELU_ACTS, linear_grads  # noqa: PLC0415
 
     need = ctx.needs_input_grad
-    if ctx.act is not None:
-        y, saved = ctx.saved_tensors[2:]
-        g2 = gelu_backward(g2, y, saved, GELU_ACTS[ctx.act])
+    if ctx.act is not None:   # the GELU's x and Φ(x) (or s), as cpu_elementwise.gelu_forward
+        g2 = gelu_backward(g2, ctx.saved_tensors[2:], GELU_ACTS[ctx.act])
     gb = None
     if ctx.has_bias and need[2]:
         gb = g2.sum(axis=0, out=grad_slot(ctx, 2))
