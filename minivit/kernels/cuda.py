@@ -158,7 +158,7 @@ def _k():
 # --- the calls the ops make (each mirrors a plain-array function of the same name) ---------
 
 def gelu_forward(x, approximate: str):
-    """(y, saved) with saved = Φ(x) (exact) or s (tanh), as ``ops.elementwise.GELU`` keeps."""
+    """(y, Φ(x)) (exact) or (y, s) (tanh): with x, what ``gelu_backward`` needs."""
     return _k()["gelu_tanh_fwd" if approximate == "tanh" else "gelu_exact_fwd"](x)
 
 
@@ -199,7 +199,7 @@ def linear_backward(ctx, g, g2, x2, w, gelu_backward):
     from ..nn.functional.linear import GELU_ACTS, linear_grads  # noqa: PLC0415
 
     need = ctx.needs_input_grad
-    if ctx.act is not None:   # the GELU's x and Φ(x) (or s), as cpu_elementwise.gelu_forward
+    if ctx.act is not None:   # the GELU's x and Φ(x) (or s): cpu_elementwise.gelu_forward's saved
         g2 = gelu_backward(g2, ctx.saved_tensors[2:], GELU_ACTS[ctx.act])
     gb = None
     if ctx.has_bias and need[2]:
