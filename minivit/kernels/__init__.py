@@ -58,12 +58,6 @@ def register(op: type):
     return wrap
 
 
-def grad_wanted(ctx) -> bool:
-    """In a forward body: will backward run? (``Function.apply`` sets ``needs_input_grad``
-    before forward; a body called some other way, with it still empty, assumes yes.)"""
-    return any(ctx.needs_input_grad) or not ctx.needs_input_grad
-
-
 def fast_body(op: type) -> type | None:
     """The fast body registered for ``op`` (None when the op has only its reference body)."""
     load()

@@ -12,7 +12,7 @@ import math
 from ..autograd import backend
 from ..autograd.ops.elementwise import GELU_TANH_C, Add, Erf, GELU, Mul, ReLU
 from . import cuda, normal_cdf, parallel
-from . import grad_wanted, register
+from . import register
 
 xp_of = backend.get_array_module
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -57,6 +57,12 @@ class ErfFast(Erf):
     def forward(ctx, x):
         ctx.save_for_backward(x)
         return normal_cdf.erf(x)
+
+
+def grad_wanted(ctx) -> bool:
+    """In a forward body: will backward run? (``Function.apply`` sets ``needs_input_grad``
+    before forward; a body called some other way, with it still empty, assumes yes.)"""
+    return any(ctx.needs_input_grad) or not ctx.needs_input_grad
 
 
 # --- GELU --------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ from ..autograd import backend
 from ..autograd.flops import add_flops
 from ..nn.functional.linear import (GELU_ACTS, Linear, LinearColumns, check_linear_args,
                                     linear_grads)
-from . import cuda, grad_wanted, parallel, register
-from .cpu_elementwise import GELU_BLOCKS, gelu_backward, gelu_forward, gelu_grad_block
+from . import cuda, parallel, register
+from .cpu_elementwise import (GELU_BLOCKS, gelu_backward, gelu_forward, gelu_grad_block,
+                              grad_wanted)
 
 xp_of = backend.get_array_module
 

@@ -9,8 +9,8 @@ import math
 
 from ..autograd import backend
 from ..nn.functional.norm import BatchNorm, LayerNorm, sum_over_ranks
-from . import cuda, cuda_rows, grad_wanted, parallel, register
-from .cpu_elementwise import GELU_BLOCKS, gelu_grad_block
+from . import cuda, cuda_rows, parallel, register
+from .cpu_elementwise import GELU_BLOCKS, gelu_grad_block, grad_wanted
 
 xp_of = backend.get_array_module
 
