@@ -284,3 +284,24 @@ def test_batch_norm_training(cuda, dtype, shape, affine, residual, act):
 
     arrays = [x] + ([w, b] if affine else []) + ([r] if residual else [])
     _assert_agree(*_run_both(fn, *arrays), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,act", [((16, 5), "gelu"), ((6, 5, 4, 3), "gelu_tanh"),
+                                       ((6, 5, 7), "relu")])
+def test_batch_norm_eval_with_act(cuda, dtype, shape, act):
+    """BatchNorm with running statistics and an activation on the GPU: the fused forward keeps
+    Φ(z) or s (not the derivative the array code keeps), and the backward's generic sweep
+    hands it to the GPU's own GELU backward. Outputs and gradients against the plain path."""
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    c = shape[1]
+    w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    rm, rv = rng.standard_normal(c).astype(dtype), (rng.random(c) + 0.5).astype(dtype)
+
+    def fn(x, w, b):
+        m, v = backend.to_device(rm, "cuda"), backend.to_device(rv, "cuda")
+        return _value_and_grads(
+            lambda tx, tw, tb: F.batch_norm(tx, m, v, tw, tb, training=False, act=act), x, w, b)
+
+    _assert_agree(*_run_both(fn, x, w, b), dtype)
