@@ -2,8 +2,8 @@
 ``minivit/nn/functional/pooling.py``): the input copied once into the padded, batch-innermost
 (C, Hp, Wp, N) layout of the fast NCHW convolution (long contiguous runs), then a loop over
 the kh*kw kernel offsets combines one strided slice per offset; the backward adds the
-gradient back with one strided slice addition per offset. Both loops run on slabs of
-channels, shared among the CPU threads.
+gradient back with one strided slice addition per offset. Both loops run on blocks of
+channels (``cpu_conv._channel_blocks``, as col2im's), shared among the CPU threads.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from ..autograd import backend
 from ..nn.functional.pooling import AvgPool2d, MaxPool2d, avg_divisor, check_pool
 from . import parallel, register
-from .cpu_conv import Geometry, from_chwn, out_size, to_chwn
+from .cpu_conv import Geometry, _channel_blocks, from_chwn, out_size, to_chwn
 
 xp_of = backend.get_array_module
 
@@ -33,18 +33,6 @@ def _offsets(geo: Geometry):
             yield i * geo.kw + j, geo.rows(i), geo.cols(j)
 
 
-def _channel_slabs(geo: Geometry, like):
-    """Slices of the channel axis for ``parallel.for_each``: each offset loop below runs on
-    one slab of channels at a time (a block of about ``BLOCK_ELEMENTS`` outputs, in cache
-    across the kh*kw offsets), the slabs shared among the CPU threads; on the GPU, all
-    channels in one slab (one launch per operation)."""
-    if backend.device_of(like) != "cpu":
-        return [slice(0, geo.c)]
-    per_channel = max(1, geo.ho * geo.wo * geo.n)
-    step = max(1, min(geo.c, parallel.BLOCK_ELEMENTS // per_channel))
-    return [slice(c0, min(c0 + step, geo.c)) for c0 in range(0, geo.c, step)]
-
-
 def _add_back(geo: Geometry, contribution, like):
     """Adjoint of reading the windows: add ``contribution(k, chans)`` (its channels of
     (C, Ho, Wo, N)) back where offset k read it; return the NCHW gradient of the unpadded
@@ -56,7 +44,7 @@ def _add_back(geo: Geometry, contribution, like):
         for k, rows, cols in _offsets(geo):
             dxt[chans, rows, cols, :] += contribution(k, chans)
 
-    slabs = _channel_slabs(geo, like)
+    slabs = _channel_blocks(dxt, geo.ho * geo.wo * geo.n)
     parallel.for_each(slab, slabs, threaded=len(slabs) > 1)
     return from_chwn(dxt, padding=geo.padding)
 
@@ -86,7 +74,7 @@ class MaxPool2dFast(MaxPool2d):
                     xp.maximum(a, step, out=a)
                     xp.maximum(o, window, out=o)        # (maximum propagates NaN)
 
-        slabs = _channel_slabs(geo, x)
+        slabs = _channel_blocks(xt, geo.ho * geo.wo * geo.n)
         parallel.for_each(slab, slabs, threaded=len(slabs) > 1)
         ctx.save_for_backward(arg)
         return from_chwn(out)
@@ -123,7 +111,7 @@ class AvgPool2dFast(AvgPool2d):
                 else:
                     xp.add(t, window, out=t)
 
-        slabs = _channel_slabs(geo, x)
+        slabs = _channel_blocks(xt, geo.ho * geo.wo * geo.n)
         parallel.for_each(slab, slabs, threaded=len(slabs) > 1)
         return from_chwn(total * ctx.scale)
 
