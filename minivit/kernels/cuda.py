@@ -292,10 +292,7 @@ def adam_step(p, g, m, v, *, lr, b1, b2, eps, wd, decoupled: bool, step: int,
     undid); the bias corrections are then 0-d device arrays, read by the kernel as such."""
     l2 = 0.0 if decoupled else wd
     decay = 1.0 - lr * wd if decoupled else 1.0
-    if t_offset is None:
-        step_size, bc2_sqrt = lr / (1.0 - b1 ** step), (1.0 - b2 ** step) ** 0.5
-    else:
-        from ..optim.adam import bias_corrections  # noqa: PLC0415
+    from ..optim.adam import bias_corrections  # noqa: PLC0415 (optim imports this module)
 
-        step_size, bc2_sqrt = bias_corrections(lr, b1, b2, step - t_offset)
+    step_size, bc2_sqrt = bias_corrections(lr, b1, b2, step, t_offset)
     _k()["adam"](g, l2, decay, b1, b2, step_size, bc2_sqrt, eps, p, m, v)

@@ -123,11 +123,9 @@ class Adam(Optimizer):
         v *= b2
         v += tmp                                 # v = b2 v + (1 - b2) g^2
 
-        if self._t_offset is None:
-            step_size, bc2_sqrt = lr / (1.0 - b1 ** t), math.sqrt(1.0 - b2 ** t)
-        else:   # under a GradScaler: t - (steps undone so far), a device scalar (no sync)
-            step_size, bc2_sqrt = (a.astype(p.data.dtype) for a in
-                                   bias_corrections(lr, b1, b2, t - self._t_offset))
+        step_size, bc2_sqrt = bias_corrections(lr, b1, b2, t, self._t_offset)
+        if self._t_offset is not None:   # 0-d device arrays: kept in the parameters' dtype
+            step_size, bc2_sqrt = step_size.astype(p.data.dtype), bc2_sqrt.astype(p.data.dtype)
         denom = xp.sqrt(v, out=tmp)
         denom /= bc2_sqrt
         denom += eps                             # sqrt(v / (1 - b2^t)) + eps
@@ -136,8 +134,13 @@ class Adam(Optimizer):
         p.data -= denom                          # p -= lr / (1 - b1^t) * m / denom
 
 
-def bias_corrections(lr, b1, b2, t):
-    """(lr / (1 - b1^t), sqrt(1 - b2^t)) for a step count ``t`` that is a 0-d device array."""
+def bias_corrections(lr, b1, b2, t, undone=None):
+    """Adam's step size and second-moment correction, (lr / (1 - b1^t), sqrt(1 - b2^t)), as
+    floats; with ``undone`` (under a GradScaler: the 0-d device count of the steps undone so
+    far) for t - undone, the steps taken, as 0-d device arrays (no host synchronisation)."""
+    if undone is None:
+        return lr / (1.0 - b1 ** t), math.sqrt(1.0 - b2 ** t)
+    t = t - undone
     xp = get_array_module(t)
     return lr / (1.0 - xp.power(b1, t)), xp.sqrt(1.0 - xp.power(b2, t))
 
