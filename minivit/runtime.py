@@ -18,8 +18,8 @@ the same settings in your own script::
   loaded; the ``minivit`` command sets it before (``cli.main``). Set the variable yourself to
   override it.
 - **Threads and blocks**: ``MINIVIT_NUM_THREADS`` (default: the CPUs this process may use; 0
-  turns the blocked and threaded CPU code off) and ``MINIVIT_BLOCK_ELEMENTS`` (default: half
-  the L2 cache's worth of float32 numbers, from 2^15 to 2^18) are read by
+  turns the blocked and threaded CPU code off) and ``MINIVIT_BLOCK_ELEMENTS`` (default 2^18,
+  1 MB of float32 per operand block) are read by
   ``minivit/kernels/parallel.py`` when it is imported.
 """
 from __future__ import annotations

@@ -432,14 +432,9 @@ def test_t_matmul_equals_transposed_product_either_way_round(m, n):
     np.testing.assert_allclose(got, a.T.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("l2, expect", [(2 << 20, 1 << 18), (1 << 20, 1 << 17),
-                                        (1280 << 10, 1 << 17), (512 << 10, 1 << 16),
-                                        (64 << 10, 1 << 15), (32 << 20, 1 << 18),
-                                        (None, 1 << 17)])
-def test_block_size_is_half_the_l2_cache_within_bounds(monkeypatch, l2, expect):
+def test_block_size_default(monkeypatch):
     monkeypatch.delenv("MINIVIT_BLOCK_ELEMENTS", raising=False)
-    monkeypatch.setattr(parallel, "_l2_bytes", lambda: l2)
-    assert parallel._default_block_elements() == expect
+    assert parallel._default_block_elements() == 1 << 18
 
 
 def test_block_size_from_the_environment(monkeypatch):
@@ -450,8 +445,3 @@ def test_block_size_from_the_environment(monkeypatch):
         with pytest.raises(ValueError, match=f"MINIVIT_BLOCK_ELEMENTS must be a positive whole "
                                              f"number of elements, got '{bad}'"):
             parallel._default_block_elements()
-
-
-def test_l2_size_read_from_sysfs_when_there():
-    l2 = parallel._l2_bytes()
-    assert l2 is None or (l2 >= 16 << 10 and l2 % 1024 == 0)

@@ -2,7 +2,7 @@
 
 Each computes what its reference body in ``minivit/autograd/ops/elementwise.py`` does, in
 cache-sized blocks on all cores (``parallel.blockwise``: a chain of ufuncs runs on one block
-while it sits in the L2 cache), in place where a new array would cost more than the
+while it sits in cache), in place where a new array would cost more than the
 arithmetic, and as one CUDA kernel per pass on the GPU (``cuda.py``).
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ and ``reshape`` / ``copyto`` for the copies that reshaping a permuted view makes
 A chain like ``g * (cdf + x * exp(-x*x/2))`` on a 3M-element array makes each ufunc stream
 12 MB through memory and runs on one core, while BLAS uses all of them. ``blockwise`` cuts
 the arrays along their first axis into blocks of about ``BLOCK_ELEMENTS`` elements, so the
-whole chain runs on one block while it sits in the L2 cache, and shares the blocks among
+whole chain runs on one block while it sits in cache, and shares the blocks among
 ``NUM_THREADS`` threads, each taking the next block left (NumPy's ufuncs release the GIL).
 
 Every block computes exactly what the whole-array call would for its rows, so the results are
@@ -33,39 +33,20 @@ import numpy as np
 MIN_ELEMENTS = 1 << 18  # below this, the plain call
 
 
-def _l2_bytes() -> int | None:
-    """The L2 cache of one core, from Linux's sysfs; None where it cannot be read."""
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for index in sorted(os.listdir(base)):
-            with open(os.path.join(base, index, "level")) as f:
-                if f.read().strip() != "2":
-                    continue
-            with open(os.path.join(base, index, "size")) as f:
-                size = f.read().strip().upper()
-            scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
-            return int(size.rstrip("KMB") or 0) * scale or None
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def _default_block_elements() -> int:
-    """``MINIVIT_BLOCK_ELEMENTS``, else a float32 block of half the L2 cache (two operand blocks
-    fill it), a power of two from 2^15 to 2^18; 2^17 where the cache size is unknown. Fewer
-    calls beat a smaller footprint up to the point where the blocks fall out of L2: with a 2 MB
-    L2, 2^18 elements ran whole training steps 2-5% faster than 2^17 and 2^19 25% slower
-    (docs/speed-history.md)."""
+    """``MINIVIT_BLOCK_ELEMENTS``, else 2^18 (1 MB per float32 operand block). A block must be
+    big enough that each NumPy call on it lasts long against the handoff of the GIL between
+    the threads (tens of microseconds), and small enough that a few operand blocks stay in
+    cache. 2^18 won whole training steps on both machines measured: with 2 MB of L2 per core
+    2^17 ran 1-5% slower and 2^19 25% slower; with 512 KB of L2 (and a shared L3) 2^16, half
+    the L2, ran 20-45% slower, 2^17 5-10% and 2^19 10-20% (docs/speed-history.md)."""
     env = os.environ.get("MINIVIT_BLOCK_ELEMENTS")
     if env is not None:
         if not env.strip().isdigit() or int(env) < 1:
             raise ValueError(f"MINIVIT_BLOCK_ELEMENTS must be a positive whole number of "
                              f"elements, got {env!r}")
         return int(env)
-    l2 = _l2_bytes()
-    if l2 is None:
-        return 1 << 17
-    return 1 << min(18, max(15, (l2 // 8).bit_length() - 1))
+    return 1 << 18
 
 
 BLOCK_ELEMENTS = _default_block_elements()   # elements per block of each operand
