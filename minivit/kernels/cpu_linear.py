@@ -104,7 +104,7 @@ def _grad_before_act(ctx, g, bias_layout: str):
         return gelu_backward(g, saved, approximate), None
     if not want_bias:
         return g, None
-    return g, (parallel.sum_rows(lambda a: a, g) if bias_layout == "row" else parallel.row_sums(g))
+    return g, (parallel.column_sums(g) if bias_layout == "row" else parallel.row_sums(g))
 
 
 @register(Linear)

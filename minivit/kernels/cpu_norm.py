@@ -115,7 +115,7 @@ class LayerNormFast(LayerNorm):
         elif (need_w or need_b) and not need[0]:   # affine gradients only: no dx to compute
             dx = None
             dw = parallel.sum_rows(lambda g_, xh: g_ * xh, g2, xhat) if need_w else None
-            db = parallel.sum_rows(lambda g_: g_, g2) if need_b else None
+            db = parallel.column_sums(g2) if need_b else None
         elif need_w or need_b:
             # one pass: each block's dx, and its g x̂ and g summed down the rows for the affine
             # parameters shared by all rows (dw = sum_rows g x̂, db = sum_rows g)
