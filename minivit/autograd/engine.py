@@ -34,7 +34,8 @@ def sum_to(grad, shape: tuple):
 
 def _sum_axes(grad, axes: tuple):
     """``grad.sum(axis=axes, keepdims=True)``, on all cores for big arrays: per row when axis 0
-    is kept (bit-identical), down the columns when only leading axes go (``sum_rows``)."""
+    is kept (bit-identical), down the columns when only leading axes go (``column_sums``: one
+    gemv)."""
     if (not axes or REFERENCE[0] or grad.size < parallel.MIN_ELEMENTS
             or backend.device_of(grad) != "cpu"):
         return grad.sum(axis=axes, keepdims=True)
@@ -43,7 +44,7 @@ def _sum_axes(grad, axes: tuple):
     k = len(axes)
     if axes == tuple(range(k)) and grad.flags.c_contiguous:   # (batch..., rest): a bias
         lead_size = math.prod(grad.shape[:k])
-        out = parallel.sum_rows(lambda g: g, grad.reshape(lead_size, -1))
+        out = parallel.column_sums(grad.reshape(lead_size, -1))
         return out.reshape((1,) * k + grad.shape[k:])
     return grad.sum(axis=axes, keepdims=True)
 
