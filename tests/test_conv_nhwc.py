@@ -79,6 +79,29 @@ def test_image_blocks_give_the_same_result(monkeypatch, block):
                directional=True)
 
 
+@pytest.mark.parametrize("chunk", [1, 2600, 1 << 30])
+@pytest.mark.parametrize("stride, padding, dilation", [((1, 1), ((1, 1), (1, 1)), (1, 1)),
+                                                       ((2, 1), ((1, 0), (1, 1)), (1, 1)),
+                                                       ((1, 1), ((2, 1), (0, 2)), (2, 1))])
+def test_dx_columns_a_few_images_at_a_time_give_the_same_result(monkeypatch, chunk, stride,
+                                                             padding, dilation):
+    """dx of a stride-1 conv is the transposed conv, its columns built a few images at a time:
+    COLS_CHUNK 1, one image (504 numbers of columns) per chunk; 2600, 5 images per chunk, the
+    last 3; 2^30, all 23 at once. Each chunk's copy is split among 3 threads, unevenly. The other two
+    geometries take col2im. All match the loop and finite differences."""
+    from minivit.kernels import cpu_conv_nhwc, parallel
+    monkeypatch.setattr(cpu_conv_nhwc, "COLS_CHUNK", chunk)   # the whole: 23 * 504 numbers
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)   # each chunk's copy split among threads
+    monkeypatch.setattr(parallel, "NUM_THREADS", 3)    # in uneven parts
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((23, 6, 7, 2)), rng.standard_normal((3, 2, 2, 2)), \
+        rng.standard_normal(3)
+    geo = dict(stride=stride, padding=padding, dilation=dilation)
+    y = conv2d_nhwc(minivit.tensor(x), minivit.tensor(w), minivit.tensor(b), **geo)
+    np.testing.assert_allclose(y.numpy(), nhwc_loop(x, w, b, **geo), rtol=1e-10, atol=1e-10)
+    check_grad(lambda *t: conv2d_nhwc(*t, **geo), x, w, b, directional=True)
+
+
 def test_float32_on_each_device(device):
     rng = np.random.default_rng(4)
     arrays = [rng.standard_normal(s).astype(np.float32) for s in [(2, 6, 6, 4), (8, 4, 3, 3), (8,)]]
