@@ -364,9 +364,11 @@ def _conv_in_chunks(x, w_t, kernel, padding, dilation, out_hw):
     for start in range(0, n, k):
         m = min(k, n - start)
         part = buf[:m]
-        parallel.for_each(lambda i: part.__setitem__(slice(i, i + step),
-                                                     view[start + i:start + min(i + step, m)]),
-                          range(0, m, step), threaded=_threaded(part))
+
+        def copy(i):   # this chunk's images i to i + step, one thread's share
+            part[i:i + step] = view[start + i:start + min(i + step, m)]
+
+        parallel.for_each(copy, range(0, m, step), threaded=_threaded(part))
         xp.matmul(part.reshape(m * rows, -1), w_t, out=y[start * rows:(start + m) * rows])
     return y
 
