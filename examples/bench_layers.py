@@ -15,10 +15,13 @@ row reports GB/s over five passes of x's size (read x, write y; read x and dy, w
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-import minivit  # first: it sets OpenBLAS's idle-thread timeout before NumPy loads OpenBLAS
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the ``minivit`` command: before NumPy
+import minivit  # noqa: E402
+import minivit.runtime  # noqa: E402
+import numpy as np  # noqa: E402
 
 import minivit.nn.functional as F
 from minivit.autograd import backend
@@ -67,6 +70,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
+    minivit.runtime.tune()   # the allocator settings training runs with (minivit/runtime.py)
     dev, n, rep = args.device, args.batch, args.repeat
     if dev == "cuda":
         backend.check_device("cuda")

@@ -17,7 +17,7 @@ to a constant). Then dL/dx is exactly what backward computes from the upstream g
 """
 import argparse
 
-import minivit  # before NumPy: it sets OpenBLAS's idle-thread timeout (README, Speed)
+import minivit
 import numpy as np
 from minivit import nn
 

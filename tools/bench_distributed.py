@@ -18,9 +18,11 @@ import os
 import statistics
 import time
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the ``minivit`` command: before NumPy
+import numpy as np  # noqa: E402
 
-import minivit
+import minivit  # noqa: E402
+import minivit.runtime  # noqa: E402
 from minivit import optim
 from minivit.data import CIFARLoader, load_dataset
 from minivit.distributed import DistributedDataParallel, ShardedLoader, get_world
@@ -42,6 +44,7 @@ def main() -> None:
             n = sum(p.numel() for p in create_model(name, num_classes=10).parameters())
             print(json.dumps({"model": name, "params": n, "gradient_bytes": 4 * n}))
         return
+    minivit.runtime.tune()   # the allocator settings training runs with (minivit/runtime.py)
     world = get_world()
     minivit.manual_seed(0)
     ds = load_dataset("cifar10-subset")
