@@ -5,11 +5,14 @@ the analytic gradient against central finite differences (``minivit.gradcheck``)
 random upstream gradient, that the inputs were not mutated, that every gradient has its
 input's shape and dtype, and that the graph is freed once the output is dropped.
 Strategies draw shapes, mutually broadcastable shape pairs and values kept away from kinks.
+``load_tool(name)`` imports a script of ``tools/`` (not part of the package) for its tests.
 """
 from __future__ import annotations
 
 import gc
+import importlib.util
 import weakref
+from pathlib import Path
 
 import numpy as np
 from hypothesis import strategies as st
@@ -118,3 +121,12 @@ def reduced_count(shape, axis) -> int:
         return int(np.prod(shape)) if shape else 1
     ax = (axis,) if isinstance(axis, int) else axis
     return int(np.prod([shape[a] for a in ax])) if ax else 1
+
+
+def load_tool(name: str):
+    """The module ``tools/<name>.py`` of this repository, imported from its file."""
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

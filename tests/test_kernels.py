@@ -12,7 +12,6 @@ gradchecks (``minivit.gradcheck`` runs on reference bodies).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 import minivit
 import minivit.nn.functional as F
+from harness import load_tool
 from minivit import kernels
 from minivit.kernels import cpu_conv, cpu_conv_nhwc, cpu_norm, normal_cdf, parallel
 
@@ -149,11 +149,7 @@ def test_fit_normal_cdf_reproduces_the_shipped_coefficients():
     """tools/fit_normal_cdf.py, which normal_cdf.py names as the source of its polynomial,
     runs and gives the coefficients the fast GELU uses (to 1e-9 relative: the fit's own
     least-squares rounding), with Φ's float32 error as stated."""
-    import importlib.util  # noqa: PLC0415
-    path = Path(__file__).resolve().parents[1] / "tools" / "fit_normal_cdf.py"
-    spec = importlib.util.spec_from_file_location("fit_normal_cdf", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("fit_normal_cdf")
     c = tool.fit(6, 5.5)
     shipped = np.array(normal_cdf._CDF32_TANH_P)
     assert np.abs(c - shipped).max() <= 1e-9 * np.abs(shipped).max() + 1e-15

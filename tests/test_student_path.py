@@ -2,21 +2,11 @@
 and its backward. In reference mode no fast body runs (nothing in ``minivit/kernels``), the
 forward reaches the arithmetic (``erf``) through at most 20 of minivit's functions in 6 files,
 and the fast mode does run its body in ``minivit/kernels``."""
-import importlib.util
-from pathlib import Path
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "student_path.py"
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("student_path", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+from harness import load_tool
 
 
 def test_reference_mode_never_enters_the_fast_bodies_and_stays_short():
-    tool = _tool()
+    tool = load_tool("student_path")
     forward = tool.student_path(reference=True, backward=False, shape=(8, 16))
     both = tool.student_path(reference=True, backward=True, shape=(8, 16))
     for path in (forward, both):
@@ -28,6 +18,6 @@ def test_reference_mode_never_enters_the_fast_bodies_and_stays_short():
 
 
 def test_fast_mode_runs_the_gelu_from_minivit_kernels():
-    path = _tool().student_path(reference=False, backward=True, shape=(8, 16))
+    path = load_tool("student_path").student_path(reference=False, backward=True, shape=(8, 16))
     assert ("kernels/cpu_elementwise.py", "gelu_forward") in path
     assert ("kernels/cpu_elementwise.py", "gelu_backward") in path
